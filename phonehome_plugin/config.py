@@ -1,0 +1,187 @@
+"""Reading ``modules.phonehome`` from the host's config.yaml into :class:`Settings`.
+
+Unknown keys are errors, not warnings: a misspelt ``enabeld: false`` must not
+leave telemetry on. Any error makes the plugin inert (see :mod:`.switch`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+DEFAULT_ENDPOINT = "https://telemetry.maestrohub.com/api/v1/reports"
+DEFAULT_GEOIP_URL = "http://ip-api.com/json/?fields=status,query,country,regionName,city,isp"
+MODES = ("send", "log", "offline")
+PRIVACY_CHOICES = ("send", "hash", "omit")
+PRIVACY_FIELDS = ("email", "hostname", "public_ip")
+MIN_INTERVAL = 60
+
+
+class ConfigError(ValueError):
+    """A value in ``modules.phonehome`` is wrong; the message names the key."""
+
+
+@dataclass(frozen=True)
+class OutboxLimits:
+    """Bounds of the outbox; the oldest periodic reports are evicted first."""
+
+    max_reports: int = 256
+    max_bytes: int = 8 * 1024 * 1024
+    max_age_days: float = 7.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The plugin's validated configuration. Defaults are the documented ones."""
+
+    enabled: bool = True
+    mode: str = "send"
+    endpoint: str = DEFAULT_ENDPOINT
+    interval: int = 3600
+    geoip_url: str = DEFAULT_GEOIP_URL
+    timeout: float = 10.0
+    proxy: str | None = None
+    ca_bundle: Path | None = None
+    state_url: str | None = None
+    outbox: OutboxLimits = field(default_factory=OutboxLimits)
+    privacy: Mapping[str, str] = field(
+        default_factory=lambda: dict.fromkeys(PRIVACY_FIELDS, "send")
+    )
+
+
+def is_loopback_host(host: str | None) -> bool:
+    """True for ``localhost`` and loopback IP literals (127.0.0.0/8, ::1)."""
+    if not host:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def section_of(host_config: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The ``modules.phonehome`` mapping of a parsed config.yaml (empty when absent)."""
+    modules = host_config.get("modules") if isinstance(host_config, Mapping) else None
+    if modules is None:
+        return {}
+    if not isinstance(modules, Mapping):
+        raise ConfigError("modules: expected a mapping")
+    section = modules.get("phonehome")
+    if section is None:
+        return {}
+    if not isinstance(section, Mapping):
+        raise ConfigError("modules.phonehome: expected a mapping")
+    return section
+
+
+def parse(section: Mapping[str, Any]) -> Settings:
+    """Validate ``modules.phonehome``; raises :class:`ConfigError` on the first problem."""
+    unknown = sorted(set(map(str, section)) - _PARSERS.keys())
+    if unknown:
+        raise ConfigError(f"modules.phonehome.{unknown[0]}: unknown key")
+    values = {key: _PARSERS[key](f"modules.phonehome.{key}", section[key]) for key in section}
+    return Settings(**values)
+
+
+def _bool(key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise ConfigError(f"{key}: expected true or false, got {value!r}")
+
+
+def _choice(choices: tuple[str, ...]) -> Any:
+    def check(key: str, value: Any) -> str:
+        if value in choices:
+            return str(value)
+        raise ConfigError(f"{key}: expected one of {', '.join(choices)}, got {value!r}")
+
+    return check
+
+
+def _number(minimum: float, integer: bool = False) -> Any:
+    def check(key: str, value: Any) -> float | int:
+        ok = isinstance(value, int) if integer else isinstance(value, int | float)
+        if not ok or isinstance(value, bool) or value < minimum:
+            kind = "a whole number" if integer else "a number"
+            raise ConfigError(f"{key}: expected {kind} of at least {minimum}, got {value!r}")
+        return value
+
+    return check
+
+
+def _endpoint(key: str, value: Any) -> str:
+    url = _url(key, value)
+    parts = urlsplit(url)
+    if parts.scheme == "http" and not is_loopback_host(parts.hostname):
+        raise ConfigError(f"{key}: plain http:// is allowed only for loopback, got {url!r}")
+    return url
+
+
+def _url(key: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{key}: expected a URL string, got {value!r}")
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{key}: expected an http(s) URL, got {value!r}")
+    return value
+
+
+def _geoip(key: str, value: Any) -> str:
+    if value == "" or value is None:
+        return ""
+    return _url(key, value)
+
+
+def _optional_str(key: str, value: Any) -> str | None:
+    if value is None or (isinstance(value, str) and value):
+        return value
+    raise ConfigError(f"{key}: expected a non-empty string, got {value!r}")
+
+
+def _path(key: str, value: Any) -> Path | None:
+    text = _optional_str(key, value)
+    return None if text is None else Path(text)
+
+
+def _outbox(key: str, value: Any) -> OutboxLimits:
+    checks = {
+        "max_reports": _number(1, integer=True),
+        "max_bytes": _number(1024, integer=True),
+        "max_age_days": _number(0.01),
+    }
+    return OutboxLimits(**_submapping(key, value, checks))
+
+
+def _privacy(key: str, value: Any) -> Mapping[str, str]:
+    checks = dict.fromkeys(PRIVACY_FIELDS, _choice(PRIVACY_CHOICES))
+    return {**Settings().privacy, **_submapping(key, value, checks)}
+
+
+def _submapping(key: str, value: Any, checks: Mapping[str, Any]) -> dict[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+    unknown = sorted(set(map(str, value)) - checks.keys())
+    if unknown:
+        raise ConfigError(f"{key}.{unknown[0]}: unknown key")
+    return {name: checks[name](f"{key}.{name}", item) for name, item in value.items()}
+
+
+_PARSERS: dict[str, Any] = {
+    "enabled": _bool,
+    "mode": _choice(MODES),
+    "endpoint": _endpoint,
+    "interval": _number(MIN_INTERVAL, integer=True),
+    "geoip_url": _geoip,
+    "timeout": _number(0.1),
+    "proxy": _optional_str,
+    "ca_bundle": _path,
+    "state_url": _optional_str,
+    "outbox": _outbox,
+    "privacy": _privacy,
+}
