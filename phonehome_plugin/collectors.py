@@ -1,0 +1,176 @@
+"""Third-party collectors: registration, their receivers, and calling ``collect()`` safely.
+
+A collector's failure costs only its own section. ``collect()`` runs on a
+daemon runner thread with a per-call deadline, so a hanging collector is
+abandoned (and not called again until its call returns) instead of holding up
+the report; a raising receiver is caught on the emitting thread and its
+collector marked broken.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import re
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from phonehome_plugin import privacy
+
+log = logging.getLogger(__name__)
+
+NAME = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+")
+CALL_TIMEOUT = 0.5
+
+
+def _check(collector: Any) -> str:
+    name = getattr(collector, "name", None)
+    if not isinstance(name, str) or not callable(getattr(collector, "collect", None)):
+        raise TypeError(
+            f"a phonehome collector needs a str `name` and a callable `collect()`, got {collector!r}"
+        )
+    if not NAME.fullmatch(name) or len(name) > privacy.IDENT_MAX:
+        raise TypeError(f"collector name {name!r} is not a dotted lower-case name like acme.historian")
+    return name
+
+
+class Registry:
+    """Collectors registered through ``phonehome_register_collectors``."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.collectors: dict[str, Any] = {}
+        self.errors: dict[str, str] = {}
+        self._hung: set[str] = set()
+        self._connected: list[tuple[Any, Callable[..., None]]] = []
+        self._sender: Any = None
+
+    def register(self, collector: Any) -> None:
+        """The ``register`` callable handed to the hook; raises TypeError/ValueError on misuse."""
+        name = _check(collector)
+        with self._lock:
+            if name in self.collectors:
+                raise ValueError(f"a phonehome collector named {name!r} is already registered")
+            self.collectors[name] = collector
+            sender = self._sender
+        if sender is not None:
+            self._connect_one(name, collector, sender)
+
+    def connect(self, sender: Any) -> None:
+        """Connect every collector's receivers (and those of collectors registered later)."""
+        with self._lock:
+            self._sender = sender
+            current = list(self.collectors.items())
+        for name, collector in current:
+            self._connect_one(name, collector, sender)
+
+    def disconnect(self) -> None:
+        with self._lock:
+            pairs, self._connected, sender, self._sender = self._connected, [], self._sender, None
+        for signal, receiver in pairs:
+            signal.disconnect(receiver, sender=sender)
+
+    def _connect_one(self, name: str, collector: Any, sender: Any) -> None:
+        try:
+            pairs = list(_receiver_pairs(collector))
+        except Exception as error:  # a third party's bug must not reach the host
+            self._fail(name, f"receivers() failed: {type(error).__name__}")
+            return
+        for signal, receiver in pairs:
+            guarded = self._guard(name, receiver)
+            signal.connect(guarded, sender=sender, weak=False)
+            with self._lock:
+                self._connected.append((signal, guarded))
+
+    def _guard(self, name: str, receiver: Callable[..., None]) -> Callable[..., None]:
+        def guarded(sender: Any, **kwargs: Any) -> None:
+            try:
+                receiver(sender, **kwargs)
+            except Exception as error:  # runs on the host's thread: never let it out
+                self._fail(name, f"receiver raised {type(error).__name__}")
+
+        return guarded
+
+    def _fail(self, name: str, message: str) -> None:
+        if name not in self.errors:
+            log.warning("phonehome: collector %s: %s; its section is left out", name, message)
+        self.errors[name] = message
+
+    def collect_all(self, drops: privacy.DropCounter) -> tuple[dict[str, Any], dict[str, str]]:
+        """Sections of every healthy collector, and an error per collector that failed."""
+        with self._lock:
+            todo = [(n, c) for n, c in self.collectors.items() if n not in self._hung]
+        errors = {n: "collect() still running from an earlier report" for n in self._hung}
+        sections: dict[str, Any] = {}
+        for name, outcome in _run(todo, self._hung):
+            if isinstance(outcome, BaseException):
+                errors[name] = _describe(outcome)
+                continue
+            try:
+                sections[name] = privacy.section(outcome, drops)
+            except TypeError as error:
+                errors[name] = str(error)
+        errors.update({n: e for n, e in self.errors.items() if n not in sections})
+        return sections, errors
+
+
+def _receiver_pairs(collector: Any) -> Iterable[tuple[Any, Callable[..., None]]]:
+    receivers = getattr(collector, "receivers", None)
+    if receivers is None:
+        return ()
+    pairs = []
+    for signal, receiver in receivers():
+        if not callable(getattr(signal, "connect", None)) or not callable(receiver):
+            raise TypeError("receivers() must yield (blinker signal, callable) pairs")
+        pairs.append((signal, receiver))
+    return pairs
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, TimeoutError):
+        return f"collect() took longer than {CALL_TIMEOUT} s"
+    return f"collect() raised {type(error).__name__}"
+
+
+def _run(todo: list[tuple[str, Any]], hung: set[str]) -> Iterable[tuple[str, Any]]:
+    """Call each ``collect()`` on a runner thread, abandoning one that overruns.
+
+    After an overrun the rest go to a fresh runner; the abandoned one stops
+    after the hung call returns, and only then is that collector called again.
+    """
+    while todo:
+        results: queue.Queue[tuple[str, Any]] = queue.Queue()
+        cancelled = threading.Event()
+        threading.Thread(
+            target=_runner, args=(todo, results, cancelled, hung), daemon=True,
+            name="phonehome-collect",
+        ).start()
+        done = 0
+        for name, _ in todo:
+            try:
+                yield results.get(timeout=CALL_TIMEOUT)
+            except queue.Empty:
+                cancelled.set()
+                hung.add(name)
+                yield name, TimeoutError()
+                break
+            done += 1
+        todo = todo[done + 1 :] if done < len(todo) else []
+
+
+def _runner(
+    todo: list[tuple[str, Any]],
+    results: queue.Queue[tuple[str, Any]],
+    cancelled: threading.Event,
+    hung: set[str],
+) -> None:
+    for name, collector in todo:
+        try:
+            outcome: Any = collector.collect()
+        except Exception as error:
+            outcome = error
+        if cancelled.is_set():
+            hung.discard(name)
+            return
+        results.put((name, outcome))

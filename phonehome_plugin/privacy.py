@@ -1,0 +1,116 @@
+"""The privacy guard: what may enter a report, and in which shape.
+
+Reports are built from an allowlist of fields; this module decides which
+*values* may fill them. Strings are limited to short identifiers; anything that
+looks like a secret, a URL, an email address, a path or free text is dropped and
+counted, never truncated into the report.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+import re
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+IDENT_MAX = 64
+KEYS_MAX = 200
+_IDENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:+\-]{0,63}")
+# A long unbroken run of letters and digits reads like a token or key, not a name.
+_TOKENISH = re.compile(r"[A-Za-z0-9+/=_\-]{33,}")
+_SECRET_WORDS = re.compile(r"(?i)(passw|secret|token|api[_-]?key|bearer|private|credential)")
+_EMAIL = re.compile(r"^[^@\s]{1,64}@[A-Za-z0-9.\-]{1,253}\.[A-Za-z]{2,63}$")
+OTHER = "other"
+
+
+class DropCounter:
+    """Counts values the guard refused, by reason; thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[str, int] = {}
+
+    def add(self, reason: str) -> None:
+        with self._lock:
+            self._counts[reason] = self._counts.get(reason, 0) + 1
+
+    def take(self) -> dict[str, int]:
+        """Return the counts so far and start again from zero."""
+        with self._lock:
+            counts, self._counts = self._counts, {}
+        return counts
+
+
+def identifier(value: Any) -> str | None:
+    """``value`` when it is a short identifier (``mqtt``, ``system.uns.publish``), else None."""
+    if not isinstance(value, str) or not _IDENT.fullmatch(value):
+        return None
+    if _SECRET_WORDS.search(value) or _TOKENISH.search(value):
+        return None
+    return value
+
+
+def bucket(value: Any) -> str:
+    """An identifier to count under: ``value`` itself, or ``other`` when it is not one."""
+    return identifier(value) or OTHER
+
+
+def is_email(value: Any) -> bool:
+    """True when ``value`` is shaped like one email address."""
+    return isinstance(value, str) and len(value) <= 254 and bool(_EMAIL.match(value))
+
+
+def count(value: Any) -> int | None:
+    """A non-negative whole count, or None (booleans and floats are not counts)."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63:
+        return value
+    return None
+
+
+def pseudonym(value: str, salt: bytes) -> str:
+    """A keyed hash of ``value``: stable for one installation, useless without its salt."""
+    digest = hmac.new(salt, value.encode("utf-8"), hashlib.sha256).hexdigest()
+    return f"hmac-sha256:{digest[:32]}"
+
+
+def scalar(value: Any) -> bool | int | float | str | None:
+    """A value allowed in a collector section, or None when it must be dropped."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return value if abs(value) < 2**63 else None
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    return identifier(value)
+
+
+def section(raw: Any, drops: DropCounter) -> dict[str, Any]:
+    """Clean a third-party collector's section: keys and leaves as the contract allows.
+
+    One level of nesting is allowed; deeper structure, bad keys and bad leaves
+    are dropped and counted. Raises ``TypeError`` when ``raw`` is not a mapping.
+    """
+    if not isinstance(raw, Mapping):
+        raise TypeError(f"collect() returned {type(raw).__name__}, not a mapping")
+    return _level(raw, drops, nested_ok=True)
+
+
+def _level(raw: Mapping[Any, Any], drops: DropCounter, nested_ok: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = identifier(key)
+        if name is None or len(out) >= KEYS_MAX:
+            drops.add("collector_key")
+            continue
+        if isinstance(value, Mapping) and nested_ok:
+            out[name] = _level(value, drops, nested_ok=False)
+            continue
+        clean = scalar(value)
+        if clean is None:
+            drops.add("collector_value")
+            continue
+        out[name] = clean
+    return out

@@ -1,0 +1,123 @@
+"""The running plugin for one host start: the host-facing side of the worker.
+
+Registered with the host's plugin manager by :mod:`.plugin` when telemetry is
+on, it implements ``on_user_created``, ``on_tick`` and ``on_shutdown``. Every
+hook here does O(1) work and returns: the tally and inventory are updated by
+signal receivers, everything else is handed to the :class:`~.worker.Worker`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import weakref
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from hookspecs import hookimpl
+from phonehome_plugin import receivers
+from phonehome_plugin.collectors import Registry
+from phonehome_plugin.config import Settings
+from phonehome_plugin.inventory import Inventory
+from phonehome_plugin.retry import Policy
+from phonehome_plugin.tally import ExecutionTally
+from phonehome_plugin.worker import Worker
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_WAIT = 1.5
+"""Seconds ``on_shutdown`` waits for the worker; the contract allows 2."""
+
+
+class Runtime:
+    """Telemetry for one host start. Create, register with the plugin manager, then :meth:`start`."""
+
+    def __init__(self, app: Any, settings: Settings, policy: Policy | None = None) -> None:
+        self.app = app
+        self.settings = settings
+        self.policy = policy
+        self.inventory = Inventory()
+        self.tally = ExecutionTally()
+        self.registry = Registry()
+        self._pairs = receivers.builtin_receivers(self.inventory, self.tally)
+        self.worker = self._new_worker()
+        self._stopped = False
+        self._forked = False
+
+    def _new_worker(self) -> Worker:
+        return Worker(self.settings, self.app, self.inventory, self.tally, self.registry, self.policy)
+
+    def start(self) -> None:
+        """Connect receivers, ask third parties for collectors, start the worker."""
+        list(receivers.connect_all(self._pairs, self.app))
+        self.registry.connect(self.app)
+        try:
+            self.app.plugin_manager.hook.phonehome_register_collectors.call_historic(
+                kwargs={"register": self.registry.register}
+            )
+        except Exception as error:  # a third party's registration bug is its own
+            log.warning("phonehome: a plugin failed to register its collectors: %s", error)
+        _watch_forks(self)
+        self.worker.start()
+
+    @hookimpl
+    def on_user_created(self, app: Any, user: Mapping[str, Any]) -> None:
+        """Count the user and, if it may be the first, wake the worker."""
+        try:
+            receivers.record_user(self.inventory, user)
+            created_at = user.get("created_at")
+            if isinstance(created_at, datetime) and created_at.tzinfo is not None:
+                self.worker.user_created(created_at)
+        except Exception:  # never into the host
+            log.exception("phonehome: on_user_created failed")
+
+    @hookimpl
+    def on_tick(self, app: Any, now: datetime) -> None:
+        """Hand ``now`` to the worker, unless nothing can be due before ``wake_at``."""
+        try:
+            if now < self.worker.wake_at:
+                return
+            if self._forked:
+                self._restart_after_fork()
+            self.worker.tick(now)
+        except Exception:
+            log.exception("phonehome: on_tick failed")
+
+    @hookimpl
+    def on_shutdown(self, app: Any) -> None:
+        """Disconnect everything and give the worker up to 1.5 s to save its counts."""
+        if self._stopped:
+            return
+        self._stopped = True
+        try:
+            receivers.disconnect_all(self._pairs, self.app)
+            self.registry.disconnect()
+            if not self.worker.stop(SHUTDOWN_WAIT):
+                log.warning("phonehome: worker still busy at shutdown; unsent reports stay stored")
+        except Exception:
+            log.exception("phonehome: on_shutdown failed")
+
+    def _after_fork_in_child(self) -> None:
+        # The parent keeps counting what it counted; the child starts from zero
+        # and needs a worker of its own (threads do not survive a fork).
+        self.tally.forget()
+        self.inventory.after_fork()
+        self._forked = True
+        self.worker.wake_at = self.worker.wake_at.min
+
+    def _restart_after_fork(self) -> None:
+        self._forked = False
+        self.worker = self._new_worker()
+        self.worker.start()
+
+
+def _watch_forks(runtime: Runtime) -> None:
+    ref = weakref.ref(runtime)
+
+    def in_child() -> None:
+        alive = ref()
+        if alive is not None and not alive._stopped:
+            alive._after_fork_in_child()
+
+    os.register_at_fork(after_in_child=in_child)

@@ -1,0 +1,214 @@
+"""The plugin's own thread: everything slow happens here, never on the host's.
+
+The host's hooks only drop a note in the mailbox (the latest ``now``, a
+created user's ``created_at``) and return. The worker opens the state store,
+builds, stores and sends reports, and tells the host-facing side when it next
+needs a tick (:attr:`Worker.wake_at`), so that most ticks cost one comparison.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from phonehome_plugin import history, retry
+from phonehome_plugin.collectors import Registry
+from phonehome_plugin.config import Settings
+from phonehome_plugin.inventory import Inventory
+from phonehome_plugin.outbox import Outbox
+from phonehome_plugin.reporter import Reporter
+from phonehome_plugin.sender import Sender
+from phonehome_plugin.store import Store, open_store
+from phonehome_plugin.system import host_facts, machine_facts
+from phonehome_plugin.tally import ExecutionTally
+from phonehome_plugin.transport import Transport
+
+log = logging.getLogger(__name__)
+
+FOLD_EVERY = timedelta(seconds=60)
+NOTICE_KEY = "notice.logged_at"
+FAR_PAST = datetime.min.replace(tzinfo=UTC)
+NOTICE = (
+    "phonehome: MaestroHub telemetry is on. Reports of aggregate counts and system "
+    "metadata (version, OS, hostname, public IP and approximate location, license, "
+    "user count and the first admin email, connection/pipeline/UNS/execution counts) "
+    "go to %s at startup, once at the first user's creation, and every %d s. Turn it "
+    "off with `modules.phonehome.enabled: false` in config.yaml, or "
+    "MAESTROHUB_PHONEHOME_ENABLED=false, or DO_NOT_TRACK=1; `phonehome preview` shows "
+    "the next report."
+)
+
+
+class Worker:
+    """Owns the state store and the sender; all its methods but ``run`` are thread-safe."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        app: Any,
+        inventory: Inventory,
+        tally: ExecutionTally,
+        registry: Registry,
+        policy: retry.Policy | None = None,
+        machine: Callable[[], dict[str, Any]] = machine_facts,
+    ) -> None:
+        self.settings = settings
+        self.app = app
+        self.inventory = inventory
+        self.tally = tally
+        self.registry = registry
+        self.policy = policy or retry.Policy(deadline=settings.timeout)
+        self.machine = machine
+        self.wake_at = FAR_PAST
+        self.cancel = threading.Event()
+        self._cond = threading.Condition()
+        self._now: datetime | None = None
+        self._users: list[datetime] = []
+        self._stopping = False
+        self._busy = False
+        self._started = False
+        self._thread = threading.Thread(target=self.run, name="phonehome-worker", daemon=True)
+        self.reporter: Reporter | None = None
+
+    # Host side (any thread) --------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def tick(self, now: datetime) -> None:
+        with self._cond:
+            self._now = now
+            self._cond.notify_all()
+
+    def user_created(self, created_at: datetime) -> None:
+        with self._cond:
+            self._users.append(created_at)
+            self.wake_at = FAR_PAST
+            self._cond.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until every note in the mailbox has been handled (for tests and the demo)."""
+        with self._cond:
+            return self._cond.wait_for(
+                lambda: not self._busy and self._now is None and not self._users
+                or not self._thread.is_alive(),
+                timeout,
+            )
+
+    def stop(self, timeout: float) -> bool:
+        """Ask the worker to fold its counts and close; True if it finished in time."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        self.cancel.set()
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    # Worker thread -------------------------------------------------------------------
+
+    def run(self) -> None:
+        store = self._open()
+        if store is None:
+            return
+        try:
+            while self._next_job():
+                self._guarded("handling a tick", self._handle)
+        finally:
+            self._guarded("saving counts at shutdown", self._final)
+            store.close()
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()
+
+    def _open(self) -> Store | None:
+        try:
+            store = open_store(self.app.data_dir)
+            outbox = Outbox(store, self.settings.outbox)
+            self.reporter = Reporter(
+                settings=self.settings, store=store, outbox=outbox, inventory=self.inventory,
+                tally=self.tally, registry=self.registry,
+                host=host_facts(self.app.version, self.app.edition), started_at=self.app.started_at, machine=self.machine,
+            )
+            self.sender = Sender(
+                outbox, Transport(self.settings), self.policy, self.settings.interval, self.cancel
+            )
+            if store.get(NOTICE_KEY) is None:
+                log.warning(NOTICE, self.settings.endpoint, self.settings.interval)
+                store.set(NOTICE_KEY, "logged")
+            return store
+        except Exception:
+            log.exception("phonehome: could not start; telemetry is off for this process")
+            return None
+
+    def _next_job(self) -> bool:
+        with self._cond:
+            self._busy = False
+            self._cond.notify_all()
+            while self._now is None and not self._users and not self._stopping:
+                self._cond.wait()
+            self._busy = True
+            return not self._stopping
+
+    def _handle(self) -> None:
+        with self._cond:
+            ticked, self._now = self._now, None
+            users, self._users = self._users, []
+        assert self.reporter is not None
+        reporter = self.reporter
+        # A user created between ticks is reported at once, on its own creation time.
+        now = ticked or max(users)
+        for created_at in users:
+            reporter.first_user(created_at, max(now, created_at))
+        if ticked is not None:
+            if not self._started:
+                # The first tick comes after every module synced its inventory.
+                self._started = True
+                reporter.startup(now)
+            reporter.periodic(now)
+        reporter.fold()
+        self._deliver(now)
+        self._plan(now)
+
+    def _deliver(self, now: datetime) -> None:
+        mode = self.settings.mode
+        if mode == "send":
+            self.sender.deliver_due(now.timestamp())
+        elif mode == "log":
+            outbox = self.sender.outbox
+            for entry in outbox.due(now.timestamp()):
+                log.warning("phonehome: mode log, report not sent: %s", entry.body.decode())
+                outbox.remove(entry.report_id)
+                event = history.Event(
+                    entry.report_id, entry.sequence, entry.trigger, now.timestamp(), "logged", "mode log"
+                )
+                history.record(outbox.store, event)
+
+    def _plan(self, now: datetime) -> None:
+        assert self.reporter is not None
+        moments = [now + FOLD_EVERY, _at(self.reporter.next_periodic(now))]
+        retry_at = self.sender.outbox.next_due()
+        if retry_at is not None and self.settings.mode == "send":
+            moments.append(_at(retry_at))
+        with self._cond:
+            if not self._users:
+                self.wake_at = min(moments)
+
+    def _final(self) -> None:
+        if self.reporter is not None:
+            self.reporter.fold()
+            self.reporter.remember_earliest_user()
+        self.sender.transport.close()
+
+    def _guarded(self, doing: str, step: Callable[[], None]) -> None:
+        try:
+            step()
+        except Exception:
+            log.exception("phonehome: failed while %s; telemetry carries on", doing)
+
+
+def _at(epoch: float) -> datetime:
+    return datetime.fromtimestamp(epoch, UTC)
+
