@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from phonehome_plugin import location, privacy, report, schedule
+from phonehome_plugin import location, privacy, report, schedule, schema
 from phonehome_plugin.collectors import Registry
 from phonehome_plugin.config import Settings
 from phonehome_plugin.inventory import Inventory
@@ -164,8 +164,15 @@ class Reporter:
         report.apply_privacy(built, self.settings.privacy, self._salt())
         return built
 
-    def _make(self, key: str, trigger: str, now: datetime) -> dict[str, Any]:
+    def _make(self, key: str, trigger: str, now: datetime) -> dict[str, Any] | None:
         built = self.build(trigger, now, self.store.next_sequence(), consume=True)
+        problems = schema.errors(built)
+        if problems:
+            # Fail closed: a report the schema does not vouch for is never sent.
+            self.store.add({"schema.invalid": 1})
+            self.store.finish_claim(key)
+            log.error("phonehome: %s report failed its schema, not sent: %s", trigger, "; ".join(problems[:5]))
+            return None
         entry = Entry(
             built["report_id"], built["sequence"], trigger, now.timestamp(), report.encode(built)
         )

@@ -15,9 +15,10 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import tenacity
-
+from phonehome_plugin.policy import Policy
 from phonehome_plugin.transport import Answer
+
+__all__ = ["RETRY_STATUSES", "Answer", "Outcome", "Policy", "not_before", "send_series", "verdict"]
 
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 BACKOFF_BASE = 60.0
@@ -31,16 +32,6 @@ def verdict(answer: Answer) -> str:
     if answer.status is None:
         return "retry"
     return "retry" if answer.status in RETRY_STATUSES else "rejected"
-
-
-@dataclass(frozen=True)
-class Policy:
-    """Knobs of one send series; the defaults suit production, tests shrink them."""
-
-    deadline: float = 10.0
-    max_attempts: int = 4
-    wait_base: float = 0.5
-    wait_max: float = 4.0
 
 
 @dataclass(frozen=True)
@@ -60,6 +51,8 @@ def send_series(
     set, or when ``Retry-After`` asks for more time than the deadline leaves (the
     report then waits in the outbox instead of holding the worker).
     """
+    import tenacity  # deferred: the host's thread never needs it
+
     clock = _Deadline(policy.deadline)
     backoff = tenacity.wait_random_exponential(multiplier=policy.wait_base, max=policy.wait_max)
 

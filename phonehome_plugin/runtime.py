@@ -20,7 +20,7 @@ from phonehome_plugin import receivers
 from phonehome_plugin.collectors import Registry
 from phonehome_plugin.config import Settings
 from phonehome_plugin.inventory import Inventory
-from phonehome_plugin.retry import Policy
+from phonehome_plugin.policy import Policy
 from phonehome_plugin.tally import ExecutionTally
 from phonehome_plugin.worker import Worker
 

@@ -14,17 +14,18 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from phonehome_plugin import history, retry
+from typing import TYPE_CHECKING
+
 from phonehome_plugin.collectors import Registry
 from phonehome_plugin.config import Settings
 from phonehome_plugin.inventory import Inventory
-from phonehome_plugin.outbox import Outbox
-from phonehome_plugin.reporter import Reporter
-from phonehome_plugin.sender import Sender
-from phonehome_plugin.store import Store, open_store
-from phonehome_plugin.system import host_facts, machine_facts
+from phonehome_plugin.policy import Policy
 from phonehome_plugin.tally import ExecutionTally
-from phonehome_plugin.transport import Transport
+
+if TYPE_CHECKING:
+    from phonehome_plugin.reporter import Reporter
+    from phonehome_plugin.sender import Sender
+    from phonehome_plugin.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -52,15 +53,15 @@ class Worker:
         inventory: Inventory,
         tally: ExecutionTally,
         registry: Registry,
-        policy: retry.Policy | None = None,
-        machine: Callable[[], dict[str, Any]] = machine_facts,
+        policy: Policy | None = None,
+        machine: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.settings = settings
         self.app = app
         self.inventory = inventory
         self.tally = tally
         self.registry = registry
-        self.policy = policy or retry.Policy(deadline=settings.timeout)
+        self.policy = policy or Policy(deadline=settings.timeout)
         self.machine = machine
         self.wake_at = FAR_PAST
         self.cancel = threading.Event()
@@ -72,6 +73,7 @@ class Worker:
         self._started = False
         self._thread = threading.Thread(target=self.run, name="phonehome-worker", daemon=True)
         self.reporter: Reporter | None = None
+        self.sender: Sender | None = None
 
     # Host side (any thread) --------------------------------------------------------
 
@@ -124,13 +126,22 @@ class Worker:
                 self._cond.notify_all()
 
     def _open(self) -> Store | None:
+        # Imported here, on this thread: requests, tenacity, psutil and sqlite3
+        # cost milliseconds that the host's startup should not pay.
+        from phonehome_plugin.outbox import Outbox
+        from phonehome_plugin.reporter import Reporter
+        from phonehome_plugin.sender import Sender
+        from phonehome_plugin.store import open_store
+        from phonehome_plugin.system import host_facts, machine_facts
+        from phonehome_plugin.transport import Transport
+
         try:
             store = open_store(self.app.data_dir)
             outbox = Outbox(store, self.settings.outbox)
             self.reporter = Reporter(
                 settings=self.settings, store=store, outbox=outbox, inventory=self.inventory,
                 tally=self.tally, registry=self.registry,
-                host=host_facts(self.app.version, self.app.edition), started_at=self.app.started_at, machine=self.machine,
+                host=host_facts(self.app.version, self.app.edition), started_at=self.app.started_at, machine=self.machine or machine_facts,
             )
             self.sender = Sender(
                 outbox, Transport(self.settings), self.policy, self.settings.interval, self.cancel
@@ -173,6 +184,9 @@ class Worker:
         self._plan(now)
 
     def _deliver(self, now: datetime) -> None:
+        from phonehome_plugin import history
+
+        assert self.sender is not None
         mode = self.settings.mode
         if mode == "send":
             self.sender.deliver_due(now.timestamp())
@@ -187,7 +201,7 @@ class Worker:
                 history.record(outbox.store, event)
 
     def _plan(self, now: datetime) -> None:
-        assert self.reporter is not None
+        assert self.reporter is not None and self.sender is not None
         moments = [now + FOLD_EVERY, _at(self.reporter.next_periodic(now))]
         retry_at = self.sender.outbox.next_due()
         if retry_at is not None and self.settings.mode == "send":
@@ -200,7 +214,8 @@ class Worker:
         if self.reporter is not None:
             self.reporter.fold()
             self.reporter.remember_earliest_user()
-        self.sender.transport.close()
+        if self.sender is not None:
+            self.sender.transport.close()
 
     def _guarded(self, doing: str, step: Callable[[], None]) -> None:
         try:
