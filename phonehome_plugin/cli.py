@@ -1,0 +1,203 @@
+"""The ``phonehome`` command: operators see, verify and export what telemetry does.
+
+Exit codes: 0 done; 1 a problem with config.yaml, the data dir or the state
+file (one line on stderr names it); 2 wrong usage; 3 nothing to show (no
+pending report for ``preview``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from phonehome_plugin import switch
+
+OK, PROBLEM, USAGE, NOTHING = 0, 1, 2, 3
+DEFAULT_CONFIG = "config.yaml"
+DEFAULT_DATA_DIR = "~/maestrohub/data"
+
+
+class Problem(Exception):
+    """An operator-facing error: printed as one line, exit code 1."""
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
+    """Run the command; returns the exit code."""
+    out = out or sys.stdout
+    args = _parser().parse_args(argv)
+    try:
+        return int(args.run(args, out))
+    except Problem as problem:
+        print(f"phonehome: {problem}", file=sys.stderr)
+        return PROBLEM
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="phonehome", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+    commands: list[tuple[str, Callable[..., int], str]] = [
+        ("status", status, "on or off and why, mode, instance id, endpoint, last send, outbox, next report"),
+        ("preview", preview, "print the exact body of the next report to be sent"),
+        ("history", history, "what was sent, when, with which result"),
+        ("export", export, "write pending reports to a file for upload by hand"),
+        ("schema", schema_cmd, "print the report's JSON Schema"),
+        ("docs", docs_cmd, "print the telemetry documentation generated from the schema"),
+        ("demo", demo, "run a simulated MaestroHub with the plugin, offline"),
+    ]
+    for name, run, help_text in commands:
+        cmd = sub.add_parser(name, help=help_text, description=help_text)
+        cmd.set_defaults(run=run)
+        if name in ("status", "preview", "history", "export"):
+            cmd.add_argument("--config", default=os.environ.get("MAESTROHUB_CONFIG", DEFAULT_CONFIG),
+                             help="the host's config.yaml (default: ./config.yaml or $MAESTROHUB_CONFIG)")
+            cmd.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="the host's data directory")
+        if name in ("status", "history", "export"):
+            cmd.add_argument("--json", action="store_true", help="machine-readable output")
+    sub.choices["history"].add_argument("--limit", type=int, default=20)
+    sub.choices["export"].add_argument("output", help="file to write (JSON Lines, one report a line)")
+    sub.choices["demo"].add_argument("--hours", type=int, default=4)
+    return parser
+
+
+def load_config(path: str) -> Mapping[str, Any]:
+    """The parsed config.yaml; a missing file is an empty config (all defaults)."""
+    import yaml
+
+    file = Path(path).expanduser()
+    if not file.exists():
+        return {}
+    try:
+        loaded = yaml.safe_load(file.read_text("utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise Problem(f"cannot read {file}: {str(error).splitlines()[0]}") from error
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, Mapping):
+        raise Problem(f"{file}: expected a mapping at the top level")
+    return loaded
+
+
+def _view(args: argparse.Namespace) -> Any:
+    from phonehome_plugin.state_view import NoState, StateView
+
+    try:
+        return StateView(Path(args.data_dir).expanduser())
+    except NoState as error:
+        raise Problem(str(error)) from error
+
+
+def status(args: argparse.Namespace, out: TextIO) -> int:
+    decision = switch.resolve(load_config(args.config))
+    settings = decision.settings
+    info: dict[str, Any] = {
+        "telemetry": "on" if decision.on else "off",
+        "reason": decision.reason,
+        "mode": settings.mode if settings else None,
+        "endpoint": settings.endpoint if settings else None,
+    }
+    info.update(_state_status(args, settings.interval if settings else 3600))
+    if args.json:
+        print(json.dumps(info, indent=2), file=out)
+    else:
+        for key, value in info.items():
+            print(f"{key.replace('_', ' '):<14}{'-' if value is None else value}", file=out)
+    return OK
+
+
+def _state_status(args: argparse.Namespace, interval: int) -> dict[str, Any]:
+    from phonehome_plugin.state_view import NoState, StateView
+
+    try:
+        view = StateView(Path(args.data_dir).expanduser())
+    except NoState as error:
+        return {"instance_id": None, "state": str(error)}
+    try:
+        pending = view.pending()
+        last = view.history(1)
+        return {
+            "instance_id": view.kv("instance_id"),
+            "last_report": _describe_event(last[0]) if last else None,
+            "outbox": f"{len(pending)} report(s), {sum(len(p.body) for p in pending)} bytes",
+            "next_periodic": view.next_periodic(interval),
+        }
+    finally:
+        view.close()
+
+
+def _describe_event(event: Mapping[str, Any]) -> str:
+    return f"#{event['sequence']} {event['trigger']} at {event['at']}: {event['result']} ({event['detail']})"
+
+
+def preview(args: argparse.Namespace, out: TextIO) -> int:
+    view = _view(args)
+    try:
+        pending = view.pending()
+    finally:
+        view.close()
+    if not pending:
+        print("phonehome: no report is waiting to be sent; the next one is built when due",
+              file=sys.stderr)
+        return NOTHING
+    out.write(pending[0].body.decode("utf-8"))
+    out.write("\n")
+    return OK
+
+
+def history(args: argparse.Namespace, out: TextIO) -> int:
+    view = _view(args)
+    try:
+        events = view.history(args.limit)
+    finally:
+        view.close()
+    if args.json:
+        print(json.dumps(events, indent=2), file=out)
+        return OK
+    for event in events:
+        print(_describe_event(event), file=out)
+    if not events:
+        print("nothing sent yet", file=out)
+    return OK
+
+
+def export(args: argparse.Namespace, out: TextIO) -> int:
+    view = _view(args)
+    try:
+        pending = view.pending()
+    finally:
+        view.close()
+    target = Path(args.output)
+    try:
+        with target.open("wb") as file:
+            for entry in pending:
+                file.write(entry.body + b"\n")
+    except OSError as error:
+        raise Problem(f"cannot write {target}: {error.strerror}") from error
+    summary = {"exported": len(pending), "file": str(target)}
+    print(json.dumps(summary) if args.json else f"exported {len(pending)} report(s) to {target}",
+          file=out)
+    return OK
+
+
+def schema_cmd(args: argparse.Namespace, out: TextIO) -> int:
+    from phonehome_plugin import schema
+
+    out.write(schema.text())
+    return OK
+
+
+def docs_cmd(args: argparse.Namespace, out: TextIO) -> int:
+    from phonehome_plugin import telemetry_doc
+
+    out.write(telemetry_doc.render())
+    return OK
+
+
+def demo(args: argparse.Namespace, out: TextIO) -> int:
+    from phonehome_plugin.demo import run_demo
+
+    return run_demo(out, hours=args.hours)
