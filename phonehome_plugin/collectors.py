@@ -67,9 +67,9 @@ class Registry:
 
     def disconnect(self) -> None:
         with self._lock:
-            pairs, self._connected, sender, self._sender = self._connected, [], self._sender, None
+            pairs, self._connected, self._sender = self._connected, [], None
         for signal, receiver in pairs:
-            signal.disconnect(receiver, sender=sender)
+            signal.disconnect(receiver)  # from every sender: see receivers.disconnect_all
 
     def _connect_one(self, name: str, collector: Any, sender: Any) -> None:
         try:

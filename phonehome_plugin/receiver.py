@@ -176,6 +176,7 @@ class Receiver:
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True  # an unfinished request must not keep the process alive
+    request_queue_size = 128  # the default 5 resets bursts from many senders (tests do that)
     receiver: Receiver
 
 

@@ -150,7 +150,12 @@ def connect_all(pairs: list[Pair], sender: Any) -> Iterator[Pair]:
         yield signal, receiver
 
 
-def disconnect_all(pairs: list[Pair], sender: Any) -> None:
-    """Undo :func:`connect_all`; safe to call twice."""
+def disconnect_all(pairs: list[Pair]) -> None:
+    """Undo :func:`connect_all`; safe to call twice.
+
+    Disconnected from every sender: blinker's per-sender disconnect leaves the
+    receiver in ``signal.receivers``, which would keep it (and its inventory)
+    alive and keep the signal's dispatch off its no-receiver fast path.
+    """
     for signal, receiver in pairs:
-        signal.disconnect(receiver, sender=sender)
+        signal.disconnect(receiver)

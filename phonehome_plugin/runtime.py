@@ -91,7 +91,7 @@ class Runtime:
             return
         self._stopped = True
         try:
-            receivers.disconnect_all(self._pairs, self.app)
+            receivers.disconnect_all(self._pairs)
             self.registry.disconnect()
             if not self.worker.stop(SHUTDOWN_WAIT):
                 log.warning("phonehome: worker still busy at shutdown; unsent reports stay stored")

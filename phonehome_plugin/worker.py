@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FOLD_EVERY = timedelta(seconds=60)
+MAX_PENDING_TICKS = 64
 NOTICE_KEY = "notice.logged_at"
 FAR_PAST = datetime.min.replace(tzinfo=UTC)
 NOTICE = (
@@ -66,7 +68,10 @@ class Worker:
         self.wake_at = FAR_PAST
         self.cancel = threading.Event()
         self._cond = threading.Condition()
-        self._now: datetime | None = None
+        # Every tick that passed the host side's wake_at check, in order: a host
+        # (or a test) may tick faster than reports are built, and each slot it
+        # crossed still deserves its periodic report. Bounded, oldest dropped.
+        self._nows: deque[datetime] = deque(maxlen=MAX_PENDING_TICKS)
         self._users: list[datetime] = []
         self._stopping = False
         self._busy = False
@@ -82,7 +87,7 @@ class Worker:
 
     def tick(self, now: datetime) -> None:
         with self._cond:
-            self._now = now
+            self._nows.append(now)
             self._cond.notify_all()
 
     def user_created(self, created_at: datetime) -> None:
@@ -95,7 +100,7 @@ class Worker:
         """Wait until every note in the mailbox has been handled (for tests and the demo)."""
         with self._cond:
             return self._cond.wait_for(
-                lambda: not self._busy and self._now is None and not self._users
+                lambda: not self._busy and not self._nows and not self._users
                 or not self._thread.is_alive(),
                 timeout,
             )
@@ -158,27 +163,28 @@ class Worker:
         with self._cond:
             self._busy = False
             self._cond.notify_all()
-            while self._now is None and not self._users and not self._stopping:
+            while not self._nows and not self._users and not self._stopping:
                 self._cond.wait()
             self._busy = True
             return not self._stopping
 
     def _handle(self) -> None:
         with self._cond:
-            ticked, self._now = self._now, None
-            users, self._users = self._users, []
+            ticks, users = list(self._nows), self._users
+            self._nows.clear()
+            self._users = []
         assert self.reporter is not None
         reporter = self.reporter
         # A user created between ticks is reported at once, on its own creation time.
-        now = ticked or max(users)
+        now = ticks[-1] if ticks else max(users)
         for created_at in users:
             reporter.first_user(created_at, max(now, created_at))
-        if ticked is not None:
+        for moment in ticks:
             if not self._started:
                 # The first tick comes after every module synced its inventory.
                 self._started = True
-                reporter.startup(now)
-            reporter.periodic(now)
+                reporter.startup(moment)
+            reporter.periodic(moment)
         reporter.fold()
         self._deliver(now)
         self._plan(now)

@@ -1,0 +1,153 @@
+"""Shared parts of the end-to-end tests: a recording endpoint, a third-party
+distribution installed as real metadata, and helpers to drive a simulated host."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import sys
+import textwrap
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pytest_httpserver import HTTPServer
+from werkzeug import Request, Response
+
+from phonehome_plugin.simhost import SimClock, SimHost
+
+START = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
+GEOIP = {
+    "status": "success",
+    "query": "203.0.113.7",
+    "country": "Germany",
+    "regionName": "Bavaria",
+    "city": "Munich",
+    "isp": "Example Carrier",
+}
+
+
+@dataclass
+class Endpoint:
+    """Everything the loopback endpoint received, decoded, in arrival order."""
+
+    server: HTTPServer
+    bodies: list[bytes] = field(default_factory=list)
+    headers: list[dict[str, str]] = field(default_factory=list)
+    status: int = 202
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def handle(self, request: Request) -> Response:
+        raw = request.get_data()
+        if request.headers.get("Content-Encoding") == "gzip":
+            raw = gzip.decompress(raw)
+        with self.lock:
+            self.bodies.append(raw)
+            self.headers.append(dict(request.headers))
+        return Response(status=self.status)
+
+    @property
+    def reports(self) -> list[dict[str, Any]]:
+        with self.lock:
+            return [json.loads(body) for body in self.bodies]
+
+    def by_trigger(self, trigger: str) -> list[dict[str, Any]]:
+        return [r for r in self.reports if r["trigger"] == trigger]
+
+    @property
+    def url(self) -> str:
+        return self.server.url_for("/v1/reports")
+
+    @property
+    def geoip_url(self) -> str:
+        return self.server.url_for("/geoip")
+
+
+@pytest.fixture
+def endpoint(httpserver: HTTPServer) -> Endpoint:
+    box = Endpoint(httpserver)
+    httpserver.expect_request("/v1/reports", method="POST").respond_with_handler(box.handle)
+    httpserver.expect_request("/geoip", method="GET").respond_with_json(GEOIP)
+    return box
+
+
+COLLECTOR_MODULE = '''
+from hookspecs import hookimpl, signals
+
+
+class SaveCounter:
+    """Counts connection saves by type, the way a real module's collector would."""
+
+    name = "acme.counter"
+
+    def __init__(self):
+        self.saves = {}
+
+    def receivers(self):
+        return [(signals.connection_saved, self.on_saved)]
+
+    def on_saved(self, sender, type=None, **extra):
+        self.saves[type] = self.saves.get(type, 0) + 1
+
+    def collect(self):
+        return {"saves": sum(self.saves.values()), "by_type": dict(self.saves)}
+
+
+class Broken:
+    name = "acme.broken"
+
+    def collect(self):
+        raise RuntimeError("the historian is down")
+
+
+@hookimpl(optionalhook=True)
+def phonehome_register_collectors(register):
+    register(SaveCounter())
+    register(Broken())
+'''
+
+
+@pytest.fixture
+def acme_distribution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A third-party distribution, installed as real metadata on ``sys.path``.
+
+    The host finds it exactly as it finds any installed MaestroHub module: through
+    its ``entry_points.txt`` in the ``maestrohub`` group.
+    """
+    site = tmp_path / "site"
+    info = site / "acme_counter-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-counter\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[maestrohub]\nacme_counter = acme_counter_plugin\n")
+    (site / "acme_counter_plugin.py").write_text(textwrap.dedent(COLLECTOR_MODULE))
+    monkeypatch.syspath_prepend(str(site))
+    yield site
+    sys.modules.pop("acme_counter_plugin", None)
+
+
+def phonehome_config(endpoint: Endpoint, **extra: Any) -> dict[str, Any]:
+    return {
+        "modules": {
+            "phonehome": {"endpoint": endpoint.url, "geoip_url": endpoint.geoip_url, **extra}
+        }
+    }
+
+
+def make_host(config: dict[str, Any], data_dir: Path) -> SimHost:
+    return SimHost(config, data_dir, clock=SimClock(START))
+
+
+def settle(host: SimHost) -> None:
+    """Wait (bounded) until the plugin's worker has handled everything handed to it."""
+    runtime = host.app.plugin_manager.get_plugin("phonehome-runtime")
+    assert runtime is not None, "phonehome did not start"
+    assert runtime.worker.wait_idle(20), "the worker did not settle within 20 s"
+
+
+def tick(host: SimHost, seconds: float | None = None) -> None:
+    host.tick(seconds)
+    settle(host)
