@@ -39,7 +39,9 @@ pipeline_saved = _signals.signal(
     doc="A pipeline was created or updated. Arguments: ``id``, ``enabled`` (bool), "
     "``node_types`` (a list of node type ids, one per node, e.g. ``trigger.manual``).",
 )
-pipeline_deleted = _signals.signal("pipeline-deleted", doc="A pipeline was deleted. Arguments: ``id``.")
+pipeline_deleted = _signals.signal(
+    "pipeline-deleted", doc="A pipeline was deleted. Arguments: ``id``."
+)
 execution_finished = _signals.signal(
     "execution-finished",
     doc="A pipeline execution reached a terminal state. Arguments: ``pipeline_id``, "

@@ -36,7 +36,10 @@ def on_startup(app: Any) -> None:
 
 def _start(app: Any) -> None:
     pm = app.plugin_manager
-    if not hasattr(pm.hook, "phonehome_register_collectors") or pm.hook.phonehome_register_collectors.spec is None:
+    if (
+        not hasattr(pm.hook, "phonehome_register_collectors")
+        or pm.hook.phonehome_register_collectors.spec is None
+    ):
         pm.add_hookspecs(hookspecs.phonehome)
     if pm.get_plugin(RUNTIME_NAME) is not None:
         return

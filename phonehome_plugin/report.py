@@ -74,7 +74,9 @@ def build(inputs: Inputs) -> dict[str, Any]:
         "location": {k: inputs.location.get(k) for k in ("country", "city", "region", "isp")},
         "connections": inv.connections.snapshot(),
         "pipelines": inv.pipelines.snapshot(),
-        "uns": {k: inv.uns.get(k) for k in ("topic_count", "client_count", "mqtt_mode", "storage_mode")},
+        "uns": {
+            k: inv.uns.get(k) for k in ("topic_count", "client_count", "mqtt_mode", "storage_mode")
+        },
         "executions": executions(inputs),
         "other": {"organizations": len(inv.organizations), "data_models": len(inv.data_models)},
         "collectors": dict(inputs.collectors),
@@ -123,7 +125,9 @@ def apply_privacy(report: dict[str, Any], choices: Mapping[str, str], salt: byte
         value = report[section].get(key)
         if value is None or choices.get(option, "send") == "send":
             continue
-        report[section][key] = None if choices[option] == "omit" else privacy.pseudonym(value, salt)
+        report[section][key] = (
+            None if choices[option] == "omit" else privacy.pseudonym(value, salt)
+        )
 
 
 def encode(report: Mapping[str, Any]) -> bytes:

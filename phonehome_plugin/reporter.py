@@ -65,11 +65,15 @@ class Reporter:
         key = f"startup:{report.iso(self.started_at)}"
         if not self._claim(key, now):
             return None
-        recent = [t for t in json.loads(self.store.get(STARTUPS) or "[]") if now.timestamp() - t < 3600]
+        recent = [
+            t for t in json.loads(self.store.get(STARTUPS) or "[]") if now.timestamp() - t < 3600
+        ]
         if not schedule.startup_allowed(recent, now.timestamp()):
             self.store.add({"startup.suppressed": 1})
             self.store.finish_claim(key)
-            log.warning("phonehome: host restarted often; this startup report is counted, not sent")
+            log.warning(
+                "phonehome: host restarted often; this startup report is counted, not sent"
+            )
             return None
         self.store.set(STARTUPS, json.dumps([*recent, now.timestamp()]))
         self.store.setdefault(LAST_SLOT, lambda: str(self._current_slot(now)))
@@ -88,7 +92,9 @@ class Reporter:
     def periodic(self, now: datetime) -> dict[str, Any] | None:
         """The periodic report of the current slot, when it is due."""
         last = int(self.store.setdefault(LAST_SLOT, lambda: str(self._current_slot(now))))
-        slot = schedule.periodic_slot(now.timestamp(), last, self.instance_id, self.settings.interval)
+        slot = schedule.periodic_slot(
+            now.timestamp(), last, self.instance_id, self.settings.interval
+        )
         if slot is None:
             return None
         key = f"periodic:{slot}"
@@ -171,7 +177,11 @@ class Reporter:
             # Fail closed: a report the schema does not vouch for is never sent.
             self.store.add({"schema.invalid": 1})
             self.store.finish_claim(key)
-            log.error("phonehome: %s report failed its schema, not sent: %s", trigger, "; ".join(problems[:5]))
+            log.error(
+                "phonehome: %s report failed its schema, not sent: %s",
+                trigger,
+                "; ".join(problems[:5]),
+            )
             return None
         entry = Entry(
             built["report_id"], built["sequence"], trigger, now.timestamp(), report.encode(built)

@@ -31,7 +31,7 @@ SHUTDOWN_WAIT = 1.5
 
 
 class Runtime:
-    """Telemetry for one host start. Create, register with the plugin manager, then :meth:`start`."""
+    """Telemetry for one host start: create, register with the plugin manager, :meth:`start`."""
 
     def __init__(self, app: Any, settings: Settings, policy: Policy | None = None) -> None:
         self.app = app
@@ -46,7 +46,9 @@ class Runtime:
         self._forked = False
 
     def _new_worker(self) -> Worker:
-        return Worker(self.settings, self.app, self.inventory, self.tally, self.registry, self.policy)
+        return Worker(
+            self.settings, self.app, self.inventory, self.tally, self.registry, self.policy
+        )
 
     def start(self) -> None:
         """Connect receivers, ask third parties for collectors, start the worker."""

@@ -13,9 +13,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from phonehome_plugin.collectors import Registry
 from phonehome_plugin.config import Settings
@@ -100,8 +98,12 @@ class Worker:
         """Wait until every note in the mailbox has been handled (for tests and the demo)."""
         with self._cond:
             return self._cond.wait_for(
-                lambda: not self._busy and not self._nows and not self._users
-                or not self._thread.is_alive(),
+                lambda: (
+                    (not self._busy
+                    and not self._nows
+                    and not self._users)
+                    or not self._thread.is_alive()
+                ),
                 timeout,
             )
 
@@ -144,9 +146,15 @@ class Worker:
             store = open_store(self.app.data_dir)
             outbox = Outbox(store, self.settings.outbox)
             self.reporter = Reporter(
-                settings=self.settings, store=store, outbox=outbox, inventory=self.inventory,
-                tally=self.tally, registry=self.registry,
-                host=host_facts(self.app.version, self.app.edition), started_at=self.app.started_at, machine=self.machine or machine_facts,
+                settings=self.settings,
+                store=store,
+                outbox=outbox,
+                inventory=self.inventory,
+                tally=self.tally,
+                registry=self.registry,
+                host=host_facts(self.app.version, self.app.edition),
+                started_at=self.app.started_at,
+                machine=self.machine or machine_facts,
             )
             self.sender = Sender(
                 outbox, Transport(self.settings), self.policy, self.settings.interval, self.cancel
@@ -202,7 +210,12 @@ class Worker:
                 log.warning("phonehome: mode log, report not sent: %s", entry.body.decode())
                 outbox.remove(entry.report_id)
                 event = history.Event(
-                    entry.report_id, entry.sequence, entry.trigger, now.timestamp(), "logged", "mode log"
+                    entry.report_id,
+                    entry.sequence,
+                    entry.trigger,
+                    now.timestamp(),
+                    "logged",
+                    "mode log",
                 )
                 history.record(outbox.store, event)
 
@@ -232,4 +245,3 @@ class Worker:
 
 def _at(epoch: float) -> datetime:
     return datetime.fromtimestamp(epoch, UTC)
-

@@ -6,16 +6,8 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from e2e_support import (  # noqa: F401  (fixtures)
-    GEOIP,
-    Endpoint,
-    acme_distribution,
-    endpoint,
-    make_host,
-    phonehome_config,
-    settle,
-    tick,
-)
+from e2e_support import GEOIP, Endpoint, make_host, phonehome_config, settle, tick
+
 from phonehome_plugin import schema
 from phonehome_plugin.simhost import SimHost
 
@@ -54,18 +46,27 @@ def test_startup_report_carries_every_category_after_inventory_sync(
     assert report["license"] == {"id": "LIC-2026-0042", "status": "trial"}
     assert report["users"] == {"total": 0, "first_email": None}
     assert report["location"] == {
-        "country": "Germany", "city": "Munich", "region": "Bavaria", "isp": "Example Carrier"
+        "country": "Germany",
+        "city": "Munich",
+        "region": "Bavaria",
+        "isp": "Example Carrier",
     }
     assert report["connections"] == {"total": 3, "by_type": {"mqtt": 2, "opcua": 1}}
     assert report["pipelines"] == {
         "total": 2,
         "enabled": 1,
         "nodes_by_type": {
-            "action.http": 2, "system.uns.publish": 1, "trigger.manual": 1, "trigger.webhook": 1
+            "action.http": 2,
+            "system.uns.publish": 1,
+            "trigger.manual": 1,
+            "trigger.webhook": 1,
         },
     }
     assert report["uns"] == {
-        "topic_count": 2400, "client_count": 7, "mqtt_mode": "embedded", "storage_mode": "pebble"
+        "topic_count": 2400,
+        "client_count": 7,
+        "mqtt_mode": "embedded",
+        "storage_mode": "pebble",
     }
     assert report["other"] == {"organizations": 1, "data_models": 2}
     assert report["executions"]["total"] == 0
@@ -78,7 +79,9 @@ def test_startup_report_carries_every_category_after_inventory_sync(
     host.shutdown()
 
 
-def test_a_life_with_a_restart(endpoint: Endpoint, acme_distribution: Path, tmp_path: Path) -> None:
+def test_a_life_with_a_restart(
+    endpoint: Endpoint, acme_distribution: Path, tmp_path: Path
+) -> None:
     host = make_host(phonehome_config(endpoint), tmp_path / "data")
     _populate(host)
     host.start()
@@ -106,13 +109,18 @@ def test_a_life_with_a_restart(endpoint: Endpoint, acme_distribution: Path, tmp_
     latest = periodic[-1]
     assert latest["connections"] == {"total": 4, "by_type": {"mqtt": 1, "opcua": 2, "s7": 1}}
     assert latest["pipelines"] == {
-        "total": 1, "enabled": 1, "nodes_by_type": {"action.http": 1, "trigger.manual": 1}
+        "total": 1,
+        "enabled": 1,
+        "nodes_by_type": {"action.http": 1, "trigger.manual": 1},
     }
     assert latest["other"] == {"organizations": 1, "data_models": 1}
     assert latest["executions"]["by_status"] == {**dict(emitted), "unknown": 0}
     assert latest["executions"]["success"] == emitted["completed"]
     assert latest["executions"]["failure"] == emitted["failed"] + emitted["completed_with_errors"]
-    assert latest["collectors"]["acme.counter"] == {"saves": 3, "by_type": {"mqtt": 1, "s7": 1, "opcua": 1}}
+    assert latest["collectors"]["acme.counter"] == {
+        "saves": 3,
+        "by_type": {"mqtt": 1, "s7": 1, "opcua": 1},
+    }
 
     second = host.restart()
     second.start()
@@ -132,7 +140,8 @@ def test_a_life_with_a_restart(endpoint: Endpoint, acme_distribution: Path, tmp_
     final = reports[-1]
     lifetime = emitted + more
     assert final["executions"]["by_status"] == {
-        s: lifetime.get(s, 0) for s in ("completed", "failed", "completed_with_errors", "cancelled")
+        s: lifetime.get(s, 0)
+        for s in ("completed", "failed", "completed_with_errors", "cancelled")
     } | {"unknown": 0}
     assert final["users"] == {"total": 2, "first_email": "admin@example.com"}
     for report in reports:
@@ -144,7 +153,9 @@ def test_exact_totals_from_eight_threads(endpoint: Endpoint, tmp_path: Path) -> 
     host.save_pipeline(["trigger.manual"], pipeline_id="p1")
     host.start()
     tick(host)
-    emitted = host.run_executions(100_000, ("completed", "failed", "cancelled", "completed_with_errors"), threads=8)
+    emitted = host.run_executions(
+        100_000, ("completed", "failed", "cancelled", "completed_with_errors"), threads=8
+    )
     host.run_for(3600, step=600)
     settle(host)
     latest = endpoint.by_trigger("periodic")[-1]
@@ -153,7 +164,9 @@ def test_exact_totals_from_eight_threads(endpoint: Endpoint, tmp_path: Path) -> 
     host.shutdown()
 
 
-def test_telemetry_off_leaves_no_trace(endpoint: Endpoint, acme_distribution: Path, tmp_path: Path) -> None:
+def test_telemetry_off_leaves_no_trace(
+    endpoint: Endpoint, acme_distribution: Path, tmp_path: Path
+) -> None:
     data = tmp_path / "data"
     data.mkdir()
     host = make_host(phonehome_config(endpoint, enabled=False), data)
@@ -165,7 +178,9 @@ def test_telemetry_off_leaves_no_trace(endpoint: Endpoint, acme_distribution: Pa
     host.run_for(3 * 3600, step=600)
     from hookspecs import signals
 
-    connected = {signal.name: list(signal.receivers.values()) for signal in signals.ALL if signal.receivers}
+    connected = {
+        signal.name: list(signal.receivers.values()) for signal in signals.ALL if signal.receivers
+    }
     assert connected == {}, "a receiver stayed connected"
     assert host.app.plugin_manager.get_plugin("phonehome-runtime") is None
     assert {t.name for t in threading.enumerate()} - threads_before == set()
@@ -189,7 +204,9 @@ def test_broken_config_costs_telemetry_not_the_host(
         host.start()
         host.run_for(2 * 3600, step=600)
         host.shutdown()
-    lines = [r.getMessage() for r in caplog.records if "modules.phonehome.interval" in r.getMessage()]
+    lines = [
+        r.getMessage() for r in caplog.records if "modules.phonehome.interval" in r.getMessage()
+    ]
     assert len(lines) == 1
     assert "hourly" in lines[0]
     assert endpoint.reports == []
