@@ -7,6 +7,7 @@ leave telemetry on. Any error makes the plugin inert (see :mod:`.switch`).
 from __future__ import annotations
 
 import ipaddress
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,7 +68,9 @@ def is_loopback_host(host: str | None) -> bool:
 
 def section_of(host_config: Mapping[str, Any]) -> Mapping[str, Any]:
     """The ``modules.phonehome`` mapping of a parsed config.yaml (empty when absent)."""
-    modules = host_config.get("modules") if isinstance(host_config, Mapping) else None
+    if not isinstance(host_config, Mapping):
+        raise ConfigError(f"config.yaml: expected a mapping, got {type(host_config).__name__}")
+    modules = host_config.get("modules")
     if modules is None:
         return {}
     if not isinstance(modules, Mapping):
@@ -107,6 +110,10 @@ def _choice(choices: tuple[str, ...]) -> Any:
 def _number(minimum: float, integer: bool = False) -> Any:
     def check(key: str, value: Any) -> float | int:
         ok = isinstance(value, int) if integer else isinstance(value, int | float)
+        # NaN compares false with everything, so it would pass ``value < minimum``;
+        # infinity is no usable timeout or age either.
+        if isinstance(value, float) and not math.isfinite(value):
+            ok = False
         if not ok or isinstance(value, bool) or value < minimum:
             kind = "a whole number" if integer else "a number"
             raise ConfigError(f"{key}: expected {kind} of at least {minimum}, got {value!r}")
@@ -126,7 +133,10 @@ def _endpoint(key: str, value: Any) -> str:
 def _url(key: str, value: Any) -> str:
     if not isinstance(value, str):
         raise ConfigError(f"{key}: expected a URL string, got {value!r}")
-    parts = urlsplit(value)
+    try:
+        parts = urlsplit(value)
+    except ValueError as error:  # e.g. an unclosed IPv6 bracket; callers catch ConfigError only
+        raise ConfigError(f"{key}: expected an http(s) URL, got {value!r}") from error
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(f"{key}: expected an http(s) URL, got {value!r}")
     return value

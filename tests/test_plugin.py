@@ -1,0 +1,156 @@
+"""The entry-point module: discovery, the on/off decision, and never raising into the host."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pluggy
+import pytest
+
+import hookspecs.host
+from hookspecs import hookimpl
+from phonehome_plugin import plugin
+from phonehome_plugin.runtime import Runtime
+
+STARTED = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
+
+
+@dataclass(eq=False)
+class App:
+    config: Any
+    data_dir: Path
+    plugin_manager: pluggy.PluginManager
+    version: str = "2.3.0"
+    edition: str = "core"
+    config_path: Path | None = None
+    started_at: datetime = STARTED
+
+
+@pytest.fixture
+def pm() -> pluggy.PluginManager:
+    manager = pluggy.PluginManager("maestrohub")
+    manager.add_hookspecs(hookspecs.host)
+    return manager
+
+
+def _start(pm: pluggy.PluginManager, app: App) -> Runtime | None:
+    pm.hook.on_startup.call_historic(kwargs={"app": app})
+    runtime = pm.get_plugin(plugin.RUNTIME_NAME)
+    return runtime if isinstance(runtime, Runtime) else None
+
+
+def _on(tmp_path: Path) -> dict[str, Any]:
+    return {"modules": {"phonehome": {"endpoint": "http://127.0.0.1:9/r", "geoip_url": ""}}}
+
+
+def test_the_installed_distribution_declares_the_entry_point() -> None:
+    points = importlib.metadata.entry_points(group="maestrohub")
+    assert [p.value for p in points if p.name == "phonehome"] == ["phonehome_plugin.plugin"]
+
+
+def test_the_host_discovers_the_plugin_from_metadata(pm: pluggy.PluginManager) -> None:
+    assert pm.load_setuptools_entrypoints("maestrohub") >= 1
+    assert pm.get_plugin("phonehome") is plugin
+
+
+def test_the_module_keeps_no_state(pm: pluggy.PluginManager, tmp_path: Path) -> None:
+    before = dict(vars(plugin))
+    mutable = [
+        k for k, v in before.items() if isinstance(v, list | dict | set) and k != "__builtins__"
+    ]
+    assert mutable == []
+    pm.register(plugin)
+    app = App(_on(tmp_path), tmp_path, pm)
+    assert _start(pm, app) is not None
+    pm.hook.on_shutdown(app=app)
+    assert dict(vars(plugin)) == before, "starting changed the module's namespace"
+
+
+def test_on_starts_one_runtime_even_when_called_twice(
+    pm: pluggy.PluginManager, tmp_path: Path
+) -> None:
+    pm.register(plugin)
+    app = App(_on(tmp_path), tmp_path, pm)
+    runtime = _start(pm, app)
+    assert runtime is not None
+    plugin.on_startup(app=app)
+    assert pm.get_plugin(plugin.RUNTIME_NAME) is runtime
+    pm.hook.on_shutdown(app=app)
+
+
+def test_off_registers_nothing_but_still_owns_the_collector_hook(
+    pm: pluggy.PluginManager, tmp_path: Path
+) -> None:
+    pm.register(plugin)
+    config = {"modules": {"phonehome": {"enabled": False}}}
+    assert _start(pm, App(config, tmp_path, pm)) is None
+    assert pm.hook.phonehome_register_collectors.spec is not None
+
+
+def test_a_late_third_party_plugin_still_registers_its_collectors(
+    pm: pluggy.PluginManager, tmp_path: Path
+) -> None:
+    pm.register(plugin)
+    app = App(_on(tmp_path), tmp_path, pm)
+    runtime = _start(pm, app)
+    assert runtime is not None
+
+    class Late:
+        name = "acme.late"
+
+        def collect(self) -> dict[str, int]:
+            return {"n": 1}
+
+    class LatePlugin:
+        @hookimpl(optionalhook=True)
+        def phonehome_register_collectors(self, register: Any) -> None:
+            register(Late())
+
+    pm.register(LatePlugin())
+    assert "acme.late" in runtime.registry.collectors
+    pm.hook.on_shutdown(app=app)
+
+
+def test_a_bad_registration_is_the_third_party_s_error_not_the_host_s(
+    pm: pluggy.PluginManager, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Nameless:
+        @hookimpl(optionalhook=True)
+        def phonehome_register_collectors(self, register: Any) -> None:
+            register(object())
+
+    pm.register(Nameless())
+    pm.register(plugin)
+    app = App(_on(tmp_path), tmp_path, pm)
+    runtime = _start(pm, app)
+    assert runtime is not None and runtime.registry.collectors == {}
+    assert any("failed to register" in r.getMessage() for r in caplog.records)
+    with pytest.raises(TypeError):
+        pm.register(Nameless(), name="late-nameless")  # raised in the registering module
+    pm.hook.on_shutdown(app=app)
+
+
+@pytest.mark.parametrize(
+    "breakage",
+    [
+        {"config": None},
+        {"config": {"modules": "phonehome"}},
+        {"plugin_manager": None},
+    ],
+)
+def test_on_startup_never_raises(
+    pm: pluggy.PluginManager,
+    tmp_path: Path,
+    breakage: dict[str, Any],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    app = App(_on(tmp_path), tmp_path, pm)
+    for key, value in breakage.items():
+        setattr(app, key, value)
+    plugin.on_startup(app=app)
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR], "the failure was not logged"
