@@ -79,11 +79,15 @@ class Reporter:
         self.store.setdefault(LAST_SLOT, lambda: str(self._current_slot(now)))
         return self._make(key, "startup", now)
 
-    def first_user(self, created_at: datetime, now: datetime) -> dict[str, Any] | None:
-        """The first-user report, if this user is the installation's first."""
+    def first_user(self, user: tuple[datetime, str], now: datetime) -> dict[str, Any] | None:
+        """The first-user report, if ``user`` (created_at, email) is the installation's first.
+
+        Users are ordered by creation time, then email, so that two processes
+        creating users at the same instant agree on which one was first.
+        """
         self.remember_earliest_user()
         earliest = self._earliest_user()
-        if earliest is not None and earliest[0] < created_at:
+        if earliest is not None and earliest < user:
             return None
         if not self._claim(FIRST_USER, now):
             return None

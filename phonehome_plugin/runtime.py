@@ -70,7 +70,8 @@ class Runtime:
             receivers.record_user(self.inventory, user)
             created_at = user.get("created_at")
             if isinstance(created_at, datetime) and created_at.tzinfo is not None:
-                self.worker.user_created(created_at)
+                email = user.get("email")
+                self.worker.user_created((created_at, email if isinstance(email, str) else ""))
         except Exception:  # never into the host
             log.exception("phonehome: on_user_created failed")
 

@@ -70,7 +70,7 @@ class Worker:
         # (or a test) may tick faster than reports are built, and each slot it
         # crossed still deserves its periodic report. Bounded, oldest dropped.
         self._nows: deque[datetime] = deque(maxlen=MAX_PENDING_TICKS)
-        self._users: list[datetime] = []
+        self._users: list[tuple[datetime, str]] = []
         self._stopping = False
         self._busy = False
         self._started = False
@@ -88,9 +88,10 @@ class Worker:
             self._nows.append(now)
             self._cond.notify_all()
 
-    def user_created(self, created_at: datetime) -> None:
+    def user_created(self, user: tuple[datetime, str]) -> None:
+        """Note a created user, ``(created_at, email)``; it may be the first."""
         with self._cond:
-            self._users.append(created_at)
+            self._users.append(user)
             self.wake_at = FAR_PAST
             self._cond.notify_all()
 
@@ -99,9 +100,7 @@ class Worker:
         with self._cond:
             return self._cond.wait_for(
                 lambda: (
-                    (not self._busy
-                    and not self._nows
-                    and not self._users)
+                    (not self._busy and not self._nows and not self._users)
                     or not self._thread.is_alive()
                 ),
                 timeout,
@@ -184,9 +183,9 @@ class Worker:
         assert self.reporter is not None
         reporter = self.reporter
         # A user created between ticks is reported at once, on its own creation time.
-        now = ticks[-1] if ticks else max(users)
-        for created_at in users:
-            reporter.first_user(created_at, max(now, created_at))
+        now = ticks[-1] if ticks else max(user[0] for user in users)
+        for user in users:
+            reporter.first_user(user, max(now, user[0]))
         for moment in ticks:
             if not self._started:
                 # The first tick comes after every module synced its inventory.

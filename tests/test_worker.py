@@ -1,0 +1,168 @@
+"""The worker's triggers, on the host's clock: startup, first user, periodic, crash loops."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from e2e_support import START, Endpoint, make_host, phonehome_config, settle, tick
+
+from phonehome_plugin import schedule
+from phonehome_plugin.simhost import SimHost
+
+HOUR = 3600
+
+
+@pytest.fixture
+def config(endpoint: Endpoint) -> dict[str, object]:
+    return phonehome_config(endpoint, geoip_url="")
+
+
+def _hours(host: SimHost, hours: float, step: float = 600) -> None:
+    for _ in range(int(hours * HOUR / step)):
+        tick(host, step)
+
+
+def test_the_startup_report_waits_for_the_first_tick(
+    endpoint: Endpoint, config: dict[str, object], tmp_path: Path
+) -> None:
+    host = make_host(config, tmp_path)
+    host.save_connection("mqtt", "c1")
+    host.start()
+    host.save_connection("opcua", "c2")  # after the sync, before the first tick
+    settle(host)
+    assert endpoint.reports == []
+    tick(host)
+    [report] = endpoint.reports
+    assert report["trigger"] == "startup"
+    assert report["connections"]["total"] == 2
+    host.shutdown()
+
+
+def test_first_user_report_is_immediate_and_once(
+    endpoint: Endpoint, config: dict[str, object], tmp_path: Path
+) -> None:
+    host = make_host(config, tmp_path)
+    host.start()
+    tick(host)
+    host.clock.advance(30)
+    host.create_user("admin@example.com")
+    host.create_user("second@example.com")
+    settle(host)  # no tick needed: the user's creation wakes the worker
+    [first] = endpoint.by_trigger("first_user")
+    assert first["generated_at"] == "2026-03-02T08:00:30.000Z"
+    assert first["users"]["first_email"] == "admin@example.com"
+    _hours(host, 1)
+    assert len(endpoint.by_trigger("first_user")) == 1
+    host.shutdown()
+
+
+def test_no_first_user_report_where_users_already_existed(
+    endpoint: Endpoint, config: dict[str, object], tmp_path: Path
+) -> None:
+    host = make_host(config, tmp_path)
+    host.create_user("founder@example.com")  # before the plugin ran: synced at startup
+    host.start()
+    tick(host)
+    host.create_user("later@example.com")  # at the same instant: the order is by email then
+    host.clock.advance(60)
+    host.create_user("another@example.com")
+    settle(host)
+    assert endpoint.by_trigger("first_user") == []
+    assert endpoint.reports[-1]["users"]["first_email"] == "founder@example.com"
+    host.shutdown()
+
+
+def test_one_periodic_report_per_slot_at_a_stable_offset(
+    endpoint: Endpoint, config: dict[str, object], tmp_path: Path
+) -> None:
+    host = make_host(config, tmp_path)
+    host.start()
+    tick(host)
+    _hours(host, 24)
+    periodic = endpoint.by_trigger("periodic")
+    instance = periodic[0]["instance_id"]
+    offset = schedule.offset(instance, HOUR)
+    slots = [schedule.slot_of(_epoch(r["generated_at"]), HOUR, offset) for r in periodic]
+    assert len(slots) == len(set(slots)), "two reports in one slot"
+    assert slots == list(range(slots[0], slots[0] + len(slots))), "a slot was skipped"
+    assert len(periodic) in (23, 24, 25)
+    host.shutdown()
+
+
+def test_restarts_neither_reset_nor_double_the_cadence(
+    endpoint: Endpoint, config: dict[str, object], tmp_path: Path
+) -> None:
+    host = make_host(config, tmp_path)
+    host.start()
+    tick(host)
+    for _ in range(6):
+        _hours(host, 0.5)
+        host = host.restart()
+        host.start()
+        tick(host)
+    _hours(host, 0.5)
+    host.shutdown()
+    periodic = endpoint.by_trigger("periodic")
+    spans = (_epoch(periodic[-1]["generated_at"]) - _epoch(periodic[0]["generated_at"])) / HOUR
+    assert len(periodic) == round(spans) + 1
+    assert len(endpoint.by_trigger("startup")) == 7, "a start every 30 min is within the limit"
+
+
+def test_a_crash_looping_host_sends_a_few_startups_and_counts_the_rest(
+    endpoint: Endpoint, config: dict[str, object], tmp_path: Path
+) -> None:
+    host = make_host(config, tmp_path)
+    crashed = []
+    for _ in range(8):
+        host.start()
+        tick(host)
+        host.clock.advance(120)
+        crashed.append(host)
+        host = host.restart(shutdown=False)
+    host.clock.advance(2 * HOUR)
+    host.start()
+    tick(host)
+    startups = endpoint.by_trigger("startup")
+    assert len(startups) == schedule.STARTUP_LIMIT + 1
+    assert startups[-1]["diagnostics"]["suppressed_startups"] == 8 - schedule.STARTUP_LIMIT
+    for gone in [*crashed, host]:
+        gone.shutdown()  # the "crashed" ones only now, so they leave nothing running
+
+
+def test_the_notice_is_logged_once_per_installation_before_anything_is_sent(
+    endpoint: Endpoint, config: dict[str, object], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    host = make_host(config, tmp_path)
+    host.start()
+    tick(host)
+    host = host.restart()
+    host.start()
+    tick(host)
+    host.shutdown()
+    notices = [r for r in caplog.records if "telemetry is on" in r.getMessage()]
+    assert len(notices) == 1
+    assert "enabled: false" in notices[0].getMessage()
+    assert endpoint.server.log, "reports were sent"
+
+
+def _epoch(stamp: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+def test_every_schedule_decision_uses_the_host_clock(
+    endpoint: Endpoint, config: dict[str, object], tmp_path: Path
+) -> None:
+    host = make_host(config, tmp_path)
+    host.start()
+    tick(host)
+    _hours(host, 3)
+    for report in endpoint.reports:
+        at = _epoch(report["generated_at"])
+        assert START.timestamp() <= at <= (START + timedelta(hours=3)).timestamp()
+    host.shutdown()
