@@ -210,3 +210,66 @@ def test_broken_config_costs_telemetry_not_the_host(
     assert len(lines) == 1
     assert "hourly" in lines[0]
     assert endpoint.reports == []
+
+
+SECRETS = {
+    "password": "hunter2-Pa55word!",
+    "api_key": "AKIAIOSFODNN7EXAMPLE",
+    "token": "ghp_16C7e42F292c6912E7710c838347Ae178B4a",
+    "dsn": "postgres://historian:s3cr3t-pw@db.plant.internal:5432/uns",
+    "workflow": {"nodes": [{"type": "action.http", "body": "SELECT * FROM recipes WHERE line=7"}]},
+    "operator_email": "night.shift.operator@plant.example",
+}
+
+
+def test_nothing_but_the_allowlist_reaches_a_report_or_the_disk(
+    endpoint: Endpoint, acme_distribution: Path, tmp_path: Path
+) -> None:
+    from hookspecs import signals
+
+    data = tmp_path / "data"
+    host = make_host(phonehome_config(endpoint), data)
+    _populate(host)
+    host.start()
+    app = host.app
+    signals.connection_saved.send(app, id="c9", type="mqtt", **SECRETS)
+    signals.pipeline_saved.send(app, id="p9", enabled=True, node_types=["action.http"], **SECRETS)
+    signals.execution_finished.send(
+        app, pipeline_id="p9", status="completed", duration_ms=5, **SECRETS
+    )
+    signals.uns_state_changed.send(
+        app,
+        topic_count=1,
+        client_count=1,
+        mqtt_mode="external",
+        storage_mode="timescale",
+        **SECRETS,
+    )
+    signals.license_changed.send(app, license_id="LIC-1", status="active", **SECRETS)
+    signals.inventory_synced.send(
+        app, module="organizations", items=[{"id": "o1", "name": SECRETS["dsn"], **SECRETS}]
+    )
+    tick(host)
+    host.create_user("admin@example.com")
+    settle(host)
+    host.run_for(3600, step=600)
+    settle(host)
+    host.shutdown()
+
+    assert len(endpoint.reports) >= 3
+    sent = b"\n".join(endpoint.bodies)
+    stored = b"\n".join(p.read_bytes() for p in data.rglob("*") if p.is_file())
+    needles = [
+        "hunter2",
+        "AKIAIOSFODNN7",
+        "ghp_16C7e42F",
+        "s3cr3t-pw",
+        "historian:",
+        "SELECT",
+        "recipes",
+        "night.shift",
+        "sim-secret",
+    ]
+    for needle in needles:
+        assert needle.encode() not in sent, f"{needle!r} reached a report"
+        assert needle.encode() not in stored, f"{needle!r} reached the data dir"
