@@ -22,7 +22,7 @@ from phonehome_plugin.config import Settings
 from phonehome_plugin.inventory import Inventory
 from phonehome_plugin.policy import Policy
 from phonehome_plugin.tally import ExecutionTally
-from phonehome_plugin.worker import Worker
+from phonehome_plugin.worker import FAR_PAST, Worker
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,7 @@ class Runtime:
         self.worker = self._new_worker()
         self._stopped = False
         self._forked = False
+        self._bad_now_logged = False
 
     def _new_worker(self) -> Worker:
         return Worker(
@@ -84,6 +85,10 @@ class Runtime:
             if self._forked:
                 self._restart_after_fork()
             self.worker.tick(now)
+        except TypeError:
+            if not self._bad_now_logged:
+                self._bad_now_logged = True
+                log.error("phonehome: on_tick needs an aware UTC datetime, got %r; ignored", now)
         except Exception:
             log.exception("phonehome: on_tick failed")
 
@@ -107,7 +112,7 @@ class Runtime:
         self.tally.forget()
         self.inventory.after_fork()
         self._forked = True
-        self.worker.wake_at = self.worker.wake_at.min
+        self.worker.wake_at = FAR_PAST
 
     def _restart_after_fork(self) -> None:
         self._forked = False

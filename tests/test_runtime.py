@@ -1,0 +1,104 @@
+"""The host-facing side: cheap ticks, hooks that never raise, fork safety."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from e2e_support import Endpoint, make_host, phonehome_config, settle, tick
+
+from phonehome_plugin.runtime import Runtime
+from phonehome_plugin.simhost import SimHost
+
+
+@pytest.fixture
+def host(endpoint: Endpoint, tmp_path: Path) -> Any:
+    started = make_host(phonehome_config(endpoint, geoip_url=""), tmp_path)
+    started.start()
+    tick(started)
+    yield started
+    started.shutdown()
+
+
+def _runtime(host: SimHost) -> Runtime:
+    runtime = host.app.plugin_manager.get_plugin("phonehome-runtime")
+    assert isinstance(runtime, Runtime)
+    return runtime
+
+
+def test_ticks_before_wake_at_do_not_reach_the_worker(host: SimHost) -> None:
+    runtime = _runtime(host)
+    handed: list[datetime] = []
+    real_tick = runtime.worker.tick
+    runtime.worker.tick = handed.append  # type: ignore[method-assign]
+    try:
+        for _ in range(5):
+            host.tick(1)
+        assert handed == []
+        host.tick(3600)
+        assert len(handed) == 1
+    finally:
+        runtime.worker.tick = real_tick  # type: ignore[method-assign]
+
+
+@pytest.mark.parametrize(
+    "user",
+    [
+        {},
+        {"id": "u1", "email": "a@example.com", "created_at": "2026-01-01T00:00:00Z"},
+        {"id": "u1", "email": 7, "created_at": datetime(2026, 1, 1)},  # naive
+        {"id": object(), "created_at": None},
+    ],
+)
+def test_on_user_created_takes_anything_without_raising(host: SimHost, user: Any) -> None:
+    host.app.plugin_manager.hook.on_user_created(app=host.app, user=user)
+    settle(host)
+
+
+def test_a_tick_with_an_odd_now_does_not_raise(host: SimHost) -> None:
+    host.app.plugin_manager.hook.on_tick(app=host.app, now="not a datetime")
+    host.app.plugin_manager.hook.on_tick(app=host.app, now=datetime(2026, 1, 1))  # naive
+
+
+def test_shutdown_twice_is_harmless(host: SimHost) -> None:
+    hook = host.app.plugin_manager.hook.on_shutdown
+    hook(app=host.app)
+    hook(app=host.app)
+    assert not _runtime(host).worker._thread.is_alive()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_counts_its_own_work_and_sends(endpoint: Endpoint, host: SimHost) -> None:
+    host.run_executions(40, ("completed",))
+    pid = os.fork()
+    if pid == 0:  # the child: a pre-forked server worker
+        code = 1
+        try:
+            host.run_executions(25, ("failed",))
+            host.tick(3600)
+            settle(host)
+            host.shutdown()
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    periodic = endpoint.by_trigger("periodic")
+    assert len(periodic) == 1, "the child sent the slot's periodic report"
+    by_status = periodic[0]["executions"]["by_status"]
+    assert by_status["failed"] == 25
+    host.clock.advance(2 * 3600)  # the parent's clock did not see the child's hour
+    tick(host)
+    latest = endpoint.reports[-1]
+    assert latest["executions"]["by_status"]["completed"] == 40
+    assert latest["executions"]["by_status"]["failed"] == 25, "the parent did not count the child"
+    assert len(endpoint.by_trigger("startup")) == 1
+
+
+def test_now_is_compared_without_the_wall_clock(host: SimHost) -> None:
+    runtime = _runtime(host)
+    assert runtime.worker.wake_at > datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
+    assert runtime.worker.wake_at <= datetime(2026, 3, 2, 8, 0, tzinfo=UTC) + timedelta(hours=2)
