@@ -118,15 +118,22 @@ class Worker:
     # Worker thread -------------------------------------------------------------------
 
     def run(self) -> None:
-        store = self._open()
-        if store is None:
-            return
+        # The store is opened on the first job, not at thread start: until the
+        # host's first tick the plugin costs no imports, no file and no memory
+        # beyond its counters.
+        store: Store | None = None
         try:
             while self._next_job():
+                store = store or self._open()
+                if store is None:
+                    return
                 self._guarded("handling a tick", self._handle)
+            if store is None and any(self.tally.totals().values()):
+                store = self._open()
         finally:
-            self._guarded("saving counts at shutdown", self._final)
-            store.close()
+            if store is not None:
+                self._guarded("saving counts at shutdown", self._final)
+                store.close()
             with self._cond:
                 self._busy = False
                 self._cond.notify_all()
