@@ -26,9 +26,10 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from phonehome_plugin import switch
+from phonehome_plugin.activity import Activity
 from phonehome_plugin.examples import historian
 from phonehome_plugin.receiver import Receiver
-from phonehome_plugin.simhost import Activity, SimClock, SimHost
+from phonehome_plugin.simhost import SimClock, SimHost
 
 REPORT_WAIT = 10.0
 """Real seconds to wait for each expected report before moving on."""

@@ -240,12 +240,8 @@ class _Handler(BaseHTTPRequestHandler):
         return report
 
     def _reply(self, status: int, body: Mapping[str, Any], key: str | None = None) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        # Recorded before answering, so a client that has its answer finds it in
+        # ``requests`` (recording after the write raced with the client's next look).
         headers = self.headers
         self.server.receiver._record(
             Request(
@@ -257,6 +253,12 @@ class _Handler(BaseHTTPRequestHandler):
                 headers.get("User-Agent"),
             )
         )
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
 
     def log_message(self, format: str, *args: Any) -> None:
         """Silent: the demo prints its own view, and tests read ``requests``."""

@@ -1,0 +1,114 @@
+"""The README says what the project does: its commands run, CI runs what it says, and
+its configuration table is the configuration the plugin accepts."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from phonehome_plugin import cli, config
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text("utf-8")
+CI_SCRIPT = (ROOT / ".ci" / "run").read_text("utf-8")
+
+
+def _section(title: str) -> str:
+    """The text under the ``## title`` heading, up to the next ``## `` heading."""
+    match = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## |\Z)", README, re.M | re.S)
+    assert match, f"the README has no '## {title}' section"
+    return match.group(1)
+
+
+def _code_blocks(text: str) -> list[str]:
+    return re.findall(r"^```[a-z]*\n(.*?)^```", text, re.M | re.S)
+
+
+def _commands(block: str) -> list[str]:
+    lines = (line.strip() for line in block.splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def _quick_start() -> list[str]:
+    [block] = _code_blocks(_section("Quick start"))
+    return _commands(block)
+
+
+def test_quick_start_has_exactly_two_commands() -> None:
+    assert len(_quick_start()) == 2
+
+
+def test_the_second_quick_start_command_is_exactly_what_ci_runs() -> None:
+    second = _quick_start()[1]
+    ci_lines = [line.strip() for line in CI_SCRIPT.splitlines()]
+    assert second in ci_lines, f".ci/run does not run {second!r}"
+    assert second.split("&&")[-1].split() == ["python3", "-m", "pytest"], "the whole suite"
+
+
+def test_the_first_quick_start_command_ends_by_running_the_demo() -> None:
+    first = _quick_start()[0]
+    steps = [shlex.split(step) for step in first.split("&&")]
+    assert steps[-1] == ["python3", "-m", "phonehome_plugin", "demo"]
+    args = cli._parser().parse_args(steps[-1][3:])
+    assert args.run is cli.demo
+    assert steps[0][:4] == ["python3", "-m", "pip", "install"], "it starts from a fresh clone"
+
+
+def _mentioned_subcommands() -> set[str]:
+    """Every ``phonehome X`` and ``-m phonehome_plugin X`` in the README's code, and the
+    bare names listed after one in the same backticked list (`preview`, `history`)."""
+    code = "\n".join([*_code_blocks(README), *re.findall(r"`([^`\n]+)`", README)])
+    names = set(re.findall(r"(?:^|\s)phonehome(?:_plugin)? +([a-z][a-z_-]*)", code, re.M))
+    for listing in re.findall(r"`phonehome [a-z]+`(?:, `[a-z]+`)+", README):
+        names.update(re.findall(r"`([a-z]+)`", listing))
+    return names
+
+
+def _exit_code(argv: list[str]) -> object:
+    """What ``phonehome ARGV`` exits with, whether ``main`` returns or raises it."""
+    try:
+        return cli.main(argv)
+    except SystemExit as exited:
+        return exited.code
+
+
+def test_every_subcommand_the_readme_mentions_exists(capsys: pytest.CaptureFixture[str]) -> None:
+    mentioned = _mentioned_subcommands()
+    assert {"status", "preview", "history", "export", "schema", "demo"} <= mentioned
+    for name in sorted(mentioned):
+        assert _exit_code([name, "--help"]) == cli.OK, f"`phonehome {name}` is not a command"
+    assert _exit_code(["no-such-command", "--help"]) == cli.USAGE, "the check above can fail"
+    capsys.readouterr()
+
+
+def test_the_operator_examples_parse() -> None:
+    [block] = _code_blocks(_section("Operators: seeing what telemetry does"))
+    parser = cli._parser()
+    for line in _commands(block):
+        words = shlex.split(line, comments=True)
+        assert words[0] == "phonehome"
+        parser.parse_args(words[1:])  # exits 2 on an unknown option or argument
+
+
+def _documented_keys() -> list[str]:
+    rows = re.findall(r"^\| `([a-z_]+)` \|", _section("Configuration"), re.M)
+    assert rows, "no configuration table"
+    return rows
+
+
+def test_every_documented_key_is_accepted() -> None:
+    documented = _documented_keys()
+    assert len(documented) == len(set(documented)), "a key is listed twice"
+    assert set(documented) <= set(config._PARSERS)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="config accepts `state_url`, which the README's table does not document "
+    "(and nothing in the plugin reads it yet)",
+)
+def test_every_accepted_key_is_documented() -> None:
+    assert set(config._PARSERS) <= set(_documented_keys())
