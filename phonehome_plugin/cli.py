@@ -13,35 +13,49 @@ import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 from phonehome_plugin import switch
 
 OK, PROBLEM, USAGE, NOTHING = 0, 1, 2, 3
 DEFAULT_CONFIG = "config.yaml"
 DEFAULT_DATA_DIR = "~/maestrohub/data"
+EXIT_CODES = (
+    "exit codes: 0 done; 1 a problem with config.yaml, the data dir or the state file "
+    "(one line on stderr names it); 2 wrong usage; 3 nothing to show"
+)
+T = TypeVar("T")
 
 
-class Problem(Exception):
+class ProblemError(Exception):
     """An operator-facing error: printed as one line, exit code 1."""
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     """Run the command; returns the exit code."""
     out = out or sys.stdout
-    args = _parser().parse_args(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exit_:  # usage errors (2) and --help (0): a code, not an exception
+        return exit_.code if isinstance(exit_.code, int) else USAGE
     try:
         return int(args.run(args, out))
-    except Problem as problem:
+    except ProblemError as problem:
         print(f"phonehome: {problem}", file=sys.stderr)
         return PROBLEM
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="phonehome", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="phonehome", description=__doc__.split("\n")[0], epilog=EXIT_CODES
+    )
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
     commands: list[tuple[str, Callable[..., int], str]] = [
-        ("status", status, "on or off and why, mode, instance id, endpoint, last send, outbox, next report"),
+        (
+            "status",
+            status,
+            "on or off and why, mode, instance id, endpoint, last send, outbox, next report",
+        ),
         ("preview", preview, "print the exact body of the next report to be sent"),
         ("history", history, "what was sent, when, with which result"),
         ("export", export, "write pending reports to a file for upload by hand"),
@@ -53,13 +67,20 @@ def _parser() -> argparse.ArgumentParser:
         cmd = sub.add_parser(name, help=help_text, description=help_text)
         cmd.set_defaults(run=run)
         if name in ("status", "preview", "history", "export"):
-            cmd.add_argument("--config", default=os.environ.get("MAESTROHUB_CONFIG", DEFAULT_CONFIG),
-                             help="the host's config.yaml (default: ./config.yaml or $MAESTROHUB_CONFIG)")
-            cmd.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="the host's data directory")
+            cmd.add_argument(
+                "--config",
+                default=os.environ.get("MAESTROHUB_CONFIG", DEFAULT_CONFIG),
+                help="the host's config.yaml (default: ./config.yaml or $MAESTROHUB_CONFIG)",
+            )
+            cmd.add_argument(
+                "--data-dir", default=DEFAULT_DATA_DIR, help="the host's data directory"
+            )
         if name in ("status", "history", "export"):
             cmd.add_argument("--json", action="store_true", help="machine-readable output")
     sub.choices["history"].add_argument("--limit", type=int, default=20)
-    sub.choices["export"].add_argument("output", help="file to write (JSON Lines, one report a line)")
+    sub.choices["export"].add_argument(
+        "output", help="file to write (JSON Lines, one report a line)"
+    )
     sub.choices["demo"].add_argument("--hours", type=int, default=4)
     return parser
 
@@ -74,21 +95,26 @@ def load_config(path: str) -> Mapping[str, Any]:
     try:
         loaded = yaml.safe_load(file.read_text("utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
-        raise Problem(f"cannot read {file}: {str(error).splitlines()[0]}") from error
+        raise ProblemError(f"cannot read {file}: {str(error).splitlines()[0]}") from error
     if loaded is None:
         return {}
     if not isinstance(loaded, Mapping):
-        raise Problem(f"{file}: expected a mapping at the top level")
+        raise ProblemError(f"{file}: expected a mapping at the top level")
     return loaded
 
 
-def _view(args: argparse.Namespace) -> Any:
-    from phonehome_plugin.state_view import NoState, StateView
+def _read(args: argparse.Namespace, query: Callable[[Any], T]) -> T:
+    """Run ``query(view)`` on the state file; any failure to read it is a :class:`ProblemError`."""
+    from phonehome_plugin.state_view import NoStateError, StateView
 
     try:
-        return StateView(Path(args.data_dir).expanduser())
-    except NoState as error:
-        raise Problem(str(error)) from error
+        view = StateView(Path(args.data_dir).expanduser())
+        try:
+            return query(view)
+        finally:
+            view.close()
+    except NoStateError as error:
+        raise ProblemError(str(error)) from error
 
 
 def status(args: argparse.Namespace, out: TextIO) -> int:
@@ -100,60 +126,78 @@ def status(args: argparse.Namespace, out: TextIO) -> int:
         "mode": settings.mode if settings else None,
         "endpoint": settings.endpoint if settings else None,
     }
-    info.update(_state_status(args, settings.interval if settings else 3600))
+    state, broken = _state_status(args, settings.interval if settings else 3600)
+    info.update(state)
     if args.json:
         print(json.dumps(info, indent=2), file=out)
     else:
         for key, value in info.items():
             print(f"{key.replace('_', ' '):<14}{'-' if value is None else value}", file=out)
+    if broken is not None:
+        # What could be told is on stdout; the exit code and stderr flag the broken file.
+        raise ProblemError(broken)
     return OK
 
 
-def _state_status(args: argparse.Namespace, interval: int) -> dict[str, Any]:
-    from phonehome_plugin.state_view import NoState, StateView
+def _state_status(args: argparse.Namespace, interval: int) -> tuple[dict[str, Any], str | None]:
+    """The state file's part of ``status``, and the problem when there is one.
+
+    A missing state file is no problem (telemetry never ran, or is off); a
+    missing data dir (a wrong ``--data-dir``) or a broken state file is.
+    """
+    from phonehome_plugin.state_view import (
+        BrokenStateError,
+        NoDataDirError,
+        NoStateError,
+        StateView,
+    )
 
     try:
         view = StateView(Path(args.data_dir).expanduser())
-    except NoState as error:
-        return {"instance_id": None, "state": str(error)}
-    try:
-        pending = view.pending()
-        last = view.history(1)
-        return {
-            "instance_id": view.kv("instance_id"),
-            "last_report": _describe_event(last[0]) if last else None,
-            "outbox": f"{len(pending)} report(s), {sum(len(p.body) for p in pending)} bytes",
-            "next_periodic": view.next_periodic(interval),
-        }
-    finally:
-        view.close()
+        try:
+            pending = view.pending()
+            last = view.history(1)
+            return {
+                "instance_id": view.kv("instance_id"),
+                "last_report": _describe_event(last[0]) if last else None,
+                "outbox": f"{len(pending)} report(s), {sum(len(p.body) for p in pending)} bytes",
+                "next_periodic": view.next_periodic(interval),
+            }, None
+        finally:
+            view.close()
+    except (BrokenStateError, NoDataDirError) as error:
+        return {"instance_id": None, "state": str(error)}, str(error)
+    except NoStateError as error:
+        return {"instance_id": None, "state": str(error)}, None
 
 
 def _describe_event(event: Mapping[str, Any]) -> str:
-    return f"#{event['sequence']} {event['trigger']} at {event['at']}: {event['result']} ({event['detail']})"
+    head = f"#{event['sequence']} {event['trigger']} at {event['at']}"
+    return f"{head}: {event['result']} ({event['detail']})"
 
 
 def preview(args: argparse.Namespace, out: TextIO) -> int:
-    view = _view(args)
-    try:
-        pending = view.pending()
-    finally:
-        view.close()
+    pending = _read(args, lambda view: view.pending())
     if not pending:
-        print("phonehome: no report is waiting to be sent; the next one is built when due",
-              file=sys.stderr)
+        print(
+            "phonehome: no report is waiting to be sent; the next one is built when due",
+            file=sys.stderr,
+        )
         return NOTHING
-    out.write(pending[0].body.decode("utf-8"))
-    out.write("\n")
+    body = pending[0].body + b"\n"
+    binary = getattr(out, "buffer", None)
+    if binary is not None:
+        # The exact bytes, whatever the terminal's encoding (a body may hold non-ASCII).
+        out.flush()
+        binary.write(body)
+        binary.flush()
+    else:
+        out.write(body.decode("utf-8"))
     return OK
 
 
 def history(args: argparse.Namespace, out: TextIO) -> int:
-    view = _view(args)
-    try:
-        events = view.history(args.limit)
-    finally:
-        view.close()
+    events = _read(args, lambda view: view.history(args.limit))
     if args.json:
         print(json.dumps(events, indent=2), file=out)
         return OK
@@ -165,21 +209,19 @@ def history(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def export(args: argparse.Namespace, out: TextIO) -> int:
-    view = _view(args)
-    try:
-        pending = view.pending()
-    finally:
-        view.close()
+    pending = _read(args, lambda view: view.pending())
     target = Path(args.output)
     try:
         with target.open("wb") as file:
             for entry in pending:
                 file.write(entry.body + b"\n")
     except OSError as error:
-        raise Problem(f"cannot write {target}: {error.strerror}") from error
+        raise ProblemError(f"cannot write {target}: {error.strerror}") from error
     summary = {"exported": len(pending), "file": str(target)}
-    print(json.dumps(summary) if args.json else f"exported {len(pending)} report(s) to {target}",
-          file=out)
+    print(
+        json.dumps(summary) if args.json else f"exported {len(pending)} report(s) to {target}",
+        file=out,
+    )
     return OK
 
 

@@ -21,7 +21,11 @@ _TYPES: dict[str, Any] = {
     "object": lambda v: isinstance(v, dict),
     "array": lambda v: isinstance(v, list),
     "string": lambda v: isinstance(v, str),
-    "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    # As JSON Schema (and jsonschema) have it: a number with no fractional part, so 3.0 too.
+    "integer": lambda v: (
+        (isinstance(v, int) and not isinstance(v, bool))
+        or (isinstance(v, float) and v.is_integer())
+    ),
     "number": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
     "boolean": lambda v: isinstance(v, bool),
     "null": lambda v: v is None,
@@ -48,7 +52,9 @@ def errors(document: Any, schema: Mapping[str, Any] | None = None) -> list[str]:
     return list(_check(document, root, root, "$"))
 
 
-def _check(value: Any, rule: Mapping[str, Any], root: Mapping[str, Any], path: str) -> Iterator[str]:
+def _check(
+    value: Any, rule: Mapping[str, Any], root: Mapping[str, Any], path: str
+) -> Iterator[str]:
     for keyword, arg in rule.items():
         if keyword in _ANNOTATIONS:
             continue
@@ -106,7 +112,9 @@ def _const(value: Any, arg: Any, rule: Any, root: Any, path: str) -> Iterator[st
 
 
 def _same(a: Any, b: Any) -> bool:
-    return type(a) is type(b) and a == b or (_TYPES["number"](a) and _TYPES["number"](b) and a == b)
+    if type(a) is type(b):
+        return bool(a == b)
+    return bool(_TYPES["number"](a) and _TYPES["number"](b) and a == b)
 
 
 def _minimum(value: Any, arg: Any, rule: Any, root: Any, path: str) -> Iterator[str]:

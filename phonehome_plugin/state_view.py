@@ -1,8 +1,12 @@
 """A read-only look at an installation's telemetry state, for the ``phonehome`` command.
 
-Opens the state file read-only (``mode=ro``): looking never creates a file, an
-instance id or a lock, so an operator may inspect an installation whose
-telemetry is off without turning anything on.
+Looking never creates a file, an instance id or a lock, so an operator may
+inspect an installation whose telemetry is off without turning anything on.
+The state file is in WAL mode, and SQLite opens such a file read-only
+(``mode=ro``) by creating its ``-wal`` and ``-shm`` files when they are missing
+(after a clean shutdown). So: while the plugin runs (or after a crash) the
+``-wal`` file exists and is read with the rest; when it is absent every change
+is in the main file, which is then opened ``immutable``, creating nothing.
 """
 
 from __future__ import annotations
@@ -17,8 +21,16 @@ from phonehome_plugin import schedule
 from phonehome_plugin.store import FILENAME
 
 
-class NoState(Exception):
+class NoStateError(Exception):
     """There is no readable state file; the message says why."""
+
+
+class NoDataDirError(NoStateError):
+    """The data dir itself is missing: most likely a wrong ``--data-dir``."""
+
+
+class BrokenStateError(NoStateError):
+    """The state file exists but cannot be read (corrupt, not ours, unreadable)."""
 
 
 @dataclass(frozen=True)
@@ -33,45 +45,62 @@ class Pending:
 
 
 class StateView:
-    """Queries over one installation's state file."""
+    """Queries over one installation's state file; every failure is a :class:`NoStateError`."""
 
     def __init__(self, data_dir: Path) -> None:
-        path = Path(data_dir) / FILENAME
+        data_dir = Path(data_dir)
+        path = data_dir / FILENAME
+        if not data_dir.is_dir():
+            raise NoDataDirError(f"data dir {data_dir} does not exist or is not a directory")
         if not path.is_file():
-            raise NoState(f"no telemetry state at {path} (telemetry never ran with this data dir)")
-        try:
-            self.conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
-            self.conn.execute("SELECT count(*) FROM kv").fetchone()
-        except sqlite3.Error as error:
-            raise NoState(f"cannot read {path}: {error}") from error
+            raise NoStateError(
+                f"no telemetry state at {path} (telemetry never ran with this data dir)"
+            )
         self.path = path
+        wal = path.with_name(path.name + "-wal")
+        options = "mode=ro" if wal.exists() else "mode=ro&immutable=1"
+        try:
+            self.conn = sqlite3.connect(f"{path.resolve().as_uri()}?{options}", uri=True)
+        except sqlite3.Error as error:
+            raise BrokenStateError(f"cannot read {path}: {error}") from error
+        try:
+            self._rows("SELECT count(*) FROM kv")
+        except NoStateError:
+            self.conn.close()
+            raise
 
     def close(self) -> None:
         self.conn.close()
 
+    def _rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        try:
+            return self.conn.execute(sql, params).fetchall()
+        except sqlite3.Error as error:
+            raise BrokenStateError(f"cannot read {self.path}: {error}") from error
+
     def kv(self, key: str) -> str | None:
-        row = self.conn.execute("SELECT value FROM kv WHERE key=?", (key,)).fetchone()
-        return None if row is None else str(row[0])
+        rows = self._rows("SELECT value FROM kv WHERE key=?", (key,))
+        return None if not rows else str(rows[0][0])
 
     def pending(self) -> list[Pending]:
-        rows = self.conn.execute(
+        rows = self._rows(
             "SELECT report_id, sequence, trigger, created_at, body, attempts, not_before "
             "FROM outbox ORDER BY sequence"
-        ).fetchall()
+        )
         return [Pending(r[0], r[1], r[2], r[3], bytes(r[4]), r[5], r[6]) for r in rows]
 
     def history(self, limit: int) -> list[dict[str, Any]]:
-        rows = self.conn.execute(
+        rows = self._rows(
             "SELECT report_id, sequence, trigger, at, result, detail FROM history "
             "ORDER BY rowid DESC LIMIT ?",
             (limit,),
-        ).fetchall()
+        )
         keys = ("report_id", "sequence", "trigger", "at", "result", "detail")
         return [{**dict(zip(keys, row, strict=True)), "at": stamp(row[3])} for row in rows]
 
     def next_periodic(self, interval: int) -> str | None:
         instance_id, last = self.kv("instance_id"), self.kv("periodic.last_slot")
-        if instance_id is None or last is None:
+        if instance_id is None or last is None or not last.lstrip("-").isdigit():
             return None
         return stamp(schedule.periodic_due_at(int(last), instance_id, interval))
 

@@ -72,7 +72,7 @@ whose key never leaves the installation) or `omit`.
 
 ## Fields
 
-"""
+"""  # noqa: E501  (a Markdown table row of the generated page)
 
 
 def render() -> str:
@@ -91,7 +91,9 @@ def fields(root: Mapping[str, Any]) -> Iterator[tuple[str, str, str]]:
     yield from _walk(root, root, "")
 
 
-def _walk(node: Mapping[str, Any], root: Mapping[str, Any], prefix: str) -> Iterator[tuple[str, str, str]]:
+def _walk(
+    node: Mapping[str, Any], root: Mapping[str, Any], prefix: str
+) -> Iterator[tuple[str, str, str]]:
     for name, sub in node.get("properties", {}).items():
         path = f"{prefix}{name}"
         yield path, _kind(sub), " ".join(sub.get("description", "").split())

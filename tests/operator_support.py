@@ -1,0 +1,234 @@
+"""Shared parts of the operator-control tests (switches and modes, the ``phonehome``
+command, the state view, the privacy pipeline): a loopback server that counts the
+connections it accepts, readers of every byte in a data dir, and a host driven
+through a short life."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from socket import socket
+from typing import Any
+
+import pytest
+import yaml
+from e2e_support import GEOIP, START, settle
+
+from phonehome_plugin.simhost import SimClock, SimHost
+
+REPORTS_PATH = "/v1/reports"
+GEOIP_PATH = "/geoip"
+
+
+@dataclass
+class Traffic:
+    """What reached the counting server, in order; ``events`` is shared with log watchers."""
+
+    accepted: int = 0
+    bodies: list[bytes] = field(default_factory=list)
+    headers: list[dict[str, str]] = field(default_factory=list)
+    geoip_requests: int = 0
+    events: list[str] = field(default_factory=list)
+    status: int = 202
+    retry_after: str | None = None
+    geoip: dict[str, Any] = field(default_factory=lambda: dict(GEOIP))
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def note(self, event: str) -> None:
+        with self.lock:
+            self.events.append(event)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: CountingServer
+
+    def do_POST(self) -> None:
+        traffic = self.server.traffic
+        raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        if self.headers.get("Content-Encoding") == "gzip":
+            raw = gzip.decompress(raw)
+        traffic.note(f"POST {self.path}")
+        with traffic.lock:
+            traffic.bodies.append(raw)
+            traffic.headers.append(dict(self.headers))
+            status, retry_after = traffic.status, traffic.retry_after
+        self.send_response(status)
+        if retry_after is not None and status >= 300:
+            self.send_header("Retry-After", retry_after)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def do_GET(self) -> None:
+        traffic = self.server.traffic
+        traffic.note(f"GET {self.path}")
+        with traffic.lock:
+            traffic.geoip_requests += 1
+            body = json.dumps(traffic.geoip).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class CountingServer(ThreadingHTTPServer):
+    """A telemetry endpoint and GeoIP service on 127.0.0.1 that counts every accepted
+    connection, whether or not a request follows on it."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        self.traffic = Traffic()
+        super().__init__(("127.0.0.1", 0), _Handler)
+
+    def get_request(self) -> tuple[socket, Any]:
+        accepted = super().get_request()
+        with self.traffic.lock:
+            self.traffic.accepted += 1
+        return accepted
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}{REPORTS_PATH}"
+
+    @property
+    def geoip_url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}{GEOIP_PATH}"
+
+
+@pytest.fixture
+def counting_server() -> Iterator[CountingServer]:
+    server = CountingServer()
+    thread = threading.Thread(
+        target=server.serve_forever, args=(0.01,), name="counting-server", daemon=True
+    )
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+    thread.join(5)
+
+
+def phonehome_section(server: CountingServer, **extra: Any) -> dict[str, Any]:
+    return {"endpoint": server.url, "geoip_url": server.geoip_url, **extra}
+
+
+def stored_bytes(data_dir: Path) -> dict[str, bytes]:
+    """Every file under ``data_dir`` (SQLite database, WAL, shared memory, anything else)."""
+    if not data_dir.exists():
+        return {}
+    return {
+        str(path.relative_to(data_dir)): path.read_bytes()
+        for path in sorted(data_dir.rglob("*"))
+        if path.is_file()
+    }
+
+
+def listing(directory: Path) -> list[str] | None:
+    """The names in ``directory``, sorted; None when it does not exist."""
+    return sorted(p.name for p in directory.iterdir()) if directory.exists() else None
+
+
+def phonehome_threads() -> set[str]:
+    return {t.name for t in threading.enumerate() if t.name.startswith("phonehome")}
+
+
+def make(
+    config: Mapping[str, Any], data_dir: Path, at: datetime = START, **kwargs: Any
+) -> SimHost:
+    """A host whose clock starts ``at``, discovering plugins from installed metadata.
+
+    A restart needs a later ``at``: a start is known by its ``started_at``.
+    """
+    return SimHost(dict(config), data_dir, clock=SimClock(at), **kwargs)
+
+
+@contextmanager
+def running(host: SimHost) -> Iterator[SimHost]:
+    """``host`` started, and shut down however the block ends."""
+    host.start()
+    try:
+        yield host
+    finally:
+        host.shutdown()
+
+
+def short_life(host: SimHost) -> None:
+    """Startup report, the first user's report, and the periodic reports of two hours."""
+    host.save_connection("mqtt")
+    host.save_pipeline(["trigger.manual", "action.http"])
+    host.tick()
+    settle(host)
+    host.create_user("admin@example.com")
+    settle(host)
+    host.run_for(2 * 3600, step=600)
+    settle(host)
+
+
+def config_of(section: Mapping[str, Any]) -> dict[str, Any]:
+    return {"modules": {"phonehome": dict(section)}}
+
+
+@dataclass(frozen=True)
+class Run:
+    """A finished ``python -m phonehome_plugin`` process."""
+
+    code: int
+    stdout: bytes
+    stderr: str
+
+
+def run_cli(args: Sequence[str], cwd: Path, env: Mapping[str, str] | None = None) -> Run:
+    """Run the command as operators do, in a real process; never more than 30 s."""
+    done = subprocess.run(
+        [sys.executable, "-m", "phonehome_plugin", *args],
+        cwd=cwd,
+        env=None if env is None else dict(env),
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    return Run(done.returncode, done.stdout, done.stderr.decode("utf-8", "replace"))
+
+
+@dataclass(frozen=True)
+class Installation:
+    """A data dir after two starts: one report sent, then two kept in offline mode.
+
+    ``config`` is the config.yaml of the second start (offline mode).
+    """
+
+    root: Path
+    data: Path
+    config: Path
+    sent: list[bytes]
+
+
+@pytest.fixture
+def installation(counting_server: CountingServer, tmp_path: Path) -> Installation:
+    data = tmp_path / "data"
+    with running(make(config_of(phonehome_section(counting_server)), data)) as host:
+        host.tick()
+        settle(host)
+    offline = config_of(phonehome_section(counting_server, mode="offline"))
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(offline), "utf-8")
+    later = START + timedelta(seconds=1)  # a new start, in the same periodic slot
+    with running(make(offline, data, at=later, config_path=config)) as host:
+        host.tick()
+        settle(host)
+        host.create_user("admin@example.com")
+        settle(host)
+    return Installation(tmp_path, data, config, list(counting_server.traffic.bodies))

@@ -1,0 +1,538 @@
+"""The ``phonehome`` command: every subcommand, readable and ``--json``, its exit codes
+(0 done, 1 a problem named in one line on stderr, 2 wrong usage, 3 nothing to show),
+and what it does with a missing or broken config.yaml, data dir or state file.
+
+The error cases run ``python -m phonehome_plugin`` as a real process, as an operator
+would, and check that stderr is one line and never a traceback.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import sqlite3
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+
+import operator_support
+import pytest
+from e2e_support import START, settle
+from operator_support import (
+    CountingServer,
+    Installation,
+    Run,
+    config_of,
+    listing,
+    make,
+    phonehome_section,
+    run_cli,
+    running,
+)
+
+from phonehome_plugin import cli, schema, telemetry_doc
+from phonehome_plugin.config import DEFAULT_ENDPOINT
+from phonehome_plugin.state_view import StateView
+from phonehome_plugin.store import FILENAME
+
+counting_server = operator_support.counting_server  # fixture
+installation = operator_support.installation  # fixture
+
+ISO_SECOND = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
+
+
+@pytest.fixture
+def cli_env() -> dict[str, str]:
+    """The environment for a real ``phonehome`` process: no switch or config path leaks in."""
+    env = {k: v for k, v in os.environ.items() if k != "MAESTROHUB_CONFIG"}
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    return env
+
+
+def call(*argv: str) -> tuple[int, str]:
+    out = io.StringIO()
+    return cli.main(list(argv), out=out), out.getvalue()
+
+
+def readable(text: str) -> dict[str, str]:
+    """``status``'s readable lines (a 14-column label, then the value) as a mapping."""
+    return {line[:14].strip(): line[14:] for line in text.splitlines()}
+
+
+def snapshot(directory: Path) -> dict[str, str] | None:
+    if not directory.exists():
+        return None
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in directory.iterdir()}
+
+
+def pending_bodies(data: Path) -> list[bytes]:
+    view = StateView(data)
+    try:
+        return [p.body for p in view.pending()]
+    finally:
+        view.close()
+
+
+def assert_one_line_error(run: Run, *, naming: str) -> None:
+    assert run.code == cli.PROBLEM, run
+    assert "Traceback" not in run.stderr
+    lines = run.stderr.splitlines()
+    assert len(lines) == 1, run.stderr
+    assert lines[0].startswith("phonehome: ")
+    assert naming in lines[0]
+
+
+# status -------------------------------------------------------------------------------
+
+
+def test_status_tells_on_mode_endpoint_instance_last_report_outbox_and_next_report(
+    installation: Installation,
+) -> None:
+    bodies = pending_bodies(installation.data)
+    view = StateView(installation.data)
+    instance_id = view.kv("instance_id")
+    view.close()
+
+    code, text = call(
+        "status", "--config", str(installation.config), "--data-dir", str(installation.data)
+    )
+
+    assert code == cli.OK
+    status = readable(text)
+    assert status["telemetry"] == "on"
+    assert status["mode"] == "offline"
+    assert status["reason"].startswith("on: mode offline")
+    assert status["endpoint"].endswith("/v1/reports")
+    assert status["instance id"] == instance_id
+    assert status["last report"] == "#1 startup at 2026-03-02T08:00:00Z: sent (HTTP 202)"
+    assert len(bodies) == 2
+    assert status["outbox"] == f"2 report(s), {sum(map(len, bodies))} bytes"
+    assert ISO_SECOND.match(status["next periodic"])
+
+
+def test_status_json_carries_the_same_facts(installation: Installation) -> None:
+    _, text = call(
+        "status", "--config", str(installation.config), "--data-dir", str(installation.data)
+    )
+    code, raw = call(
+        "status",
+        "--json",
+        "--config",
+        str(installation.config),
+        "--data-dir",
+        str(installation.data),
+    )
+
+    assert code == cli.OK
+    info = json.loads(raw)
+    assert set(info) == {
+        "telemetry",
+        "reason",
+        "mode",
+        "endpoint",
+        "instance_id",
+        "last_report",
+        "outbox",
+        "next_periodic",
+    }
+    shown = readable(text)
+    for key, value in info.items():
+        assert shown[key.replace("_", " ")] == str(value)
+
+
+def test_status_names_the_switch_that_turned_telemetry_off(
+    installation: Installation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DO_NOT_TRACK", "1")
+    code, raw = call(
+        "status",
+        "--json",
+        "--config",
+        str(installation.config),
+        "--data-dir",
+        str(installation.data),
+    )
+    assert code == cli.OK
+    info = json.loads(raw)
+    assert info["telemetry"] == "off"
+    assert info["reason"] == "off: DO_NOT_TRACK=1 is set"
+    assert info["instance_id"] is not None, "the state of an earlier start is still shown"
+
+
+def test_status_without_config_file_shows_the_defaults(tmp_path: Path) -> None:
+    code, text = call(
+        "status", "--config", str(tmp_path / "config.yaml"), "--data-dir", str(tmp_path)
+    )
+    assert code == cli.OK, "no state file yet is no problem: telemetry never ran here"
+    status = readable(text)
+    assert (status["telemetry"], status["mode"]) == ("on", "send")
+    assert status["endpoint"] == DEFAULT_ENDPOINT
+    assert status["instance id"] == "-"
+    assert "never ran" in status["state"]
+
+
+def test_status_of_a_missing_data_dir_tells_what_it_can_and_fails_in_one_line(
+    tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    missing = tmp_path / "no-such-dir"
+    run = run_cli(["status", "--data-dir", str(missing)], tmp_path, cli_env)
+    assert_one_line_error(run, naming=str(missing))
+    assert readable(run.stdout.decode())["telemetry"] == "on"
+    assert not missing.exists()
+
+
+@pytest.mark.parametrize("state", ["after a clean shutdown", "empty dir", "missing dir"])
+def test_status_never_creates_a_file_in_the_data_dir(
+    state: str, installation: Installation, tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    data = {
+        "after a clean shutdown": installation.data,
+        "empty dir": tmp_path / "empty",
+        "missing dir": tmp_path / "missing",
+    }[state]
+    if state == "empty dir":
+        data.mkdir()
+    before = snapshot(data)
+
+    in_process, _ = call("status", "--data-dir", str(data))
+    real = run_cli(["status", "--json", "--data-dir", str(data)], tmp_path, cli_env)
+
+    expected = cli.PROBLEM if state == "missing dir" else cli.OK
+    assert (in_process, real.code) == (expected, expected)
+    assert snapshot(data) == before
+
+
+# preview ------------------------------------------------------------------------------
+
+
+def test_preview_prints_the_oldest_pending_body_and_a_newline(
+    installation: Installation, cli_env: dict[str, str]
+) -> None:
+    oldest = pending_bodies(installation.data)[0]
+
+    code, text = call("preview", "--data-dir", str(installation.data))
+    real = run_cli(["preview", "--data-dir", str(installation.data)], installation.root, cli_env)
+
+    assert code == cli.OK
+    assert text == oldest.decode() + "\n"
+    assert (real.code, real.stdout, real.stderr) == (cli.OK, oldest + b"\n", "")
+    assert json.loads(oldest)["trigger"] == "startup"
+
+
+def test_preview_with_nothing_pending_exits_3_with_one_line(
+    counting_server: CountingServer, tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    data = tmp_path / "data"
+    with running(make(config_of(phonehome_section(counting_server)), data)) as host:
+        host.tick()
+        settle(host)  # the startup report was sent: nothing waits
+
+    run = run_cli(["preview", "--data-dir", str(data)], tmp_path, cli_env)
+
+    assert run.code == cli.NOTHING
+    assert run.stdout == b""
+    assert len(run.stderr.splitlines()) == 1 and "Traceback" not in run.stderr
+
+
+def test_preview_is_byte_for_byte_the_body_the_receiver_gets_next(
+    counting_server: CountingServer, tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    traffic = counting_server.traffic
+    traffic.status, traffic.retry_after = 503, "120"
+    traffic.geoip = {**traffic.geoip, "city": "München", "isp": "Überland Netz"}
+    data = tmp_path / "data"
+    with running(make(config_of(phonehome_section(counting_server)), data)) as host:
+        host.tick()
+        settle(host)
+        assert len(traffic.bodies) == 1, "the startup report was refused and waits"
+        # A terminal that cannot print the body's non-ASCII still gets its exact bytes.
+        env = {**cli_env, "PYTHONIOENCODING": "ascii"}
+        preview = run_cli(["preview", "--data-dir", str(data)], tmp_path, env)
+        waiting = len(traffic.bodies)
+        traffic.status = 202
+        host.tick(180)
+        settle(host)
+
+    assert preview.code == cli.OK, preview.stderr
+    assert preview.stdout.endswith(b"\n")
+    assert traffic.bodies[waiting] == preview.stdout[:-1]
+    assert "München".encode() in preview.stdout
+
+
+# history ------------------------------------------------------------------------------
+
+
+def test_history_readable_and_json(installation: Installation) -> None:
+    code, text = call("history", "--data-dir", str(installation.data))
+    code_json, raw = call("history", "--json", "--data-dir", str(installation.data))
+
+    assert (code, code_json) == (cli.OK, cli.OK)
+    assert text == "#1 startup at 2026-03-02T08:00:00Z: sent (HTTP 202)\n"
+    [event] = json.loads(raw)
+    sent = json.loads(installation.sent[0])
+    assert event == {
+        "report_id": sent["report_id"],
+        "sequence": 1,
+        "trigger": "startup",
+        "at": "2026-03-02T08:00:00Z",
+        "result": "sent",
+        "detail": "HTTP 202",
+    }
+
+
+def test_history_is_newest_first_and_limited(
+    counting_server: CountingServer, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    with running(make(config_of(phonehome_section(counting_server)), data)) as host:
+        host.tick()
+        settle(host)
+        host.create_user("admin@example.com")
+        settle(host)
+        host.run_for(2 * 3600, step=600)
+        settle(host)
+
+    _, everything = call("history", "--json", "--data-dir", str(data))
+    code, latest = call("history", "--json", "--limit", "2", "--data-dir", str(data))
+
+    events = json.loads(everything)
+    assert [e["sequence"] for e in events] == sorted((e["sequence"] for e in events), reverse=True)
+    assert [e["trigger"] for e in events][-2:] == ["first_user", "startup"]
+    assert code == cli.OK and json.loads(latest) == events[:2]
+
+
+def test_history_of_an_installation_that_sent_nothing(
+    counting_server: CountingServer, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    offline = config_of(phonehome_section(counting_server, mode="offline"))
+    with running(make(offline, data)) as host:
+        host.tick()
+        settle(host)
+
+    assert call("history", "--data-dir", str(data)) == (cli.OK, "nothing sent yet\n")
+    assert call("history", "--json", "--data-dir", str(data)) == (cli.OK, "[]\n")
+
+
+# export -------------------------------------------------------------------------------
+
+
+def test_export_writes_the_exact_pending_bodies_as_json_lines(
+    installation: Installation, tmp_path: Path
+) -> None:
+    bodies = pending_bodies(installation.data)
+    readable_file, json_file = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+
+    code, text = call("export", str(readable_file), "--data-dir", str(installation.data))
+    code_json, raw = call("export", str(json_file), "--json", "--data-dir", str(installation.data))
+
+    assert (code, code_json) == (cli.OK, cli.OK)
+    assert len(bodies) == 2
+    assert readable_file.read_bytes() == b"".join(body + b"\n" for body in bodies)
+    assert json_file.read_bytes() == readable_file.read_bytes()
+    assert text == f"exported 2 report(s) to {readable_file}\n"
+    assert json.loads(raw) == {"exported": 2, "file": str(json_file)}
+    assert pending_bodies(installation.data) == bodies, "export only reads"
+
+
+def test_export_with_nothing_pending_writes_an_empty_file(
+    counting_server: CountingServer, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    with running(make(config_of(phonehome_section(counting_server)), data)) as host:
+        host.tick()
+        settle(host)
+    target = tmp_path / "none.jsonl"
+
+    assert call("export", str(target), "--json", "--data-dir", str(data)) == (
+        cli.OK,
+        json.dumps({"exported": 0, "file": str(target)}) + "\n",
+    )
+    assert target.read_bytes() == b""
+
+
+# schema, docs, demo -------------------------------------------------------------------
+
+
+def test_schema_prints_the_shipped_schema_file() -> None:
+    code, text = call("schema")
+    shipped = Path(schema.__file__).with_name("report.schema.json").read_text("utf-8")
+    assert code == cli.OK
+    assert text == shipped
+    assert json.loads(text) == schema.load()
+
+
+def test_docs_prints_the_generated_documentation() -> None:
+    assert call("docs") == (cli.OK, telemetry_doc.render())
+
+
+def test_demo_runs_a_simulated_host_against_a_loopback_receiver() -> None:
+    code, text = call("demo", "--hours", "1")
+    assert code == cli.OK, text
+    assert "startup" in text and "first_user" in text and "periodic" in text
+    assert "reports received" in text
+
+
+# usage --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [[], ["nonsense"], ["history", "--limit", "many"], ["export"], ["status", "--bogus"]],
+    ids=[
+        "no command",
+        "unknown command",
+        "bad option value",
+        "missing argument",
+        "unknown option",
+    ],
+)
+def test_wrong_usage_returns_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(argv, out=io.StringIO()) == cli.USAGE
+    assert "usage: phonehome" in capsys.readouterr().err
+
+
+def test_help_documents_the_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["--help"], out=io.StringIO()) == cli.OK
+    text = " ".join(capsys.readouterr().out.split())
+    for code in ("0 done", "1 a problem", "2 wrong usage", "3 nothing to show"):
+        assert code in text
+
+
+def test_wrong_usage_of_the_real_command(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    run = run_cli([], tmp_path, cli_env)
+    assert run.code == cli.USAGE
+    assert "Traceback" not in run.stderr
+
+
+# Errors: one line on stderr, exit 1, in a real process --------------------------------
+
+BROKEN_CONFIGS: dict[str, Callable[[Path], object]] = {
+    "broken YAML": lambda p: p.write_text("modules:\n  phonehome: [enabled: false\n"),
+    "not a mapping": lambda p: p.write_text("- modules\n- phonehome\n"),
+    "a directory": lambda p: p.mkdir(),
+    "not UTF-8": lambda p: p.write_bytes(b"modules: \xff\xfe\n"),
+}
+
+
+@pytest.mark.parametrize("broken", list(BROKEN_CONFIGS))
+def test_a_broken_config_is_one_line_naming_the_file(
+    broken: str, tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    config = tmp_path / "config.yaml"
+    BROKEN_CONFIGS[broken](config)
+
+    run = run_cli(
+        ["status", "--config", str(config), "--data-dir", str(tmp_path)], tmp_path, cli_env
+    )
+
+    assert_one_line_error(run, naming=str(config))
+    assert run.stdout == b""
+
+
+def test_the_config_path_comes_from_maestrohub_config(
+    tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    config = tmp_path / "elsewhere.yaml"
+    config.write_text("modules:\n  phonehome:\n    enabled: false\n")
+    run = run_cli(
+        ["status", "--json", "--data-dir", str(tmp_path)],
+        tmp_path,
+        {**cli_env, "MAESTROHUB_CONFIG": str(config)},
+    )
+    assert run.code == cli.OK
+    assert json.loads(run.stdout)["reason"] == (
+        "off: modules.phonehome.enabled is false in config.yaml"
+    )
+
+
+@pytest.mark.parametrize("command", ["preview", "history", "export"])
+def test_a_missing_data_dir_is_one_line(
+    command: str, tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    missing = tmp_path / "no-such-dir"
+    args = [command, "--data-dir", str(missing)]
+    if command == "export":
+        args.append(str(tmp_path / "out.jsonl"))
+
+    run = run_cli(args, tmp_path, cli_env)
+
+    assert_one_line_error(run, naming=str(missing))
+    assert not missing.exists()
+
+
+def _garbage(state: Path) -> None:
+    state.write_bytes(b"this is not a database\n" * 200)
+
+
+def _foreign(state: Path) -> None:
+    with sqlite3.connect(state) as conn:
+        conn.execute("CREATE TABLE notes (text TEXT)")
+    conn.close()
+
+
+def _truncated(state: Path) -> None:
+    state.write_bytes(state.read_bytes()[: 4096 * 2])
+
+
+CORRUPTIONS: dict[str, Callable[[Path], None]] = {
+    "garbage": _garbage,
+    "another program's database": _foreign,
+    "truncated": _truncated,
+}
+
+
+@pytest.mark.parametrize("command", ["status", "preview", "history", "export"])
+@pytest.mark.parametrize("corruption", list(CORRUPTIONS))
+def test_a_corrupt_state_file_is_one_line(
+    corruption: str,
+    command: str,
+    installation: Installation,
+    tmp_path: Path,
+    cli_env: dict[str, str],
+) -> None:
+    state = installation.data / FILENAME
+    if corruption != "truncated":
+        state.unlink()
+    CORRUPTIONS[corruption](state)
+    before = snapshot(installation.data)
+    args = [command, "--data-dir", str(installation.data)]
+    if command == "export":
+        args.append(str(tmp_path / "out.jsonl"))
+
+    run = run_cli(args, tmp_path, cli_env)
+
+    assert_one_line_error(run, naming=str(state))
+    assert snapshot(installation.data) == before, "a broken state file is left as it is"
+    if command == "status":  # what can be told still is, on stdout
+        assert b"telemetry     on" in run.stdout
+
+
+def test_an_unwritable_export_target_is_one_line(
+    installation: Installation, tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    target = tmp_path / "no-such-dir" / "out.jsonl"
+    run = run_cli(["export", str(target), "--data-dir", str(installation.data)], tmp_path, cli_env)
+    assert_one_line_error(run, naming=str(target))
+
+
+def test_looking_at_a_running_installation_changes_nothing(
+    counting_server: CountingServer, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    offline = config_of(phonehome_section(counting_server, mode="offline"))
+    host = make(offline, data, at=START + timedelta(days=1))
+    with running(host):
+        host.tick()
+        settle(host)
+        files = listing(data)
+        for command in ("status", "preview", "history"):
+            assert call(command, "--data-dir", str(data))[0] == cli.OK
+        assert call("export", str(tmp_path / "x.jsonl"), "--data-dir", str(data))[0] == cli.OK
+        assert listing(data) == files
+        host.create_user("admin@example.com")
+        settle(host)
+        assert len(pending_bodies(data)) == 2, "the plugin writes on after being looked at"
