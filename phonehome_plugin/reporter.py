@@ -142,14 +142,8 @@ class Reporter:
         at, email = json.loads(raw)
         return datetime.fromisoformat(at).astimezone(UTC), str(email)
 
-    def build(
-        self, trigger: str, now: datetime, sequence: int = 0, consume: bool = False
-    ) -> dict[str, Any]:
-        """A complete report for ``trigger``, not stored.
-
-        With ``consume`` the diagnostic counters it carries are reset, since
-        the report will deliver them; without (a preview) they are only read.
-        """
+    def build(self, trigger: str, now: datetime, sequence: int = 0) -> dict[str, Any]:
+        """A complete report for ``trigger``; neither stored nor counted as sent."""
         self.fold()
         self.remember_earliest_user()
         located = self._location(now)
@@ -168,14 +162,14 @@ class Reporter:
             executions=self.store.counters(EXEC),
             executions_before=self.store.counters(EXEC_REPORTED),
             collectors=sections,
-            diagnostics=self._diagnostics(errors, consume),
+            diagnostics=self._diagnostics(errors),
         )
         built = report.build(inputs)
         report.apply_privacy(built, self.settings.privacy, self._salt())
         return built
 
     def _make(self, key: str, trigger: str, now: datetime) -> dict[str, Any] | None:
-        built = self.build(trigger, now, self.store.next_sequence(), consume=True)
+        built = self.build(trigger, now, self.store.next_sequence())
         problems = schema.errors(built)
         if problems:
             # Fail closed: a report the schema does not vouch for is never sent.
@@ -192,6 +186,7 @@ class Reporter:
         )
         self.outbox.put(entry, now.timestamp())
         self._commit_counts(built)
+        self._consume(built["diagnostics"])
         self.store.finish_claim(key)
         return built
 
@@ -200,17 +195,25 @@ class Reporter:
         self.store.take(EXEC_REPORTED)
         self.store.add({EXEC_REPORTED + s: n for s, n in built["executions"]["by_status"].items()})
 
-    def _diagnostics(self, errors: dict[str, str], consume: bool) -> dict[str, Any]:
+    def _diagnostics(self, errors: dict[str, str]) -> dict[str, Any]:
         self.store.add({f"privacy.{reason}": n for reason, n in self.drops.take().items()})
-        read = self.store.take if consume else self.store.counters
-        delivery = read("delivery.")
+        delivery = self.store.counters("delivery.")
         return {
             "collector_errors": errors,
             "delivery": {k: delivery.get(k, 0) for k in DELIVERY_COUNTS},
-            "privacy_dropped": read("privacy."),
-            "suppressed_startups": read("startup.").get("suppressed", 0),
-            "invalid_reports": read("schema.").get("invalid", 0),
+            "privacy_dropped": {k: n for k, n in self.store.counters("privacy.").items() if n},
+            "suppressed_startups": self.store.counters("startup.").get("suppressed", 0),
+            "invalid_reports": self.store.counters("schema.").get("invalid", 0),
         }
+
+    def _consume(self, diagnostics: dict[str, Any]) -> None:
+        """The stored report carries these counts now: subtract exactly what it carries,
+        so that anything counted meanwhile (by this or another process) rides next time."""
+        taken = {f"delivery.{k}": -n for k, n in diagnostics["delivery"].items()}
+        taken.update({f"privacy.{k}": -n for k, n in diagnostics["privacy_dropped"].items()})
+        taken["startup.suppressed"] = -diagnostics["suppressed_startups"]
+        taken["schema.invalid"] = -diagnostics["invalid_reports"]
+        self.store.add(taken)
 
     def _location(self, now: datetime) -> dict[str, Any]:
         if self.settings.mode != "send":

@@ -51,18 +51,17 @@ def periodic_due_at(last_slot: int, instance_id: str, interval: float) -> float:
 def periodic_slot(now: float, last_slot: int, instance_id: str, interval: float) -> int | None:
     """The slot whose periodic report is due at ``now``, or None.
 
-    However long the host was down, at most one report is due: the current slot's.
+    However long the host was down, one report catches up: the current slot's
+    once its jitter has passed, or else the previous slot's, whose due time
+    has passed already (jitter is shorter than the interval).
     """
     start_offset = offset(instance_id, interval)
     current = slot_of(now, interval, start_offset)
     if current <= last_slot:
         return None
-    due = slot_start(current, interval, start_offset) + jitter(instance_id, current, interval)
-    if now >= due:
+    if now >= slot_start(current, interval, start_offset) + jitter(instance_id, current, interval):
         return current
-    # The current slot's jitter has not passed yet; an earlier missed slot is not
-    # worth a report of its own, since the current slot will have one shortly.
-    return None
+    return current - 1 if current - 1 > last_slot else None
 
 
 def startup_allowed(recent: list[float], now: float) -> bool:

@@ -36,7 +36,7 @@ NOTICE = (
     "phonehome: MaestroHub telemetry is on. Reports of aggregate counts and system "
     "metadata (version, OS, hostname, public IP and approximate location, license, "
     "user count and the first admin email, connection/pipeline/UNS/execution counts) "
-    "go to %s at startup, once at the first user's creation, and every %d s. Turn it "
+    "go to %s (mode %s) at startup, once at the first user's creation, and every %d s. Turn it "
     "off with `modules.phonehome.enabled: false` in config.yaml, or "
     "MAESTROHUB_PHONEHOME_ENABLED=false, or DO_NOT_TRACK=1; `phonehome preview` shows "
     "the next report."
@@ -166,7 +166,7 @@ class Worker:
                 outbox, Transport(self.settings), self.policy, self.settings.interval, self.cancel
             )
             if store.get(NOTICE_KEY) is None:
-                log.warning(NOTICE, self.settings.endpoint, self.settings.interval)
+                log.warning(NOTICE, self.settings.endpoint, self.settings.mode, self.settings.interval)
                 store.set(NOTICE_KEY, "logged")
             return store
         except Exception:

@@ -18,9 +18,12 @@ import pytest
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
+from phonehome_plugin import schedule
 from phonehome_plugin.simhost import SimClock, SimHost
 
 START = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
+NEXT_SLOT = 3600 + schedule.MAX_JITTER
+"""A tick this far ahead always passes the next periodic slot's start and jitter."""
 GEOIP = {
     "status": "success",
     "query": "203.0.113.7",
@@ -138,7 +141,25 @@ def phonehome_config(endpoint: Endpoint, **extra: Any) -> dict[str, Any]:
 
 
 def make_host(config: dict[str, Any], data_dir: Path) -> SimHost:
+    """A host on a clock starting at :data:`START`."""
     return SimHost(config, data_dir, clock=SimClock(START))
+
+
+@pytest.fixture(autouse=True)
+def _shut_down_hosts(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every host a test started is shut down after it, so that a failed assertion
+    does not leave a running plugin (threads, receivers) behind for the next test."""
+    started: list[SimHost] = []
+    real_start = SimHost.start
+
+    def start(self: SimHost) -> Any:
+        started.append(self)
+        return real_start(self)
+
+    monkeypatch.setattr(SimHost, "start", start)
+    yield
+    for host in reversed(started):
+        host.shutdown()
 
 
 def settle(host: SimHost) -> None:

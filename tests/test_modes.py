@@ -20,6 +20,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,6 @@ from operator_support import (
     listing,
     make,
     phonehome_section,
-    phonehome_threads,
     running,
     short_life,
 )
@@ -141,7 +141,7 @@ def outgoing(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
 
 def _observe(host: SimHost, server: CountingServer, outgoing: list[Any], on: bool) -> Observed:
     """Drive one start through a short life; look at everything while it runs, and after."""
-    threads_before = {t.name for t in threading.enumerate()}
+    thread_objects_before = set(threading.enumerate())
     with running(host):
         host.save_connection("mqtt")
         host.tick()
@@ -152,8 +152,10 @@ def _observe(host: SimHost, server: CountingServer, outgoing: list[Any], on: boo
         host.run_for(2 * 3600, step=600)
         if on:
             settle(host)
-        threads = frozenset({t.name for t in threading.enumerate()} - threads_before)
-        receivers = frozenset(s.name for s in signals.ALL if s.receivers)
+        threads = frozenset(
+            t.name for t in threading.enumerate() if t not in thread_objects_before
+        )
+        receivers = frozenset(s.name for s in signals.ALL if list(s.receivers_for(host.app)))
         files_running = listing(host.data_dir)
         instance_id, built = None, 0
         if (host.data_dir / FILENAME).exists():
@@ -161,8 +163,15 @@ def _observe(host: SimHost, server: CountingServer, outgoing: list[Any], on: boo
             instance_id = view.kv("instance_id")
             built = len(view.pending()) + len(view.history(100))
             view.close()
-    assert not any(s.receivers for s in signals.ALL), "a receiver outlived shutdown"
-    assert "phonehome-worker" not in phonehome_threads(), "the worker outlived shutdown"
+    assert not any(list(s.receivers_for(host.app)) for s in signals.ALL), (
+        "a receiver outlived shutdown"
+    )
+    new_workers = [
+        t
+        for t in threading.enumerate()
+        if t.name == "phonehome-worker" and t not in thread_objects_before
+    ]
+    assert new_workers == [], "the worker outlived shutdown"
     return Observed(
         server.traffic.accepted,
         len(outgoing),
@@ -319,7 +328,8 @@ def test_the_notice_comes_before_any_request_and_only_at_an_installations_first_
     first_request = next(i for i, e in enumerate(events) if not e.startswith("LOG "))
     assert events.index(f"LOG {notice}") < first_request
 
-    with running(make(config, data)) as host:  # a restart: same installation
+    restarted_at = e2e_support.START + timedelta(hours=3)  # a new start is a later started_at
+    with running(make(config, data, at=restarted_at)) as host:  # same installation
         host.tick()
         settle(host)
     assert len(_notices(watcher)) == 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from e2e_support import Endpoint, make_host, phonehome_config, settle, tick
+from e2e_support import NEXT_SLOT, Endpoint, make_host, phonehome_config, settle, tick
 
 
 def test_first_email_outlives_the_first_user(endpoint: Endpoint, tmp_path: Path) -> None:
@@ -15,7 +15,7 @@ def test_first_email_outlives_the_first_user(endpoint: Endpoint, tmp_path: Path)
     host.clock.advance(10)
     host.create_user("second@example.com")
     host.delete_user(first["id"])
-    tick(host, 3600)
+    tick(host, NEXT_SLOT)
     latest = endpoint.reports[-1]
     assert latest["users"] == {"total": 1, "first_email": "admin@example.com"}
     host.shutdown()
@@ -27,7 +27,7 @@ def test_since_previous_report_counts_only_what_is_new(endpoint: Endpoint, tmp_p
     host.run_executions(30, ("completed", "failed", "cancelled"))
     tick(host)
     host.run_executions(7, ("completed",))
-    tick(host, 3600)
+    tick(host, NEXT_SLOT)
     startup, periodic = endpoint.reports[0], endpoint.reports[-1]
     assert startup["executions"]["since_previous_report"]["total"] == 30
     assert periodic["executions"]["total"] == 37
@@ -47,7 +47,7 @@ def test_privacy_hash_and_omit(endpoint: Endpoint, tmp_path: Path) -> None:
     tick(host)
     host.create_user("admin@example.com")
     settle(host)
-    tick(host, 3600)
+    tick(host, NEXT_SLOT)
     host.shutdown()
     emails = {r["users"]["first_email"] for r in endpoint.reports[1:]}
     [digest] = emails
@@ -63,8 +63,8 @@ def test_delivery_counts_ride_along_once(endpoint: Endpoint, tmp_path: Path) -> 
     endpoint.status = 400  # final: the report is dropped and counted
     tick(host)
     endpoint.status = 202
-    tick(host, 3600)
-    tick(host, 3600)
+    tick(host, NEXT_SLOT)
+    tick(host, NEXT_SLOT)
     host.shutdown()
     first_after, second_after = endpoint.reports[1], endpoint.reports[2]
     assert first_after["diagnostics"]["delivery"]["rejected"] == 1

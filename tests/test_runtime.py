@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_support import Endpoint, make_host, phonehome_config, settle, tick
+from e2e_support import NEXT_SLOT, Endpoint, make_host, phonehome_config, settle, tick
 
 from phonehome_plugin.runtime import Runtime
 from phonehome_plugin.simhost import SimHost
@@ -78,7 +78,7 @@ def test_a_forked_child_counts_its_own_work_and_sends(endpoint: Endpoint, host: 
         code = 1
         try:
             host.run_executions(25, ("failed",))
-            host.tick(3600)
+            host.tick(NEXT_SLOT)
             settle(host)
             host.shutdown()
             code = 0
@@ -90,7 +90,7 @@ def test_a_forked_child_counts_its_own_work_and_sends(endpoint: Endpoint, host: 
     assert len(periodic) == 1, "the child sent the slot's periodic report"
     by_status = periodic[0]["executions"]["by_status"]
     assert by_status["failed"] == 25
-    host.clock.advance(2 * 3600)  # the parent's clock did not see the child's hour
+    host.clock.advance(2 * NEXT_SLOT)  # past the child's slot and the next one's jitter
     tick(host)
     latest = endpoint.reports[-1]
     assert latest["executions"]["by_status"]["completed"] == 40

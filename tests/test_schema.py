@@ -375,11 +375,6 @@ def test_an_invalid_report_is_never_stored_or_sent_and_the_next_report_counts_it
     assert len(errors) == 1 and errors[0].levelno == logging.ERROR
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="reporter.py: an invalid report's build takes (resets) the diagnostic counters, "
-    "including schema.invalid, before the check fails, so counts that rode along are lost",
-)
 def test_consecutive_invalid_reports_are_all_counted(
     counting_server: CountingServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -116,20 +116,24 @@ def test_a_crash_looping_host_sends_a_few_startups_and_counts_the_rest(
 ) -> None:
     host = make_host(config, tmp_path)
     crashed = []
-    for _ in range(8):
+    try:
+        for _ in range(8):
+            host.start()
+            tick(host)
+            host.clock.advance(120)
+            crashed.append(host)
+            host = host.restart(shutdown=False)
+        host.clock.advance(2 * HOUR)
         host.start()
         tick(host)
-        host.clock.advance(120)
-        crashed.append(host)
-        host = host.restart(shutdown=False)
-    host.clock.advance(2 * HOUR)
-    host.start()
-    tick(host)
+    finally:
+        for gone in [*crashed, host]:
+            gone.shutdown()  # the "crashed" ones only now, so they leave nothing running
     startups = endpoint.by_trigger("startup")
     assert len(startups) == schedule.STARTUP_LIMIT + 1
-    assert startups[-1]["diagnostics"]["suppressed_startups"] == 8 - schedule.STARTUP_LIMIT
-    for gone in [*crashed, host]:
-        gone.shutdown()  # the "crashed" ones only now, so they leave nothing running
+    # The count rides along in whichever report comes next (a periodic one may).
+    suppressed = sum(r["diagnostics"]["suppressed_startups"] for r in endpoint.reports)
+    assert suppressed == 8 - schedule.STARTUP_LIMIT
 
 
 def test_the_notice_is_logged_once_per_installation_before_anything_is_sent(
