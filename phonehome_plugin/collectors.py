@@ -13,7 +13,7 @@ import logging
 import queue
 import re
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from phonehome_plugin import privacy
@@ -42,7 +42,7 @@ class Registry:
         self._lock = threading.Lock()
         self.collectors: dict[str, Any] = {}
         self.errors: dict[str, str] = {}
-        self._hung: set[str] = set()
+        self._hung: dict[str, _Run] = {}  # name -> the runner whose call of it hangs
         self._connected: list[tuple[Any, Callable[..., None]]] = []
         self._sender: Any = None
 
@@ -98,10 +98,19 @@ class Registry:
         self.errors[name] = message
 
     def collect_all(self, drops: privacy.DropCounter) -> tuple[dict[str, Any], dict[str, str]]:
-        """Sections of every healthy collector, and an error per collector that failed."""
+        """Sections of every healthy collector, and an error per collector that failed.
+
+        A collector whose receivers failed is left out (its counts missed what
+        the failing receiver dropped), and is not called.
+        """
+        hung = set(self._hung)  # one atomic copy; runner threads update the dict
+        broken = dict(self.errors)
         with self._lock:
-            todo = [(n, c) for n, c in self.collectors.items() if n not in self._hung]
-        errors = {n: "collect() still running from an earlier report" for n in self._hung}
+            todo = [
+                (n, c) for n, c in self.collectors.items() if n not in hung and n not in broken
+            ]
+        errors = {n: "collect() still running from an earlier report" for n in hung}
+        errors.update(broken)
         sections: dict[str, Any] = {}
         for name, outcome in _run(todo, self._hung):
             if isinstance(outcome, BaseException):
@@ -109,9 +118,8 @@ class Registry:
                 continue
             try:
                 sections[name] = privacy.section(outcome, drops)
-            except TypeError as error:
-                errors[name] = str(error)
-        errors.update({n: e for n, e in self.errors.items() if n not in sections})
+            except Exception as error:  # e.g. a live dict changed while it was read
+                errors[name] = _unreadable(outcome, error)
         return sections, errors
 
 
@@ -133,17 +141,41 @@ def _describe(error: BaseException) -> str:
     return f"collect() raised {type(error).__name__}"
 
 
-def _run(todo: list[tuple[str, Any]], hung: set[str]) -> Iterable[tuple[str, Any]]:
+def _unreadable(outcome: Any, error: Exception) -> str:
+    # Never the exception's text: a third party's message may hold anything.
+    if not isinstance(outcome, Mapping):
+        return f"collect() returned {type(outcome).__name__}, not a mapping"
+    return f"reading collect()'s result raised {type(error).__name__}"
+
+
+class _Run:
+    """One runner thread's progress, shared with the thread that waits for it.
+
+    No lock: runner threads do not survive a fork, and a lock one of them held
+    at the fork would stay held in the child. Each step below is one atomic
+    operation under the GIL, and the order of the steps makes every
+    interleaving clear a hung mark once its call has returned.
+    """
+
+    def __init__(self) -> None:
+        self.cancelled = False
+        self.finished: set[str] = set()
+
+
+def _run(todo: list[tuple[str, Any]], hung: dict[str, _Run]) -> Iterable[tuple[str, Any]]:
     """Call each ``collect()`` on a runner thread, abandoning one that overruns.
 
     After an overrun the rest go to a fresh runner; the abandoned one stops
     after the hung call returns, and only then is that collector called again.
+    A result that lands just after the deadline does not mark its collector
+    hung, since its call has returned; only the runner that owns a hung call
+    clears it.
     """
     while todo:
         results: queue.Queue[tuple[str, Any]] = queue.Queue()
-        cancelled = threading.Event()
+        run = _Run()
         threading.Thread(
-            target=_runner, args=(todo, results, cancelled, hung), daemon=True,
+            target=_runner, args=(todo, results, run, hung), daemon=True,
             name="phonehome-collect",
         ).start()
         done = 0
@@ -151,8 +183,10 @@ def _run(todo: list[tuple[str, Any]], hung: set[str]) -> Iterable[tuple[str, Any
             try:
                 yield results.get(timeout=CALL_TIMEOUT)
             except queue.Empty:
-                cancelled.set()
-                hung.add(name)
+                run.cancelled = True
+                hung[name] = run
+                if name in run.finished:  # its result landed just after the deadline
+                    _clear(hung, name, run)
                 yield name, TimeoutError()
                 break
             done += 1
@@ -162,15 +196,24 @@ def _run(todo: list[tuple[str, Any]], hung: set[str]) -> Iterable[tuple[str, Any
 def _runner(
     todo: list[tuple[str, Any]],
     results: queue.Queue[tuple[str, Any]],
-    cancelled: threading.Event,
-    hung: set[str],
+    run: _Run,
+    hung: dict[str, _Run],
 ) -> None:
     for name, collector in todo:
+        if run.cancelled:
+            return
         try:
             outcome: Any = collector.collect()
         except Exception as error:
             outcome = error
-        if cancelled.is_set():
-            hung.discard(name)
+        run.finished.add(name)
+        if run.cancelled:
+            _clear(hung, name, run)
             return
         results.put((name, outcome))
+
+
+def _clear(hung: dict[str, _Run], name: str, run: _Run) -> None:
+    """Clear ``name``'s hung mark if ``run`` set it (a later run may own it now)."""
+    if hung.get(name) is run:
+        hung.pop(name, None)

@@ -182,7 +182,7 @@ class Inventory:
             "organizations": (self.organizations, lambda r: None),
             "data_models": (self.data_models, lambda r: None),
         }
-        if module not in parsers:
+        if not isinstance(module, str) or module not in parsers:  # a list would raise TypeError
             return False
         entities, value_of = parsers[module]
         entities.replace(

@@ -20,7 +20,8 @@ IDENT_MAX = 64
 KEYS_MAX = 200
 _IDENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:+\-]{0,63}")
 # A long unbroken run of letters and digits reads like a token or key, not a name.
-_TOKENISH = re.compile(r"[A-Za-z0-9+/=_\-]{33,}")
+# 32 characters is a 128-bit key in hex (token_hex(16), uuid4().hex) or base64 of 24 bytes.
+_TOKENISH = re.compile(r"[A-Za-z0-9+/=_\-]{32,}")
 _SECRET_WORDS = re.compile(r"(?i)(passw|secret|token|api[_-]?key|bearer|private|credential)")
 _EMAIL = re.compile(r"^[^@\s]{1,64}@[A-Za-z0-9.\-]{1,253}\.[A-Za-z]{2,63}$")
 OTHER = "other"
@@ -60,7 +61,8 @@ def bucket(value: Any) -> str:
 
 def is_email(value: Any) -> bool:
     """True when ``value`` is shaped like one email address."""
-    return isinstance(value, str) and len(value) <= 254 and bool(_EMAIL.match(value))
+    # fullmatch: with match, "$" would also accept a trailing newline.
+    return isinstance(value, str) and len(value) <= 254 and bool(_EMAIL.fullmatch(value))
 
 
 def count(value: Any) -> int | None:

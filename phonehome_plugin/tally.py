@@ -42,9 +42,9 @@ class ExecutionTally:
                 counts = local.counts
             except AttributeError:
                 counts = join()
-            if status in counts:
+            try:
                 counts[status] += 1
-            else:
+            except (KeyError, TypeError):  # not a known status, or not even hashable
                 counts[UNKNOWN] += 1
 
         return on_execution_finished

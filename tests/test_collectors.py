@@ -1,0 +1,551 @@
+"""Tests for :mod:`phonehome_plugin.collectors`: third-party collectors cost only their section."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from hookspecs import signals
+from phonehome_plugin import collectors
+from phonehome_plugin.collectors import Registry
+from phonehome_plugin.privacy import DropCounter
+from phonehome_plugin.tally import ExecutionTally
+
+SECRET = "hunter2-secret-value"
+TIMEOUT = 0.05
+
+
+class FakeApp:
+    """The sender of every signal; only its identity matters."""
+
+
+class Collector:
+    """A well-behaved collector whose ``collect()`` returns ``result``."""
+
+    def __init__(
+        self,
+        name: str,
+        result: Any = None,
+        pairs: list[tuple[Any, Callable[..., None]]] | None = None,
+        receivers: Callable[[], Any] | None = None,
+    ) -> None:
+        self.name = name
+        self.result = {"value": 1} if result is None else result
+        self.calls = 0
+        if pairs is not None:
+            self.receivers: Callable[[], Any] = lambda: iter(pairs)
+        elif receivers is not None:
+            self.receivers = receivers
+
+    def collect(self) -> Any:
+        self.calls += 1
+        return self.result
+
+
+class Counting:
+    """A collector counting ``execution-finished`` through its own receiver."""
+
+    name = "acme.counting"
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[Any, Any]] = []
+
+    def receivers(self) -> list[tuple[Any, Callable[..., None]]]:
+        return [(signals.execution_finished, self.on_finished)]
+
+    def on_finished(self, sender: Any, status: Any = None, **extra: Any) -> None:
+        self.seen.append((sender, status))
+
+    def collect(self) -> dict[str, int]:
+        return {"finished": len(self.seen)}
+
+
+class Raising:
+    """A collector whose receiver raises on every signal."""
+
+    name = "acme.raising"
+
+    def receivers(self) -> list[tuple[Any, Callable[..., None]]]:
+        return [(signals.execution_finished, self.on_finished)]
+
+    def on_finished(self, sender: Any, **extra: Any) -> None:
+        raise RuntimeError(f"receiver bug with {SECRET}")
+
+    def collect(self) -> dict[str, int]:
+        return {"counted": 3}
+
+
+class Blocking:
+    """A collector whose first ``collect()`` hangs until the test releases it."""
+
+    def __init__(self, name: str, release: threading.Event) -> None:
+        self.name = name
+        self.release = release
+        self.calls = 0
+        self.running = 0
+        self.most_running = 0
+
+    def collect(self) -> dict[str, int]:
+        self.calls += 1
+        self.running += 1
+        self.most_running = max(self.most_running, self.running)
+        try:
+            if self.calls == 1:
+                self.release.wait(10)
+            return {"calls": self.calls}
+        finally:
+            self.running -= 1
+
+
+@pytest.fixture
+def app() -> FakeApp:
+    return FakeApp()
+
+
+@pytest.fixture
+def registry() -> Iterator[Registry]:
+    reg = Registry()
+    yield reg
+    reg.disconnect()
+
+
+@pytest.fixture
+def drops() -> DropCounter:
+    return DropCounter()
+
+
+@pytest.fixture
+def fast_timeout(monkeypatch: pytest.MonkeyPatch) -> float:
+    monkeypatch.setattr(collectors, "CALL_TIMEOUT", TIMEOUT)
+    return TIMEOUT
+
+
+def _collect_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name == "phonehome-collect"}
+
+
+@pytest.fixture
+def release() -> Iterator[threading.Event]:
+    """An event that lets hanging collectors return; set, and their runners joined, at teardown."""
+    before = _collect_threads()
+    event = threading.Event()
+    yield event
+    event.set()
+    for thread in _collect_threads() - before:
+        thread.join(5)
+
+
+def _wait_for_runners(before: set[threading.Thread]) -> None:
+    for thread in _collect_threads() - before:
+        thread.join(5)
+        assert not thread.is_alive()
+
+
+# register -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name", ["acme.historian", "a.b", "acme.sub_mod.x2", "x" * 30 + ".y" * 17]
+)
+def test_register_accepts_dotted_lower_case_names(registry: Registry, name: str) -> None:
+    collector = Collector(name)
+    registry.register(collector)
+    assert registry.collectors == {name: collector}
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "acme",
+        "Acme.historian",
+        "acme.Historian",
+        "acme.",
+        ".acme",
+        "acme..x",
+        "1acme.x",
+        "acme.1x",
+        "acme-x.y",
+        "acme.historian ",
+        "acme/historian.x",
+        "",
+        "a." + "b" * 63,
+    ],
+)
+def test_register_rejects_names_that_are_not_dotted_identifiers(
+    registry: Registry, name: str
+) -> None:
+    with pytest.raises(TypeError, match="dotted lower-case name"):
+        registry.register(Collector(name))
+    assert registry.collectors == {}
+
+
+@pytest.mark.parametrize("name", [None, 3, b"acme.x", ["acme.x"]])
+def test_register_rejects_a_name_that_is_not_a_string(registry: Registry, name: Any) -> None:
+    collector = Collector("acme.x")
+    collector.name = name
+    with pytest.raises(TypeError, match="needs a str `name` and a callable `collect"):
+        registry.register(collector)
+    assert registry.collectors == {}
+
+
+def test_register_rejects_objects_without_name_or_collect(registry: Registry) -> None:
+    with pytest.raises(TypeError):
+        registry.register(SimpleNamespace(collect=lambda: {}))
+    with pytest.raises(TypeError):
+        registry.register(SimpleNamespace(name="acme.x"))
+    with pytest.raises(TypeError):
+        registry.register(SimpleNamespace(name="acme.x", collect={"a": 1}))
+    with pytest.raises(TypeError):
+        registry.register(None)
+    assert registry.collectors == {}
+
+
+def test_register_rejects_a_duplicate_name_and_keeps_the_first(registry: Registry) -> None:
+    first = Collector("acme.historian")
+    registry.register(first)
+    with pytest.raises(ValueError, match="already registered"):
+        registry.register(Collector("acme.historian"))
+    assert registry.collectors == {"acme.historian": first}
+
+
+def test_register_accepts_any_object_with_name_and_collect(
+    registry: Registry, drops: DropCounter
+) -> None:
+    registry.register(SimpleNamespace(name="acme.ns", collect=lambda: {"n": 2}))
+    assert registry.collect_all(drops) == ({"acme.ns": {"n": 2}}, {})
+
+
+# receivers() ----------------------------------------------------------------------------
+
+
+def test_receivers_are_connected_for_the_sender_only(registry: Registry, app: FakeApp) -> None:
+    counting = Counting()
+    registry.register(counting)
+    signals.execution_finished.send(app, pipeline_id="p", status="completed", duration_ms=1)
+    assert counting.seen == []  # not connected before connect()
+    registry.connect(app)
+    signals.execution_finished.send(app, pipeline_id="p", status="completed", duration_ms=1)
+    signals.execution_finished.send(FakeApp(), pipeline_id="p", status="failed", duration_ms=1)
+    assert counting.seen == [(app, "completed")]
+
+
+def test_collectors_registered_after_connect_are_connected_at_once(
+    registry: Registry, app: FakeApp
+) -> None:
+    registry.connect(app)
+    counting = Counting()
+    registry.register(counting)
+    signals.execution_finished.send(app, pipeline_id="p", status="failed", duration_ms=1)
+    assert counting.seen == [(app, "failed")]
+
+
+def test_disconnect_stops_every_receiver(registry: Registry, app: FakeApp) -> None:
+    before = set(signals.execution_finished.receivers)
+    counting = Counting()
+    registry.register(counting)
+    registry.connect(app)
+    assert set(signals.execution_finished.receivers) > before
+    registry.disconnect()
+    registry.disconnect()
+    signals.execution_finished.send(app, pipeline_id="p", status="completed", duration_ms=1)
+    assert counting.seen == []
+    # Gone from the signal altogether, not only from ``app``.
+    assert set(signals.execution_finished.receivers) == before
+    # A collector registered after disconnect is not connected either.
+    late = Counting()
+    late.name = "acme.late"
+    registry.register(late)
+    signals.execution_finished.send(app, pipeline_id="p", status="completed", duration_ms=1)
+    assert late.seen == []
+
+
+def test_a_raising_receiver_never_reaches_the_sender_and_marks_its_collector(
+    registry: Registry, app: FakeApp
+) -> None:
+    raising, counting = Raising(), Counting()
+    tally = ExecutionTally()
+    registry.register(raising)
+    registry.register(counting)
+    registry.connect(app)
+    signals.execution_finished.connect(tally.receiver, sender=app, weak=False)
+    try:
+        for _ in range(3):
+            signals.execution_finished.send(
+                app, pipeline_id="p", status="completed", duration_ms=1
+            )
+    finally:
+        signals.execution_finished.disconnect(tally.receiver)
+    # Everyone else on the signal still got every send.
+    assert len(counting.seen) == 3
+    assert tally.totals()["completed"] == 3
+    assert registry.errors == {"acme.raising": "receiver raised RuntimeError"}
+
+
+def test_a_collector_whose_receiver_raised_loses_its_section_only(
+    registry: Registry, app: FakeApp, drops: DropCounter
+) -> None:
+    registry.register(Raising())
+    registry.register(Counting())
+    registry.connect(app)
+    signals.execution_finished.send(app, pipeline_id="p", status="completed", duration_ms=1)
+    sections, errors = registry.collect_all(drops)
+    # Its counts missed what the raising receiver dropped: the section is left out.
+    assert sections == {"acme.counting": {"finished": 1}}
+    assert errors == {"acme.raising": "receiver raised RuntimeError"}
+    assert SECRET not in repr(errors)
+
+
+def test_a_raising_receivers_method_costs_only_that_collector(
+    registry: Registry, app: FakeApp, drops: DropCounter
+) -> None:
+    def receivers() -> list[Any]:
+        raise KeyError(SECRET)
+
+    broken = Collector("acme.broken", receivers=receivers)
+    counting = Counting()
+    registry.register(broken)
+    registry.register(counting)
+    registry.connect(app)
+    signals.execution_finished.send(app, pipeline_id="p", status="completed", duration_ms=1)
+    assert len(counting.seen) == 1
+    assert registry.errors == {"acme.broken": "receivers() failed: KeyError"}
+    sections, errors = registry.collect_all(drops)
+    assert sections == {"acme.counting": {"finished": 1}}
+    assert errors == {"acme.broken": "receivers() failed: KeyError"}
+
+
+@pytest.mark.parametrize(
+    "pairs",
+    [
+        [("not a signal", lambda sender, **kw: None)],
+        [(signals.execution_finished, "not callable")],
+    ],
+)
+def test_receivers_must_yield_signal_callable_pairs(
+    registry: Registry, app: FakeApp, pairs: list[Any]
+) -> None:
+    before = set(signals.execution_finished.receivers)
+    registry.register(Collector("acme.pairs", pairs=pairs))
+    registry.connect(app)
+    assert registry.errors == {"acme.pairs": "receivers() failed: TypeError"}
+    assert set(signals.execution_finished.receivers) == before
+
+
+def test_registering_while_connected_survives_a_raising_receivers(
+    registry: Registry, app: FakeApp
+) -> None:
+    registry.connect(app)
+    broken = Collector("acme.broken", receivers=lambda: 1 / 0)
+    registry.register(broken)
+    assert registry.errors == {"acme.broken": "receivers() failed: ZeroDivisionError"}
+
+
+# collect() ------------------------------------------------------------------------------
+
+
+def test_collect_all_of_nothing(registry: Registry, drops: DropCounter) -> None:
+    assert registry.collect_all(drops) == ({}, {})
+
+
+def test_healthy_collectors_are_called_each_time(registry: Registry, drops: DropCounter) -> None:
+    first = Collector("acme.one", {"series": 12, "backends": {"influx": 1, "timescale": 2}})
+    second = Collector("acme.two", {"ok": True, "mode": "fast", "ratio": 0.5})
+    registry.register(first)
+    registry.register(second)
+    for round_ in (1, 2):
+        sections, errors = registry.collect_all(drops)
+        assert sections == {"acme.one": first.result, "acme.two": second.result}
+        assert errors == {}
+        assert first.calls == second.calls == round_
+    assert drops.take() == {}
+
+
+def test_a_raising_collect_costs_only_its_section(registry: Registry, drops: DropCounter) -> None:
+    broken = Collector("acme.broken")
+
+    def collect() -> Any:
+        raise ValueError(f"cannot reach {SECRET}")
+
+    broken.collect = collect  # type: ignore[method-assign]
+    registry.register(Collector("acme.before"))
+    registry.register(broken)
+    registry.register(Collector("acme.after"))
+    sections, errors = registry.collect_all(drops)
+    assert sections == {"acme.before": {"value": 1}, "acme.after": {"value": 1}}
+    assert errors == {"acme.broken": "collect() raised ValueError"}
+
+
+@pytest.mark.parametrize("result", [[("a", 1)], "a=1", 42, {1, 2}, (1, 2)])
+def test_a_non_mapping_costs_only_its_section(
+    registry: Registry, drops: DropCounter, result: Any
+) -> None:
+    registry.register(Collector("acme.odd", result))
+    registry.register(Collector("acme.fine"))
+    sections, errors = registry.collect_all(drops)
+    assert sections == {"acme.fine": {"value": 1}}
+    assert errors == {"acme.odd": f"collect() returned {type(result).__name__}, not a mapping"}
+
+
+def test_collect_returning_none_is_not_a_mapping(registry: Registry, drops: DropCounter) -> None:
+    odd = Collector("acme.none")
+    odd.result = None
+    registry.register(odd)
+    sections, errors = registry.collect_all(drops)
+    assert sections == {}
+    assert errors == {"acme.none": "collect() returned NoneType, not a mapping"}
+
+
+def test_too_deep_and_secret_looking_values_are_dropped_and_counted(
+    registry: Registry, drops: DropCounter
+) -> None:
+    registry.register(
+        Collector(
+            "acme.messy",
+            {
+                "series": 3,
+                "by_backend": {"influx": 1, "deeper": {"x": 1}},
+                "dsn": f"postgresql://admin:{SECRET}@db/x",
+                "api_key": "abc",
+                "owner": "alice@example.com",
+                "note": "some free text",
+                "token_value": "0123456789abcdef0123456789abcdef",
+                "list": [1, 2],
+            },
+        )
+    )
+    registry.register(Collector("acme.fine"))
+    sections, errors = registry.collect_all(drops)
+    assert errors == {}
+    assert sections == {
+        "acme.messy": {"series": 3, "by_backend": {"influx": 1}},
+        "acme.fine": {"value": 1},
+    }
+    assert drops.take() == {"collector_key": 2, "collector_value": 5}
+    assert SECRET not in repr(sections)
+
+
+class ExplodingMapping(Mapping[str, int]):
+    """A mapping that fails while being read, like a dict changed during iteration."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def __getitem__(self, key: str) -> int:
+        raise self.error
+
+    def __iter__(self) -> Iterator[str]:
+        raise self.error
+
+    def __len__(self) -> int:
+        return 1
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        RuntimeError("dictionary changed size during iteration"),
+        TypeError(f"leaked {SECRET}"),
+        KeyError(SECRET),
+    ],
+)
+def test_a_mapping_that_fails_while_read_costs_only_its_section(
+    registry: Registry, drops: DropCounter, error: Exception
+) -> None:
+    registry.register(Collector("acme.live", ExplodingMapping(error)))
+    registry.register(Collector("acme.fine"))
+    sections, errors = registry.collect_all(drops)
+    assert sections == {"acme.fine": {"value": 1}}
+    assert set(errors) == {"acme.live"}
+    assert type(error).__name__ in errors["acme.live"]
+    assert SECRET not in errors["acme.live"]
+
+
+# Hanging collect() ----------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("fast_timeout")
+@pytest.mark.parametrize("position", [0, 1, 2])
+def test_a_hanging_collect_costs_only_its_section_and_is_not_called_again_until_it_returns(
+    registry: Registry, drops: DropCounter, release: threading.Event, position: int
+) -> None:
+    before = _collect_threads()
+    slow = Blocking("acme.slow", release)
+    others = [Collector("acme.one"), Collector("acme.two")]
+    everyone: list[Any] = [*others]
+    everyone.insert(position, slow)
+    for collector in everyone:
+        registry.register(collector)
+
+    started = time.monotonic()
+    sections, errors = registry.collect_all(drops)
+    assert time.monotonic() - started < 2
+    assert sections == {"acme.one": {"value": 1}, "acme.two": {"value": 1}}
+    assert errors == {"acme.slow": f"collect() took longer than {TIMEOUT} s"}
+
+    # Still hanging: not called again, reported as such, the others unaffected.
+    sections, errors = registry.collect_all(drops)
+    assert slow.calls == 1
+    assert sections == {"acme.one": {"value": 1}, "acme.two": {"value": 1}}
+    assert errors == {"acme.slow": "collect() still running from an earlier report"}
+    assert [c.calls for c in others] == [2, 2]
+
+    release.set()
+    _wait_for_runners(before)
+    sections, errors = registry.collect_all(drops)
+    assert slow.calls == 2
+    assert slow.most_running == 1
+    assert sections == {
+        "acme.one": {"value": 1},
+        "acme.slow": {"calls": 2},
+        "acme.two": {"value": 1},
+    }
+    assert errors == {}
+
+
+@pytest.mark.usefixtures("fast_timeout")
+def test_two_hanging_collectors_each_cost_their_own_section(
+    registry: Registry, drops: DropCounter, release: threading.Event
+) -> None:
+    registry.register(Blocking("acme.slow_a", release))
+    registry.register(Collector("acme.fine"))
+    registry.register(Blocking("acme.slow_b", release))
+    sections, errors = registry.collect_all(drops)
+    assert sections == {"acme.fine": {"value": 1}}
+    assert set(errors) == {"acme.slow_a", "acme.slow_b"}
+
+
+@pytest.mark.usefixtures("fast_timeout")
+def test_a_result_arriving_just_after_the_deadline_does_not_mark_the_collector_hung(
+    registry: Registry, drops: DropCounter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The runner's result lands right after the caller gave up waiting for it."""
+    late = {"armed": True}
+
+    class LateQueue(queue.Queue[Any]):
+        def get(self, block: bool = True, timeout: float | None = None) -> Any:
+            if late["armed"]:
+                late["armed"] = False
+                super().get(timeout=5)  # the result does arrive ...
+                raise queue.Empty  # ... but after the caller's deadline
+            return super().get(block, timeout)
+
+    monkeypatch.setattr(collectors, "queue", SimpleNamespace(Queue=LateQueue, Empty=queue.Empty))
+    before = _collect_threads()
+    punctual = Collector("acme.punctual")
+    registry.register(punctual)
+
+    sections, errors = registry.collect_all(drops)
+    assert errors == {"acme.punctual": f"collect() took longer than {TIMEOUT} s"}
+    _wait_for_runners(before)
+
+    # Its call has returned, so the next report calls it again.
+    sections, errors = registry.collect_all(drops)
+    assert punctual.calls == 2
+    assert sections == {"acme.punctual": {"value": 1}}
+    assert errors == {}

@@ -1,0 +1,374 @@
+"""Tests for :mod:`phonehome_plugin.config`: reading ``modules.phonehome`` into Settings."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from phonehome_plugin import config
+from phonehome_plugin.config import ConfigError, OutboxLimits, Settings, parse, section_of
+
+
+def _error_of(section: dict[Any, Any]) -> str:
+    with pytest.raises(ConfigError) as caught:
+        parse(section)
+    return str(caught.value)
+
+
+# Defaults -------------------------------------------------------------------------------
+
+
+def test_empty_section_gives_the_documented_defaults() -> None:
+    settings = parse({})
+    assert settings == Settings()
+    assert settings.enabled is True
+    assert settings.mode == "send"
+    assert settings.endpoint == "https://telemetry.maestrohub.com/api/v1/reports"
+    assert settings.interval == 3600
+    assert settings.geoip_url.startswith("http://ip-api.com/json/")
+    assert settings.proxy is None
+    assert settings.ca_bundle is None
+    assert settings.state_url is None
+    assert settings.outbox == OutboxLimits(256, 8 * 1024 * 1024, 7.0)
+    assert settings.privacy == {"email": "send", "hostname": "send", "public_ip": "send"}
+
+
+def test_settings_are_frozen() -> None:
+    settings = parse({})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.enabled = False  # type: ignore[misc]
+
+
+def test_default_privacy_mapping_is_not_shared_between_instances() -> None:
+    first, second = Settings(), Settings()
+    assert first.privacy == second.privacy
+    assert first.privacy is not second.privacy
+
+
+def test_config_error_is_a_value_error() -> None:
+    assert issubclass(ConfigError, ValueError)
+
+
+# section_of -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "host_config",
+    [
+        {},
+        {"modules": None},
+        {"modules": {}},
+        {"modules": {"phonehome": None}},
+        {"modules": {"other": {"enabled": False}}},
+        {"server": {"port": 8080}},
+    ],
+)
+def test_section_of_is_empty_when_the_section_is_absent(host_config: dict[str, Any]) -> None:
+    assert section_of(host_config) == {}
+
+
+@pytest.mark.parametrize("host_config", [None, ["modules"], "modules: {}", 3])
+def test_section_of_rejects_a_config_that_is_not_a_mapping(host_config: Any) -> None:
+    with pytest.raises(ConfigError, match=r"^config\.yaml: expected a mapping"):
+        section_of(host_config)
+
+
+def test_section_of_returns_the_phonehome_mapping() -> None:
+    section = {"enabled": False, "interval": 120}
+    assert section_of({"modules": {"phonehome": section, "other": {}}}) is section
+
+
+@pytest.mark.parametrize("modules", [["phonehome"], "phonehome", 3, True])
+def test_section_of_rejects_modules_that_is_not_a_mapping(modules: Any) -> None:
+    with pytest.raises(ConfigError, match=r"^modules: expected a mapping"):
+        section_of({"modules": modules})
+
+
+@pytest.mark.parametrize("section", [False, "off", ["enabled"], 0])
+def test_section_of_rejects_a_phonehome_section_that_is_not_a_mapping(section: Any) -> None:
+    with pytest.raises(ConfigError, match=r"^modules\.phonehome: expected a mapping"):
+        section_of({"modules": {"phonehome": section}})
+
+
+# Unknown keys ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", ["enabeld", "Enabled", "disabled", "url", "intervall"])
+def test_unknown_key_is_an_error_naming_the_key(key: str) -> None:
+    assert _error_of({key: False}) == f"modules.phonehome.{key}: unknown key"
+
+
+def test_misspelt_switch_is_an_error_even_beside_valid_keys() -> None:
+    message = _error_of({"interval": 120, "enabeld": False})
+    assert "enabeld" in message
+
+
+def test_non_string_key_is_an_unknown_key() -> None:
+    assert "unknown key" in _error_of({1: True})
+
+
+# enabled --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [True, False])
+def test_enabled_accepts_booleans(value: bool) -> None:
+    assert parse({"enabled": value}).enabled is value
+
+
+@pytest.mark.parametrize("value", ["false", "no", "off", 0, 1, None, "", [], {}])
+def test_enabled_rejects_everything_but_booleans(value: Any) -> None:
+    message = _error_of({"enabled": value})
+    assert message.startswith("modules.phonehome.enabled: expected true or false")
+
+
+# mode -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["send", "log", "offline"])
+def test_mode_accepts_each_documented_mode(mode: str) -> None:
+    assert parse({"mode": mode}).mode == mode
+
+
+@pytest.mark.parametrize("mode", ["SEND", "debug", "", None, 1, ["send"]])
+def test_mode_rejects_anything_else(mode: Any) -> None:
+    assert _error_of({"mode": mode}).startswith("modules.phonehome.mode: expected one of")
+
+
+# endpoint -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://telemetry.example.com/reports",
+        "https://10.0.0.5:8443/x",
+        "http://localhost:8080/reports",
+        "http://LOCALHOST/reports",
+        "http://127.0.0.1:9/r",
+        "http://127.42.0.9/r",
+        "http://[::1]:8080/r",
+    ],
+)
+def test_endpoint_accepts_https_and_loopback_http(url: str) -> None:
+    assert parse({"endpoint": url}).endpoint == url
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://telemetry.example.com/reports",
+        "http://10.0.0.5/reports",
+        "http://[2001:db8::1]/r",
+        "http://localhost.example.com/r",
+    ],
+)
+def test_endpoint_refuses_plain_http_off_loopback(url: str) -> None:
+    assert "plain http:// is allowed only for loopback" in _error_of({"endpoint": url})
+
+
+@pytest.mark.parametrize(
+    "url", ["ftp://example.com/x", "telemetry.example.com", "https://", "https:///path", ""]
+)
+def test_endpoint_must_be_an_http_url_with_a_host(url: str) -> None:
+    assert "expected an http(s) URL" in _error_of({"endpoint": url})
+
+
+@pytest.mark.parametrize("url", [None, 42, b"https://example.com", ["https://example.com"]])
+def test_endpoint_must_be_a_string(url: Any) -> None:
+    assert "expected a URL string" in _error_of({"endpoint": url})
+
+
+@pytest.mark.parametrize("url", ["https://[::1", "https://[not-an-ip]/x", "http://[::1/x"])
+def test_malformed_url_is_a_config_error_not_a_bare_value_error(url: str) -> None:
+    # urlsplit raises a plain ValueError for these; callers only catch ConfigError.
+    assert _error_of({"endpoint": url}).startswith("modules.phonehome.endpoint:")
+    assert _error_of({"geoip_url": url}).startswith("modules.phonehome.geoip_url:")
+
+
+# interval -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [60, 61, 3600, 86400 * 365])
+def test_interval_accepts_whole_seconds_of_at_least_a_minute(value: int) -> None:
+    assert parse({"interval": value}).interval == value
+
+
+@pytest.mark.parametrize("value", [59, 0, -3600, 3600.0, 90.5, "3600", True, None])
+def test_interval_rejects_short_fractional_and_non_numbers(value: Any) -> None:
+    message = _error_of({"interval": value})
+    assert message.startswith("modules.phonehome.interval: expected a whole number of at least 60")
+
+
+# geoip_url ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["", None])
+def test_geoip_url_empty_turns_the_lookup_off(value: Any) -> None:
+    assert parse({"geoip_url": value}).geoip_url == ""
+
+
+def test_geoip_url_may_be_plain_http_anywhere() -> None:
+    url = "http://geo.example.com/json"
+    assert parse({"geoip_url": url}).geoip_url == url
+
+
+@pytest.mark.parametrize("value", ["geo.example.com", "file:///etc/passwd", 7, False])
+def test_geoip_url_rejects_non_urls(value: Any) -> None:
+    assert _error_of({"geoip_url": value}).startswith("modules.phonehome.geoip_url:")
+
+
+# timeout --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [0.1, 1, 2.5, 30])
+def test_timeout_accepts_numbers_of_at_least_a_tenth(value: float) -> None:
+    assert parse({"timeout": value}).timeout == value
+
+
+@pytest.mark.parametrize(
+    "value", [0.05, 0, -1, True, "10", None, float("nan"), float("inf"), float("-inf")]
+)
+def test_timeout_rejects_small_non_numbers_and_non_finite(value: Any) -> None:
+    assert _error_of({"timeout": value}).startswith("modules.phonehome.timeout: expected a number")
+
+
+# proxy, ca_bundle, state_url ------------------------------------------------------------
+
+
+def test_optional_strings_accept_none_and_text() -> None:
+    settings = parse(
+        {
+            "proxy": "http://proxy.internal:3128",
+            "ca_bundle": "/etc/ssl/corp.pem",
+            "state_url": "postgresql://db/maestro",
+        }
+    )
+    assert settings.proxy == "http://proxy.internal:3128"
+    assert settings.ca_bundle == Path("/etc/ssl/corp.pem")
+    assert settings.state_url == "postgresql://db/maestro"
+    nones = parse({"proxy": None, "ca_bundle": None, "state_url": None})
+    assert (nones.proxy, nones.ca_bundle, nones.state_url) == (None, None, None)
+
+
+@pytest.mark.parametrize("key", ["proxy", "ca_bundle", "state_url"])
+@pytest.mark.parametrize("value", ["", 3, ["x"], False])
+def test_optional_strings_reject_empty_and_non_strings(key: str, value: Any) -> None:
+    assert _error_of({key: value}).startswith(f"modules.phonehome.{key}: expected a non-empty")
+
+
+# outbox ---------------------------------------------------------------------------------
+
+
+def test_outbox_keys_override_defaults_one_by_one() -> None:
+    limits = parse({"outbox": {"max_reports": 10}}).outbox
+    assert limits == OutboxLimits(max_reports=10)
+    full = parse({"outbox": {"max_reports": 1, "max_bytes": 1024, "max_age_days": 0.5}}).outbox
+    assert full == OutboxLimits(1, 1024, 0.5)
+
+
+@pytest.mark.parametrize(
+    ("outbox", "key"),
+    [
+        ({"max_reports": 0}, "max_reports"),
+        ({"max_reports": 2.0}, "max_reports"),
+        ({"max_bytes": 1023}, "max_bytes"),
+        ({"max_age_days": 0}, "max_age_days"),
+        ({"max_age_days": float("nan")}, "max_age_days"),
+        ({"max_age_days": "7"}, "max_age_days"),
+        ({"max_reportz": 5}, "max_reportz"),
+    ],
+)
+def test_outbox_rejects_bad_values_naming_the_nested_key(outbox: dict[str, Any], key: str) -> None:
+    assert _error_of({"outbox": outbox}).startswith(f"modules.phonehome.outbox.{key}:")
+
+
+@pytest.mark.parametrize("value", [None, 256, ["max_reports"]])
+def test_outbox_must_be_a_mapping(value: Any) -> None:
+    assert _error_of({"outbox": value}).startswith("modules.phonehome.outbox: expected a mapping")
+
+
+# privacy --------------------------------------------------------------------------------
+
+
+def test_privacy_choices_merge_with_send_defaults() -> None:
+    privacy = parse({"privacy": {"email": "hash", "public_ip": "omit"}}).privacy
+    assert privacy == {"email": "hash", "hostname": "send", "public_ip": "omit"}
+
+
+@pytest.mark.parametrize(
+    ("privacy", "where"),
+    [
+        ({"email": "encrypt"}, "privacy.email"),
+        ({"hostname": None}, "privacy.hostname"),
+        ({"phone": "omit"}, "privacy.phone"),
+    ],
+)
+def test_privacy_rejects_unknown_fields_and_choices(privacy: dict[str, Any], where: str) -> None:
+    assert _error_of({"privacy": privacy}).startswith(f"modules.phonehome.{where}:")
+
+
+def test_privacy_must_be_a_mapping() -> None:
+    assert _error_of({"privacy": "omit"}).startswith(
+        "modules.phonehome.privacy: expected a mapping"
+    )
+
+
+# A complete section ---------------------------------------------------------------------
+
+
+def test_a_complete_valid_section_is_read_key_by_key() -> None:
+    settings = parse(
+        {
+            "enabled": False,
+            "mode": "log",
+            "endpoint": "https://t.example.com/r",
+            "interval": 600,
+            "geoip_url": "",
+            "timeout": 2.5,
+            "proxy": "http://proxy:3128",
+            "ca_bundle": "/ca.pem",
+            "state_url": "sqlite:///x",
+            "outbox": {"max_reports": 3},
+            "privacy": {"hostname": "hash"},
+        }
+    )
+    assert settings == Settings(
+        enabled=False,
+        mode="log",
+        endpoint="https://t.example.com/r",
+        interval=600,
+        geoip_url="",
+        timeout=2.5,
+        proxy="http://proxy:3128",
+        ca_bundle=Path("/ca.pem"),
+        state_url="sqlite:///x",
+        outbox=OutboxLimits(max_reports=3),
+        privacy={"email": "send", "hostname": "hash", "public_ip": "send"},
+    )
+
+
+# is_loopback_host -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("host", "expected"),
+    [
+        ("localhost", True),
+        ("LocalHost", True),
+        ("127.0.0.1", True),
+        ("127.255.255.254", True),
+        ("::1", True),
+        ("0.0.0.0", False),
+        ("10.0.0.1", False),
+        ("128.0.0.1", False),
+        ("example.com", False),
+        ("localhost.localdomain", False),
+        ("", False),
+        (None, False),
+    ],
+)
+def test_is_loopback_host(host: str | None, expected: bool) -> None:
+    assert config.is_loopback_host(host) is expected
