@@ -50,6 +50,16 @@ def _stay_on_loopback(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 @pytest.fixture(autouse=True)
 def _no_telemetry_switches(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests decide the switches themselves; the developer's environment must not."""
-    for name in ("DO_NOT_TRACK", "MAESTROHUB_PHONEHOME_ENABLED", "HTTPS_PROXY", "HTTP_PROXY",
-                 "https_proxy", "http_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy"):
+    for name in (
+        "DO_NOT_TRACK",
+        "MAESTROHUB_PHONEHOME_ENABLED",
+        "HTTPS_PROXY",
+        "HTTP_PROXY",
+        "https_proxy",
+        "http_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+        "NO_PROXY",
+        "no_proxy",
+    ):
         monkeypatch.delenv(name, raising=False)
