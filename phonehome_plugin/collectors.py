@@ -31,7 +31,9 @@ def _check(collector: Any) -> str:
             f"a phonehome collector needs a str `name` and a callable `collect()`, got {collector!r}"
         )
     if not NAME.fullmatch(name) or len(name) > privacy.IDENT_MAX:
-        raise TypeError(f"collector name {name!r} is not a dotted lower-case name like acme.historian")
+        raise TypeError(
+            f"collector name {name!r} is not a dotted lower-case name like acme.historian"
+        )
     return name
 
 
@@ -45,6 +47,10 @@ class Registry:
         self._hung: dict[str, _Run] = {}  # name -> the runner whose call of it hangs
         self._connected: list[tuple[Any, Callable[..., None]]] = []
         self._sender: Any = None
+
+    def after_fork(self) -> None:
+        """Replace the lock a fork may have copied while another thread held it."""
+        self._lock = threading.Lock()
 
     def register(self, collector: Any) -> None:
         """The ``register`` callable handed to the hook; raises TypeError/ValueError on misuse."""
@@ -175,7 +181,9 @@ def _run(todo: list[tuple[str, Any]], hung: dict[str, _Run]) -> Iterable[tuple[s
         results: queue.Queue[tuple[str, Any]] = queue.Queue()
         run = _Run()
         threading.Thread(
-            target=_runner, args=(todo, results, run, hung), daemon=True,
+            target=_runner,
+            args=(todo, results, run, hung),
+            daemon=True,
             name="phonehome-collect",
         ).start()
         done = 0

@@ -8,12 +8,11 @@ counted, never truncated into the report.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import math
 import re
 import threading
 from collections.abc import Mapping
+from functools import lru_cache
 from typing import Any
 
 IDENT_MAX = 64
@@ -22,6 +21,9 @@ _IDENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:+\-]{0,63}")
 # A long unbroken run of letters and digits reads like a token or key, not a name.
 # 32 characters is a 128-bit key in hex (token_hex(16), uuid4().hex) or base64 of 24 bytes.
 _TOKENISH = re.compile(r"[A-Za-z0-9+/=_\-]{32,}")
+# Cloud access key ids and similar: a run of 16 or more capitals and digits, mixing both
+# (AKIAIOSFODNN7EXAMPLE is 20), where names and versions use separators.
+_KEYISH = re.compile(r"(?=[A-Z0-9]*[0-9])(?=[A-Z0-9]*[A-Z])[A-Z0-9]{16,}")
 _SECRET_WORDS = re.compile(r"(?i)(passw|secret|token|api[_-]?key|bearer|private|credential)")
 _EMAIL = re.compile(r"^[^@\s]{1,64}@[A-Za-z0-9.\-]{1,253}\.[A-Za-z]{2,63}$")
 OTHER = "other"
@@ -47,9 +49,15 @@ class DropCounter:
 
 def identifier(value: Any) -> str | None:
     """``value`` when it is a short identifier (``mqtt``, ``system.uns.publish``), else None."""
-    if not isinstance(value, str) or not _IDENT.fullmatch(value):
+    return _identifier(value) if isinstance(value, str) else None
+
+
+@lru_cache(maxsize=4096)
+def _identifier(value: str) -> str | None:
+    # Cached: a large inventory repeats a few dozen type names tens of thousands of times.
+    if not _IDENT.fullmatch(value):
         return None
-    if _SECRET_WORDS.search(value) or _TOKENISH.search(value):
+    if _SECRET_WORDS.search(value) or _TOKENISH.search(value) or _KEYISH.search(value):
         return None
     return value
 
@@ -74,6 +82,9 @@ def count(value: Any) -> int | None:
 
 def pseudonym(value: str, salt: bytes) -> str:
     """A keyed hash of ``value``: stable for one installation, useless without its salt."""
+    import hashlib  # deferred: loading libcrypto costs megabytes the host need not pay for
+    import hmac
+
     digest = hmac.new(salt, value.encode("utf-8"), hashlib.sha256).hexdigest()
     return f"hmac-sha256:{digest[:32]}"
 

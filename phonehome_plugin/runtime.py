@@ -111,6 +111,7 @@ class Runtime:
         # and needs a worker of its own (threads do not survive a fork).
         self.tally.forget()
         self.inventory.after_fork()
+        self.registry.after_fork()
         self._forked = True
         self.worker.wake_at = FAR_PAST
 

@@ -8,7 +8,6 @@ fleet restarted together does not reach the endpoint at the same moment.
 
 from __future__ import annotations
 
-import hashlib
 import math
 
 STARTUP_LIMIT = 3
@@ -18,6 +17,8 @@ MAX_JITTER = 300.0
 
 
 def _fraction(*parts: object) -> float:
+    import hashlib  # deferred: see privacy.pseudonym
+
     digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
 

@@ -49,4 +49,14 @@ def resolve(host_config: Mapping[str, Any], environ: Mapping[str, str] | None = 
         return Decision(False, f"off: invalid config.yaml, {error}", None, str(error))
     if not settings.enabled:
         return Decision(False, "off: modules.phonehome.enabled is false in config.yaml", settings)
-    return Decision(True, f"on: mode {settings.mode}, sending to {settings.endpoint}", settings)
+    where = without_credentials(settings.endpoint)
+    return Decision(True, f"on: mode {settings.mode}, sending to {where}", settings)
+
+
+def without_credentials(url: str) -> str:
+    """``url`` fit for a log line: a user name or password in it is masked."""
+    scheme, sep, rest = url.partition("://")
+    authority, slash, path = rest.partition("/")
+    if "@" in authority:
+        authority = "***@" + authority.rsplit("@", 1)[1]
+    return f"{scheme}{sep}{authority}{slash}{path}"

@@ -19,6 +19,7 @@ from phonehome_plugin.collectors import Registry
 from phonehome_plugin.config import Settings
 from phonehome_plugin.inventory import Inventory
 from phonehome_plugin.policy import Policy
+from phonehome_plugin.switch import without_credentials
 from phonehome_plugin.tally import ExecutionTally
 
 if TYPE_CHECKING:
@@ -166,7 +167,8 @@ class Worker:
                 outbox, Transport(self.settings), self.policy, self.settings.interval, self.cancel
             )
             if store.get(NOTICE_KEY) is None:
-                log.warning(NOTICE, self.settings.endpoint, self.settings.mode, self.settings.interval)
+                where = without_credentials(self.settings.endpoint)
+                log.warning(NOTICE, where, self.settings.mode, self.settings.interval)
                 store.set(NOTICE_KEY, "logged")
             return store
         except Exception:

@@ -403,13 +403,6 @@ def test_no_secret_reaches_a_stored_or_sent_byte(
     assert last["executions"]["by_status"]["unknown"] == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="privacy.py: identifier() accepts AWS access key ids (AKIA/ASIA + 16 of [A-Z0-9], "
-    "20 characters: shorter than the 32-character token rule), so one standing in an "
-    "allowlisted field is reported as a connection type, node type, license id, "
-    "storage mode or collector value",
-)
 @settings(
     max_examples=5,
     deadline=None,

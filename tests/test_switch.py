@@ -200,3 +200,11 @@ def test_environment_off_wins_without_even_reading_an_invalid_config() -> None:
     )
     assert decision.on is False
     assert "DO_NOT_TRACK" in decision.reason
+
+
+def test_credentials_in_the_endpoint_never_reach_the_log_line() -> None:
+    config = {"modules": {"phonehome": {"endpoint": "https://ingest:s3cret@telemetry.example/v1"}}}
+    decision = switch.resolve(config, {})
+    assert decision.on
+    assert "s3cret" not in decision.reason and "ingest" not in decision.reason
+    assert "telemetry.example/v1" in decision.reason
