@@ -23,7 +23,10 @@ _IDENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:+\-]{0,63}")
 _TOKENISH = re.compile(r"[A-Za-z0-9+/=_\-]{32,}")
 # Cloud access key ids and similar: a run of 16 or more capitals and digits, mixing both
 # (AKIAIOSFODNN7EXAMPLE is 20), where names and versions use separators.
-_KEYISH = re.compile(r"(?=[A-Z0-9]*[0-9])(?=[A-Z0-9]*[A-Z])[A-Z0-9]{16,}")
+_KEYISH = re.compile(
+    r"(?=[A-Z0-9]*[0-9])(?=[A-Z0-9]*[A-Z])[A-Z0-9]{16,}"
+    r"|(AKIA|ASIA|AGPA|AIDA|AROA|AIPA|ANPA|ANVA|ABIA|ACCA)[A-Z0-9]{16}"
+)
 _SECRET_WORDS = re.compile(r"(?i)(passw|secret|token|api[_-]?key|bearer|private|credential)")
 _EMAIL = re.compile(r"^[^@\s]{1,64}@[A-Za-z0-9.\-]{1,253}\.[A-Za-z]{2,63}$")
 OTHER = "other"
