@@ -27,17 +27,16 @@ class Event:
 
 def record(store: Store, event: Event) -> None:
     """Append ``event`` and trim the history to the newest :data:`KEEP` rows."""
+    store.run(lambda c: append(c, event))
 
-    def work(c: sqlite3.Connection) -> None:
-        c.execute(
-            "INSERT INTO history VALUES (?, ?, ?, ?, ?, ?)",
-            (event.report_id, event.sequence, event.trigger, event.at, event.result, event.detail),
-        )
-        c.execute(
-            "DELETE FROM history WHERE rowid <= (SELECT max(rowid) FROM history) - ?", (KEEP,)
-        )
 
-    store.run(work)
+def append(c: sqlite3.Connection, event: Event) -> None:
+    """:func:`record` inside a transaction already open on ``c``."""
+    c.execute(
+        "INSERT INTO history VALUES (?, ?, ?, ?, ?, ?)",
+        (event.report_id, event.sequence, event.trigger, event.at, event.result, event.detail),
+    )
+    c.execute("DELETE FROM history WHERE rowid <= (SELECT max(rowid) FROM history) - ?", (KEEP,))
 
 
 def recent(store: Store, limit: int = 50) -> list[Event]:

@@ -1,8 +1,11 @@
 """Delivering the outbox: each due report goes through one send series.
 
-A 2xx removes the report and records it in the history; a final answer removes
-it as a counted loss; anything else leaves it in the outbox with a not-before
-time and stops this round, since the endpoint is evidently unwell.
+Reports are leased one at a time (see :mod:`.outbox`), oldest first. A 2xx
+removes the report and records it in the history; a final answer removes it as
+a counted loss; anything else leaves it in the outbox, closes the outbox's gate
+until a not-before time (:func:`.retry.not_before`) and stops this round, since
+the endpoint is evidently unwell. A series cut short by shutdown changes
+nothing: the report is due again at the next start.
 """
 
 from __future__ import annotations
@@ -12,12 +15,17 @@ import threading
 from dataclasses import dataclass
 
 from phonehome_plugin import history, retry
-from phonehome_plugin.outbox import Entry, Outbox
+from phonehome_plugin.outbox import FAILURES_KEY, Entry, Outbox
+from phonehome_plugin.policy import Policy
 from phonehome_plugin.transport import Transport
+
+__all__ = ["FAILURES_KEY", "LEASE", "Sender"]
 
 log = logging.getLogger(__name__)
 
-FAILURES_KEY = "delivery.consecutive_failures"
+LEASE = 300.0
+"""Host-clock seconds a report being sent is hidden from other processes (at least
+twice the series deadline). A process killed mid-send delays that report this long."""
 
 
 @dataclass
@@ -26,54 +34,62 @@ class Sender:
 
     outbox: Outbox
     transport: Transport
-    policy: retry.Policy
+    policy: Policy
     interval: float
     cancel: threading.Event
 
     def deliver_due(self, now: float) -> int:
         """Try every report due at ``now`` (host clock); returns how many were delivered."""
         delivered = 0
-        for entry in self.outbox.due(now):
-            if self.cancel.is_set():
+        hold = max(LEASE, 2 * self.policy.deadline)
+        while not self.cancel.is_set():
+            entry = self.outbox.lease(now, hold)
+            if entry is None:
                 break
-            if not self._deliver(entry, now):
+            result = self._deliver(entry, now)
+            if result == "sent":
+                delivered += 1
+            elif result != "rejected":
                 break
-            delivered += 1
         return delivered
 
-    def _deliver(self, entry: Entry, now: float) -> bool:
+    def _deliver(self, entry: Entry, now: float) -> str:
         def post(time_left: float) -> retry.Answer:
             return self.transport.post(entry.body, entry.report_id, time_left, self.cancel)
 
         outcome = retry.send_series(post, self.policy, self.cancel)
-        store = self.outbox.store
-        if outcome.attempts > 1:
-            store.add({"delivery.retried": outcome.attempts - 1})
-        verdict = retry.verdict(outcome.answer)
-        detail = outcome.answer.describe()
-        if verdict == "retry":
-            return self._defer(entry, now, outcome.answer, detail)
-        self.outbox.remove(entry.report_id)
-        store.set(FAILURES_KEY, "0")
+        answer = outcome.answer
+        verdict = retry.verdict(answer)
+        detail = answer.describe()
+        counts = {"delivery.retried": max(0, outcome.attempts - 1)}
+        event = history.Event(entry.report_id, entry.sequence, entry.trigger, now, verdict, detail)
+        if verdict == "sent":
+            self.outbox.sent(entry, event, counts)
+            return verdict
         if verdict == "rejected":
-            store.add({"delivery.dropped": 1, "delivery.rejected": 1})
-            log.warning("phonehome: report %s rejected by the endpoint (%s); dropped", entry.sequence, detail)
-        _record(self.outbox, entry, now, verdict, detail)
-        return True
-
-    def _defer(self, entry: Entry, now: float, answer: retry.Answer, detail: str) -> bool:
-        store = self.outbox.store
-        failures = int(store.get(FAILURES_KEY) or 0) + 1
-        store.set(FAILURES_KEY, str(failures))
-        store.add({"delivery.failed": 1})
-        when = retry.not_before(now, failures, self.interval, answer.retry_after)
-        self.outbox.defer(entry.report_id, when)
+            self.outbox.rejected(entry, event, counts)
+            log.warning(
+                "phonehome: report %s rejected by the endpoint (%s); dropped",
+                entry.sequence,
+                detail,
+            )
+            return verdict
+        if self.cancel.is_set():
+            # Shutting down: not the endpoint's failure. The report is due at once
+            # after the next start (a late 2xx to the abandoned POST is deduplicated).
+            self.outbox.release(entry)
+            return "cancelled"
+        failures, when = self.outbox.failed(
+            entry,
+            history.Event(entry.report_id, entry.sequence, entry.trigger, now, "failed", detail),
+            counts,
+            lambda failures: retry.not_before(now, failures, self.interval, answer.retry_after),
+        )
         if failures == 1:
-            log.warning("phonehome: sending report %s failed (%s); will retry", entry.sequence, detail)
-        _record(self.outbox, entry, now, "failed", detail)
-        return False
-
-
-def _record(outbox: Outbox, entry: Entry, now: float, result: str, detail: str) -> None:
-    event = history.Event(entry.report_id, entry.sequence, entry.trigger, now, result, detail)
-    history.record(outbox.store, event)
+            log.warning(
+                "phonehome: sending report %s failed (%s); will retry from %.0f s on",
+                entry.sequence,
+                detail,
+                when - now,
+            )
+        return "failed"

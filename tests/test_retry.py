@@ -1,0 +1,260 @@
+"""The retry policy: verdicts per status, one series under one deadline, and the
+host-clock wait between series."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from phonehome_plugin import retry
+from phonehome_plugin.policy import Policy
+from phonehome_plugin.retry import (
+    BACKOFF_BASE,
+    RETRY_AFTER_MAX,
+    RETRY_STATUSES,
+    not_before,
+    send_series,
+    verdict,
+)
+from phonehome_plugin.transport import Answer
+
+NOW = 1_772_438_400.0
+HOUR = 3600.0
+QUICK = Policy(deadline=2.0, max_attempts=4, wait_base=0.01, wait_max=0.02)
+
+
+class Script:
+    """A stand-in for the transport's post: answers in order, records each call."""
+
+    def __init__(self, *answers: Answer, then: Answer | None = None) -> None:
+        self.answers = list(answers)
+        self.then = then or Answer(200)
+        self.calls: list[tuple[float, float]] = []  # (monotonic time, time_left given)
+
+    def __call__(self, time_left: float) -> Answer:
+        self.calls.append((time.monotonic(), time_left))
+        return self.answers.pop(0) if self.answers else self.then
+
+
+@pytest.fixture
+def cancel() -> Iterator[threading.Event]:
+    event = threading.Event()
+    yield event
+    event.set()
+
+
+# Verdicts ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [200, 201, 202, 204, 299])
+def test_2xx_is_sent(status: int) -> None:
+    assert verdict(Answer(status)) == "sent"
+
+
+@pytest.mark.parametrize("status", sorted(RETRY_STATUSES))
+def test_the_retryable_statuses_are_retried(status: int) -> None:
+    assert verdict(Answer(status)) == "retry"
+
+
+def test_the_retryable_statuses_are_exactly_those_of_the_policy() -> None:
+    assert frozenset({408, 425, 429, 500, 502, 503, 504}) == RETRY_STATUSES
+
+
+@pytest.mark.parametrize(
+    "error", ["connection", "timeout", "deadline", "tls", "proxy", "cancelled"]
+)
+def test_no_answer_at_all_is_retried(error: str) -> None:
+    assert verdict(Answer(None, error)) == "retry"
+
+
+@pytest.mark.parametrize(
+    "status", [400, 401, 403, 404, 405, 409, 410, 411, 413, 415, 422, 451, 499]
+)
+def test_other_4xx_are_final(status: int) -> None:
+    assert verdict(Answer(status)) == "rejected"
+
+
+@pytest.mark.parametrize("status", [101, 301, 302, 304, 307, 308, 501, 505, 507, 511])
+def test_anything_else_keeps_the_report_without_retrying_now(status: int) -> None:
+    assert verdict(Answer(status)) == "hold"
+
+
+# One series ---------------------------------------------------------------------------
+
+
+def test_a_retryable_answer_is_tried_again_until_sent(cancel: threading.Event) -> None:
+    post = Script(Answer(500), Answer(None, "connection"), Answer(503))
+    outcome = send_series(post, QUICK, cancel)
+    assert outcome == retry.Outcome(Answer(200), 4)
+
+
+@pytest.mark.parametrize(
+    "final", [Answer(400), Answer(404), Answer(307), Answer(501), Answer(202)]
+)
+def test_a_final_answer_ends_the_series_at_once(cancel: threading.Event, final: Answer) -> None:
+    post = Script(final)
+    assert send_series(post, QUICK, cancel) == retry.Outcome(final, 1)
+
+
+def test_the_series_stops_after_max_attempts(cancel: threading.Event) -> None:
+    post = Script(then=Answer(503))
+    outcome = send_series(post, Policy(deadline=5, max_attempts=3, wait_base=0.01), cancel)
+    assert outcome == retry.Outcome(Answer(503), 3)
+
+
+def test_waits_are_exponential_with_full_jitter_up_to_wait_max(cancel: threading.Event) -> None:
+    gaps: list[float] = []
+    for _ in range(15):
+        post = Script(then=Answer(503))
+        send_series(
+            post, Policy(deadline=5, max_attempts=4, wait_base=0.02, wait_max=0.05), cancel
+        )
+        times = [at for at, _ in post.calls]
+        gaps += [later - earlier for earlier, later in itertools.pairwise(times)]
+    # Full jitter: anywhere from nothing up to the ceiling (0.02, 0.04, then capped at 0.05).
+    assert max(gaps) < 0.05 + 0.02
+    assert min(gaps) < 0.01
+    assert len(set(round(g, 4) for g in gaps)) > 10
+
+
+def test_the_whole_series_keeps_one_deadline(cancel: threading.Event) -> None:
+    # Waits as long as the deadline itself: a series that checked the deadline with
+    # one random draw and slept another would overrun it now and then.
+    policy = Policy(deadline=0.2, max_attempts=50, wait_base=0.15, wait_max=0.15)
+    for _ in range(12):
+        post = Script(then=Answer(503))
+        began = time.monotonic()
+        send_series(post, policy, cancel)
+        assert time.monotonic() - began < 0.2 + 0.03
+        # Each POST is told what is left, and no POST starts after the deadline.
+        for at, left in post.calls:
+            assert 0 < left <= 0.2
+            assert at - began < 0.2
+
+
+def test_each_post_gets_what_is_left_of_the_deadline(cancel: threading.Event) -> None:
+    def slow(time_left: float) -> Answer:
+        got.append(time_left)
+        time.sleep(0.1)
+        return Answer(None, "timeout")
+
+    got: list[float] = []
+    send_series(
+        slow, Policy(deadline=0.35, max_attempts=10, wait_base=0.001, wait_max=0.001), cancel
+    )
+    assert 3 <= len(got) <= 4
+    assert got == sorted(got, reverse=True)
+    assert got[0] == pytest.approx(0.35, abs=0.02)
+
+
+def test_retry_after_is_a_minimum_wait_inside_the_series(cancel: threading.Event) -> None:
+    post = Script(Answer(429, retry_after=0.3))
+    outcome = send_series(post, Policy(deadline=2, wait_base=0.001, wait_max=0.001), cancel)
+    assert outcome == retry.Outcome(Answer(200), 2)
+    assert post.calls[1][0] - post.calls[0][0] >= 0.3
+
+
+def test_retry_after_beyond_the_deadline_ends_the_series_without_waiting(
+    cancel: threading.Event,
+) -> None:
+    post = Script(Answer(503, retry_after=120.0))
+    began = time.monotonic()
+    outcome = send_series(post, Policy(deadline=1.0), cancel)
+    assert outcome == retry.Outcome(Answer(503, retry_after=120.0), 1)
+    assert time.monotonic() - began < 0.1
+
+
+def test_cancel_ends_a_series_waiting_between_attempts(cancel: threading.Event) -> None:
+    post = Script(then=Answer(503))
+    threading.Timer(0.1, cancel.set).start()
+    began = time.monotonic()
+    outcome = send_series(
+        post, Policy(deadline=30, max_attempts=100, wait_base=5, wait_max=5), cancel
+    )
+    assert time.monotonic() - began < 0.3
+    assert outcome.answer == Answer(None, "cancelled")
+    assert len(post.calls) == 1  # nothing was posted after the cancel
+
+
+def test_a_cancelled_series_posts_nothing(cancel: threading.Event) -> None:
+    cancel.set()
+    post = Script()
+    assert send_series(post, QUICK, cancel) == retry.Outcome(Answer(None, "cancelled"), 0)
+    assert post.calls == []
+
+
+def test_a_post_that_raises_costs_one_attempt(cancel: threading.Event) -> None:
+    calls = 0
+
+    def broken(time_left: float) -> Answer:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("bug below")
+        return Answer(200)
+
+    outcome = send_series(broken, QUICK, cancel)
+    assert outcome == retry.Outcome(Answer(200), 2)
+
+
+# Between series, on the host's clock ---------------------------------------------------
+
+
+def waits(failures: int, interval: float = HOUR, retry_after: float | None = None) -> list[float]:
+    return [not_before(NOW, failures, interval, retry_after) - NOW for _ in range(200)]
+
+
+def test_the_first_failure_waits_about_a_minute() -> None:
+    got = waits(1)
+    assert all(BACKOFF_BASE / 2 <= w <= BACKOFF_BASE for w in got)
+    assert max(got) - min(got) > 10  # jittered
+
+
+def test_the_wait_doubles_per_failure() -> None:
+    for failures in range(1, 6):
+        ceiling = BACKOFF_BASE * 2 ** (failures - 1)
+        assert all(ceiling / 2 <= w <= ceiling for w in waits(failures))
+
+
+@given(failures=st.integers(1, 10_000), interval=st.integers(60, 7 * 86400))
+def test_the_wait_is_capped_at_the_interval(failures: int, interval: int) -> None:
+    assert not_before(NOW, failures, interval, None) - NOW <= interval
+
+
+def test_after_many_failures_the_wait_is_the_interval_exactly() -> None:
+    # One probe per interval: never sooner, never later.
+    for failures in (8, 20, 500, 10**6):
+        assert set(waits(failures)) == {HOUR}
+
+
+@given(
+    failures=st.integers(1, 100),
+    interval=st.integers(60, 86400),
+    asked=st.floats(0, RETRY_AFTER_MAX, allow_nan=False),
+)
+def test_the_wait_is_never_below_retry_after(failures: int, interval: int, asked: float) -> None:
+    when = not_before(NOW, failures, interval, asked)
+    assert when >= NOW + asked
+    assert when == NOW + asked or when <= NOW + interval
+
+
+def test_a_retry_after_beyond_a_day_is_honoured_as_a_day() -> None:
+    assert set(waits(1, retry_after=30 * 86400.0)) == {RETRY_AFTER_MAX}
+
+
+def test_a_long_outage_costs_at_most_one_probe_per_interval() -> None:
+    # Simulate a day of failures: each probe fails and sets the next one.
+    at, probes, failures = NOW, [NOW], 0
+    while at < NOW + 86400:
+        failures += 1
+        at = not_before(at, failures, HOUR, None)
+        probes.append(at)
+    late = [b - a for a, b in itertools.pairwise(probes)][8:]
+    assert late and all(gap == HOUR for gap in late)
+    assert len(probes) <= 8 + 24 + 1

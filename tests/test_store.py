@@ -1,0 +1,478 @@
+"""The state store on real SQLite files: fallbacks to memory, corrupt files, claims,
+counters, sequences across connections and processes, and forks."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import resource
+import shutil
+import signal
+import sqlite3
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from phonehome_plugin import store as store_module
+from phonehome_plugin.config import OutboxLimits
+from phonehome_plugin.outbox import Entry, Outbox
+from phonehome_plugin.store import FILENAME, Store, open_store
+
+FORK = multiprocessing.get_context("fork")
+NOBODY = 65534
+
+
+def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.WARNING and r.name.startswith("phonehome_plugin")
+    ]
+
+
+def integrity(path: Path) -> str:
+    conn = sqlite3.connect(path)
+    try:
+        return str(conn.execute("PRAGMA integrity_check").fetchone()[0])
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    opened = open_store(tmp_path)
+    yield opened
+    opened.close()
+
+
+# Children that see the file system as an unprivileged user would ----------------------
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A directory an unprivileged child can reach (pytest's tmp_path is private to us)."""
+    path = Path(tempfile.mkdtemp(prefix="phonehome-store-"))
+    path.chmod(0o755)
+    yield path
+    for sub in path.rglob("*"):
+        if sub.is_dir():
+            sub.chmod(0o755)
+    shutil.rmtree(path)
+
+
+def _in_child(
+    scenario: Callable[[Path], dict[str, Any]], data_dir: Path, unprivileged: bool, out: Connection
+) -> None:
+    if unprivileged and os.geteuid() == 0:  # root ignores file modes: be nobody
+        os.setgroups([])
+        os.setgid(NOBODY)
+        os.setuid(NOBODY)
+    warnings: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.levelno >= logging.WARNING:
+                warnings.append(record.getMessage())
+
+    logging.getLogger("phonehome_plugin").addHandler(Collect())
+    out.send({**scenario(data_dir), "warnings": warnings})
+
+
+def run_child(
+    scenario: Callable[[Path], dict[str, Any]], data_dir: Path, unprivileged: bool = False
+) -> dict[str, Any]:
+    """Run ``scenario(data_dir)`` in a forked child (as nobody, if asked); its findings."""
+    reader, writer = FORK.Pipe(duplex=False)
+    child = FORK.Process(target=_in_child, args=(scenario, data_dir, unprivileged, writer))
+    child.start()
+    assert reader.poll(30), "the child died or hung"
+    result: dict[str, Any] = reader.recv()
+    child.join(10)
+    assert child.exitcode == 0
+    return result
+
+
+# Opening ---------------------------------------------------------------------------------
+
+
+def test_a_writable_data_dir_gets_a_wal_file(tmp_path: Path, store: Store) -> None:
+    assert not store.memory
+    assert store.path == tmp_path / FILENAME
+    mode = store.run(lambda c: c.execute("PRAGMA journal_mode").fetchone()[0])
+    assert mode == "wal"
+    store.set("k", "v")
+    store.close()
+    reopened = open_store(tmp_path)
+    assert reopened.get("k") == "v"
+    reopened.close()
+
+
+def test_a_missing_data_dir_is_created_when_its_parent_allows(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    target = tmp_path / "not" / "yet"
+    opened = open_store(target)
+    assert not opened.memory
+    assert (target / FILENAME).is_file()
+    assert warnings_of(caplog) == []
+    opened.close()
+
+
+def test_a_data_dir_that_cannot_exist_means_memory_with_one_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    opened = open_store(blocker / "data")
+    assert opened.memory
+    assert len(warnings_of(caplog)) == 1
+    # Memory is a full store: every operation works.
+    assert opened.next_sequence() == 1
+    assert opened.claim("k", "me", 0.0, 60.0)
+    opened.add({"delivery.failed": 2})
+    assert opened.take("delivery.") == {"failed": 2}
+    opened.close()
+
+
+def test_no_data_dir_at_all_means_memory(caplog: pytest.LogCaptureFixture) -> None:
+    opened = open_store(None)
+    assert opened.memory and opened.instance_id()
+    assert warnings_of(caplog) == []
+
+
+def read_only(data_dir: Path) -> dict[str, Any]:
+    store = open_store(data_dir)
+    outbox = Outbox(store, OutboxLimits())
+    outbox.put(Entry("r-new", store.next_sequence(), "periodic", 1.0, b"{}"), 1.0)
+    return {
+        "memory": store.memory,
+        "instance_id": store.instance_id(),
+        "pending": [e.report_id for e in outbox.pending()],
+    }
+
+
+def test_a_read_only_data_dir_means_memory_with_one_warning(shared_dir: Path) -> None:
+    data_dir = shared_dir / "data"
+    data_dir.mkdir(mode=0o555)
+    data_dir.chmod(0o555)
+    result = run_child(read_only, data_dir, unprivileged=True)
+    assert result["memory"] is True
+    assert len(result["warnings"]) == 1, result["warnings"]
+    assert result["pending"] == ["r-new"]
+    assert list(data_dir.iterdir()) == []
+
+
+def test_a_read_only_data_dir_with_state_keeps_that_state_in_memory(shared_dir: Path) -> None:
+    data_dir = shared_dir / "data"
+    data_dir.mkdir()
+    before = open_store(data_dir)
+    instance_id = before.instance_id()
+    Outbox(before, OutboxLimits()).put(
+        Entry("r-old", before.next_sequence(), "startup", 0.0, b"{}"), 0.0
+    )
+    before.close()
+    for path in data_dir.iterdir():
+        path.chmod(0o444)
+    data_dir.chmod(0o555)
+    result = run_child(read_only, data_dir, unprivileged=True)
+    assert result["memory"] is True
+    assert len(result["warnings"]) == 1, result["warnings"]
+    assert result["instance_id"] == instance_id
+    assert result["pending"] == ["r-old", "r-new"]
+    data_dir.chmod(0o755)
+    assert integrity(data_dir / FILENAME) == "ok"
+
+
+def full_at_open(data_dir: Path) -> dict[str, Any]:
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
+    store = open_store(data_dir)
+    return {"memory": store.memory, "sequence": store.next_sequence()}
+
+
+def full_later(data_dir: Path) -> dict[str, Any]:
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    store = open_store(data_dir)
+    file_backed = not store.memory
+    outbox = Outbox(store, OutboxLimits())
+    outbox.put(Entry("small", store.next_sequence(), "startup", 1.0, b"{}"), 1.0)
+    used = sum(p.stat().st_size for p in data_dir.iterdir())
+    resource.setrlimit(resource.RLIMIT_FSIZE, (used + 4096, used + 4096))
+    outbox.put(Entry("big", store.next_sequence(), "periodic", 2.0, b"x" * 2_000_000), 2.0)
+    outbox.put(Entry("after", store.next_sequence(), "periodic", 3.0, b"{}"), 3.0)
+    return {
+        "file_backed_at_first": file_backed,
+        "memory": store.memory,
+        "pending": [e.report_id for e in outbox.pending()],
+    }
+
+
+def test_a_full_disk_at_open_means_memory_with_one_warning(shared_dir: Path) -> None:
+    result = run_child(full_at_open, shared_dir / "data")
+    assert result["memory"] is True
+    assert result["sequence"] == 1
+    assert len(result["warnings"]) == 1, result["warnings"]
+
+
+def test_a_disk_that_fills_up_moves_the_store_to_memory_without_losing_the_write(
+    shared_dir: Path,
+) -> None:
+    data_dir = shared_dir / "data"
+    result = run_child(full_later, data_dir)
+    assert result["file_backed_at_first"] is True
+    assert result["memory"] is True
+    assert len(result["warnings"]) == 1, result["warnings"]
+    # What was in the file came along; the write that failed was redone in memory.
+    assert result["pending"] == ["small", "big", "after"]
+    # The file the child gave up on is intact, holding what it held before.
+    assert integrity(data_dir / FILENAME) == "ok"
+    after = open_store(data_dir)
+    assert [
+        row[0] for row in after.run(lambda c: c.execute("SELECT report_id FROM outbox").fetchall())
+    ] == ["small"]
+    after.close()
+
+
+# Corrupt files ---------------------------------------------------------------------
+
+
+def _garbage(path: Path) -> None:
+    path.write_bytes(os.urandom(64 * 1024))
+
+
+def _bad_pages(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    page = int.from_bytes(data[16:18], "big") or 65536
+    data[page : len(data) - page] = b"\xa5" * (len(data) - 2 * page)
+    path.write_bytes(bytes(data))
+
+
+def _truncated(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 3])
+
+
+@pytest.mark.parametrize("damage", [_garbage, _bad_pages, _truncated])
+def test_a_corrupt_file_is_moved_aside_and_replaced(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, damage: Callable[[Path], None]
+) -> None:
+    first = open_store(tmp_path)
+    old_id = first.instance_id()
+    for n in range(400):
+        first.set(f"filler.{n}", "x" * 200)
+    first.close()
+    path = tmp_path / FILENAME
+    assert not (tmp_path / f"{FILENAME}-wal").exists()
+    damage(path)
+    damaged = path.read_bytes()
+
+    fresh = open_store(tmp_path)
+
+    assert not fresh.memory
+    aside = sorted(tmp_path.glob(f"{FILENAME}.corrupt-" + "[0-9a-f]" * 8))
+    assert len(aside) == 1
+    assert aside[0].read_bytes() == damaged  # moved, not deleted or rewritten
+    assert fresh.instance_id() != old_id
+    assert integrity(path) == "ok"
+    assert len(warnings_of(caplog)) == 1
+    fresh.close()
+
+
+def test_a_corrupt_files_sidecars_move_with_it(tmp_path: Path) -> None:
+    path = tmp_path / FILENAME
+    _garbage(path)
+    (tmp_path / f"{FILENAME}-wal").write_bytes(b"old wal")
+    fresh = open_store(tmp_path)
+    aside = next(tmp_path.glob(f"{FILENAME}.corrupt-" + "[0-9a-f]" * 8))
+    assert Path(f"{aside}-wal").read_bytes() == b"old wal"
+    assert not fresh.memory
+    fresh.close()
+
+
+# Errors that are not the file's fault ------------------------------------------------
+
+
+def test_a_busy_database_is_an_error_for_the_caller_not_a_move_to_memory(
+    tmp_path: Path, store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    store.run(lambda c: c.execute("PRAGMA busy_timeout=50"))
+    other = sqlite3.connect(tmp_path / FILENAME, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        store.set("k", "v")
+    other.execute("ROLLBACK")
+    other.close()
+    assert not store.memory
+    store.set("k", "v")
+    assert store.get("k") == "v"
+    assert warnings_of(caplog) == []
+
+
+def test_a_bug_in_a_statement_is_raised_not_hidden_in_memory(store: Store) -> None:
+    with pytest.raises(sqlite3.OperationalError, match="no such table"):
+        store.run(lambda c: c.execute("SELECT * FROM nowhere"))
+    assert not store.memory
+
+
+def test_a_failed_transaction_leaves_nothing_behind(store: Store) -> None:
+    def half(c: sqlite3.Connection) -> None:
+        c.execute("INSERT INTO kv VALUES ('half', 'done')")
+        raise RuntimeError("stop")
+
+    with pytest.raises(RuntimeError):
+        store.run(half)
+    assert store.get("half") is None
+
+
+# Claims and counters ---------------------------------------------------------------
+
+
+def test_a_claim_is_taken_once_until_its_lease_runs_out(store: Store) -> None:
+    assert store.claim("periodic:7", "a", now=1000.0, lease=120.0)
+    assert store.claim("periodic:7", "a", now=1001.0, lease=120.0)  # its owner may go on
+    assert not store.claim("periodic:7", "b", now=1100.0, lease=120.0)
+    # "a" died without finishing: after the lease another process takes over.
+    assert store.claim("periodic:7", "b", now=1121.0, lease=120.0)
+    assert not store.claim("periodic:7", "a", now=1122.0, lease=120.0)
+    store.finish_claim("periodic:7")
+    assert store.is_done("periodic:7")
+    # Done is forever, whoever asks and however late.
+    assert not store.claim("periodic:7", "b", now=10**9, lease=120.0)
+    assert not store.claim("periodic:7", "c", now=10**9, lease=120.0)
+    assert not store.is_done("periodic:8")
+
+
+def test_claims_hold_across_connections(tmp_path: Path, store: Store) -> None:
+    other = open_store(tmp_path)
+    assert store.claim("first_user", "p1", 0.0, 120.0)
+    assert not other.claim("first_user", "p2", 1.0, 120.0)
+    store.finish_claim("first_user")
+    assert other.is_done("first_user")
+    other.close()
+
+
+def test_counters_add_read_and_take(store: Store) -> None:
+    store.add({"delivery.failed": 2, "delivery.retried": 3, "delivery.dropped": 0})
+    store.add({"delivery.failed": 1, "exec.completed": 5})
+    assert store.counters("delivery.") == {"failed": 3, "retried": 3}
+    assert store.take("delivery.") == {"failed": 3, "retried": 3}
+    assert store.counters("delivery.") == {}
+    assert store.counters("exec.") == {"completed": 5}
+
+
+def test_setdefault_keeps_the_first_value(store: Store) -> None:
+    assert store.setdefault("salt", lambda: "one") == "one"
+    assert store.setdefault("salt", lambda: "two") == "one"
+    assert store.instance_id() == store.instance_id()
+
+
+def test_next_sequence_interleaves_across_two_connections(tmp_path: Path, store: Store) -> None:
+    other = open_store(tmp_path)
+    seen = [s.next_sequence() for _ in range(20) for s in (store, other)]
+    assert seen == list(range(1, 41))
+    other.close()
+
+
+def _sequences(data_dir: Path, count: int, out: Connection) -> None:
+    opened = open_store(data_dir)
+    out.send([opened.next_sequence() for _ in range(count)])
+    opened.close()
+
+
+def test_next_sequence_is_unique_across_processes_and_threads(
+    tmp_path: Path, store: Store
+) -> None:
+    got: list[int] = []
+    lock = threading.Lock()
+
+    def in_thread() -> None:
+        values = [store.next_sequence() for _ in range(50)]
+        with lock:
+            got.extend(values)
+
+    pipes = [FORK.Pipe(duplex=False) for _ in range(3)]
+    children = [FORK.Process(target=_sequences, args=(tmp_path, 50, w)) for _, w in pipes]
+    threads = [threading.Thread(target=in_thread) for _ in range(2)]
+    for child in children:
+        child.start()
+    for thread in threads:
+        thread.start()
+    for (reader, _), child in zip(pipes, children, strict=True):
+        got.extend(reader.recv())
+        child.join(10)
+        assert child.exitcode == 0
+    for thread in threads:
+        thread.join(10)
+    assert sorted(got) == list(range(1, 251))
+
+
+# Forks -----------------------------------------------------------------------------
+
+
+def _child_after_fork(store: Store, data_dir: Path, out: Connection) -> None:
+    began = time.monotonic()
+    inherited = store.next_sequence()
+    own = open_store(data_dir)
+    fresh = own.next_sequence()
+    out.send(
+        {
+            "inherited": inherited,
+            "fresh": fresh,
+            "memory": store.memory or own.memory,
+            "seconds": time.monotonic() - began,
+        }
+    )
+
+
+def test_a_fork_during_a_transaction_hands_the_child_no_held_lock(
+    tmp_path: Path, store: Store
+) -> None:
+    assert store.next_sequence() == 1
+    inside, release = threading.Event(), threading.Event()
+
+    def slow(c: sqlite3.Connection) -> None:
+        c.execute(store_module._UPSERT_ADD, ("sequence", 1))
+        inside.set()
+        release.wait(5)
+
+    writer = threading.Thread(target=store.run, args=(slow,))
+    writer.start()
+    assert inside.wait(5)
+    threading.Timer(0.2, release.set).start()
+    reader, sender = FORK.Pipe(duplex=False)
+    child = FORK.Process(target=_child_after_fork, args=(store, tmp_path, sender))
+    child.start()  # waits in os.fork() until the transaction has ended
+    assert reader.poll(10), "the child hung on a lock it inherited"
+    found = reader.recv()
+    child.join(5)
+    writer.join(5)
+    assert child.exitcode == 0
+    assert found["memory"] is False
+    assert found["seconds"] < 2.0
+    # The parent's transaction committed before the fork; the child counted on from it.
+    assert (found["inherited"], found["fresh"]) == (3, 4)
+    # The parent is unharmed and sees the child's writes.
+    assert store.next_sequence() == 5
+
+
+def test_a_fork_keeps_memory_state_in_the_child(tmp_path: Path) -> None:
+    memory = open_store(None)
+    memory.set("k", "v")
+    reader, sender = FORK.Pipe(duplex=False)
+
+    def child() -> None:
+        sender.send((memory.get("k"), memory.next_sequence(), memory.memory))
+
+    process = FORK.Process(target=child)
+    process.start()
+    assert reader.poll(10)
+    assert reader.recv() == ("v", 1, True)
+    process.join(5)
+    assert process.exitcode == 0

@@ -1,0 +1,453 @@
+"""One POST against real loopback servers: body and headers, hard deadlines, TLS,
+proxies, Retry-After, and no retries below tenacity."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from faultservers import (
+    Behaviour,
+    CloseAfterHeaders,
+    FaultServer,
+    Hang,
+    Proxy,
+    Reply,
+    Reset,
+    Silent,
+    Tls,
+    Trickle,
+    make_tls,
+)
+
+from phonehome_plugin import __version__, retry
+from phonehome_plugin.config import Settings
+from phonehome_plugin.policy import Policy
+from phonehome_plugin.transport import GZIP_ABOVE, Answer, Transport, retry_after
+
+NEVER = threading.Event()
+REPORT_ID = "01890a5d-ac96-774b-bcce-b302099a8057"
+
+Serve = Callable[..., FaultServer]
+
+
+@pytest.fixture
+def serve() -> Iterator[Serve]:
+    """Start fault servers for the test; all are closed after it."""
+    started: list[FaultServer] = []
+
+    def start(*script: Behaviour, then: Behaviour | None = None, tls: Any = None) -> FaultServer:
+        server = FaultServer(script, then=then or Reply(202), tls=tls)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.close()
+
+
+@pytest.fixture
+def tls(tmp_path: Path) -> Tls:
+    return make_tls(tmp_path)
+
+
+@pytest.fixture
+def proxy() -> Iterator[Proxy]:
+    with Proxy() as running:
+        yield running
+
+
+def transport(url: str, **options: Any) -> Transport:
+    return Transport(Settings(endpoint=url, geoip_url="", **options))
+
+
+def body_of(size: int) -> bytes:
+    """A report body of exactly ``size`` bytes carrying REPORT_ID."""
+    head = json.dumps({"report_id": REPORT_ID, "pad": ""}).encode()
+    return json.dumps({"report_id": REPORT_ID, "pad": "x" * (size - len(head))}).encode()
+
+
+# What goes on the wire --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("size", "gzipped"),
+    [(200, False), (GZIP_ABOVE, False), (GZIP_ABOVE + 1, True), (200_000, True)],
+)
+def test_bodies_above_one_kib_are_gzipped(serve: Serve, size: int, gzipped: bool) -> None:
+    server = serve()
+    body = body_of(size)
+    assert len(body) == size
+    assert transport(server.url).post(body, REPORT_ID, 5, NEVER) == Answer(202)
+    [seen] = server.requests
+    assert seen.body == body
+    assert (seen.headers.get("content-encoding") == "gzip") is gzipped
+    if gzipped:
+        assert gzip.decompress(seen.raw) == body and len(seen.raw) < size
+    else:
+        assert seen.raw == body
+    assert int(seen.headers["content-length"]) == len(seen.raw)
+
+
+def test_the_headers_name_the_plugin_and_carry_the_report_id_as_idempotency_key(
+    serve: Serve,
+) -> None:
+    server = serve()
+    transport(server.url).post(body_of(300), REPORT_ID, 5, NEVER)
+    [seen] = server.requests
+    assert seen.method == "POST"
+    assert seen.target == "/v1/reports"
+    assert seen.headers["content-type"] == "application/json"
+    assert seen.headers["idempotency-key"] == REPORT_ID == seen.json()["report_id"]
+    assert seen.headers["user-agent"] == f"maestrohub-phonehome/{__version__}"
+
+
+def test_the_same_report_sent_twice_carries_the_same_key(serve: Serve) -> None:
+    server = serve(Reply(503))
+    sender = transport(server.url)
+    assert sender.post(body_of(300), REPORT_ID, 5, NEVER).status == 503
+    assert sender.post(body_of(300), REPORT_ID, 5, NEVER).status == 202
+    assert [s.key for s in server.requests] == [REPORT_ID, REPORT_ID]
+    assert server.accepted == {REPORT_ID: 1}
+
+
+def test_redirects_are_answers_not_followed(serve: Serve) -> None:
+    elsewhere = serve()
+    server = serve(Reply(307, {"Location": elsewhere.url}))
+    assert transport(server.url).post(b"{}", REPORT_ID, 5, NEVER).status == 307
+    assert elsewhere.connections == 0
+
+
+def test_the_answer_body_is_never_downloaded(serve: Serve) -> None:
+    server = serve(Hang(202, length=10**9))
+    began = time.monotonic()
+    assert transport(server.url).post(b"{}", REPORT_ID, 5, NEVER) == Answer(202)
+    assert time.monotonic() - began < 1.0
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://telemetry.example.com/v1/reports",
+        "http://10.0.0.1/v1/reports",
+        "ftp://127.0.0.1/v1/reports",
+    ],
+)
+def test_plain_http_is_refused_except_to_loopback(url: str) -> None:
+    answer = transport(url).post(b"{}", REPORT_ID, 5, NEVER)
+    assert answer.status is None and answer.error is not None
+    assert answer.error.startswith("refused")
+
+
+def test_plain_http_to_localhost_is_allowed(serve: Serve) -> None:
+    server = serve()
+    url = server.url.replace("127.0.0.1", "localhost")
+    assert transport(url).post(b"{}", REPORT_ID, 5, NEVER).status == 202
+
+
+# Deadlines ----------------------------------------------------------------------------
+
+
+def test_a_server_that_never_answers_costs_the_deadline_and_no_more(serve: Serve) -> None:
+    server = serve(Silent())
+    began = time.monotonic()
+    answer = transport(server.url).post(b"{}", REPORT_ID, 0.3, NEVER)
+    took = time.monotonic() - began
+    assert answer == Answer(None, "deadline")
+    assert 0.3 <= took < 0.6
+    # The abandoned exchange was cut off, not left hanging.
+    assert server.wait_for(lambda s: len(s.hangups) == 1, 2)
+    assert server.hangups[0] - began < 0.6
+
+
+def test_cancel_ends_a_post_at_once(serve: Serve) -> None:
+    server = serve(Silent())
+    cancel = threading.Event()
+    threading.Timer(0.1, cancel.set).start()
+    began = time.monotonic()
+    assert transport(server.url).post(b"{}", REPORT_ID, 30, cancel) == Answer(None, "cancelled")
+    assert time.monotonic() - began < 0.5
+
+
+def test_a_trickling_server_is_cut_off_and_does_not_wedge_later_sends(serve: Serve) -> None:
+    # A byte every 50 ms keeps every per-read timeout happy: only the deadline ends it.
+    server = serve(*[Trickle(202, every=0.05)] * 6)
+    sender = transport(server.url)
+    for n in range(6):
+        assert sender.post(b"{}", f"trickled-{n}", 0.2, NEVER) == Answer(None, "deadline")
+    assert server.wait_for(lambda s: len(s.hangups) == 6, 2)
+    # Six abandoned exchanges later the transport still sends.
+    assert sender.post(b"{}", "after", 2, NEVER) == Answer(202)
+
+
+def test_a_hung_resolver_is_inside_the_deadline(
+    serve: Serve, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = serve()
+    real = socket.getaddrinfo
+    release = threading.Event()
+
+    def slow(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if host == "slow-dns.test":
+            release.wait(10)
+            host = "127.0.0.1"
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", slow)
+    url = server.url.replace("http://127.0.0.1", "https://slow-dns.test")
+    began = time.monotonic()
+    answer = transport(url).post(b"{}", REPORT_ID, 0.3, NEVER)
+    release.set()
+    assert answer == Answer(None, "deadline")
+    assert time.monotonic() - began < 0.6
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "error"),
+    [
+        (Reset(), "connection"),
+        (Reset(at_once=True), "connection"),
+        (CloseAfterHeaders(), "connection"),
+    ],
+)
+def test_broken_connections_are_errors_not_exceptions(
+    serve: Serve, behaviour: Behaviour, error: str
+) -> None:
+    server = serve(behaviour)
+    answer = transport(server.url).post(body_of(5000), REPORT_ID, 5, NEVER)
+    assert answer == Answer(None, error)
+    assert server.accepted == {}
+
+
+def test_a_closed_port_is_a_connection_error() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    answer = transport(f"http://127.0.0.1:{port}/v1/reports").post(b"{}", REPORT_ID, 5, NEVER)
+    assert answer == Answer(None, "connection")
+
+
+# No retries below tenacity --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "behaviour", [Reset(), Reset(at_once=True), CloseAfterHeaders(), Reply(503)]
+)
+def test_the_server_sees_exactly_the_attempts_tenacity_made(
+    serve: Serve, behaviour: Behaviour
+) -> None:
+    server = serve(then=behaviour)
+    sender = transport(server.url)
+    policy = Policy(deadline=5, max_attempts=3, wait_base=0.01, wait_max=0.02)
+    outcome = retry.send_series(
+        lambda left: sender.post(b"{}", REPORT_ID, left, NEVER), policy, threading.Event()
+    )
+    assert outcome.attempts == 3
+    assert server.connections == 3
+
+
+def test_one_post_is_one_connection_whatever_goes_wrong(serve: Serve) -> None:
+    server = serve(then=Reset())
+    sender = transport(server.url)
+    for n in range(4):
+        sender.post(b"{}", REPORT_ID, 5, NEVER)
+        assert server.connections == n + 1
+
+
+# TLS -----------------------------------------------------------------------------------
+
+
+def test_tls_is_verified_and_an_untrusted_certificate_fails(serve: Serve, tls: Tls) -> None:
+    server = serve(tls=tls.server)
+    assert server.url.startswith("https://127.0.0.1:")
+    assert transport(server.url).post(b"{}", REPORT_ID, 5, NEVER) == Answer(None, "tls")
+    assert server.wait_for(lambda s: s.tls_failures == 1, 2)
+    assert server.requests == []
+
+
+def test_ca_bundle_trusts_the_private_ca(serve: Serve, tls: Tls) -> None:
+    server = serve(tls=tls.server)
+    answer = transport(server.url, ca_bundle=tls.ca_file).post(b"{}", REPORT_ID, 5, NEVER)
+    assert answer == Answer(202)
+    assert server.accepted == {REPORT_ID: 1}
+
+
+def test_ca_bundle_wins_over_requests_ca_bundle_from_the_environment(
+    serve: Serve, tls: Tls, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "other").mkdir()
+    other = make_tls(tmp_path / "other")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(other.ca_file))
+    server = serve(tls=tls.server)
+    answer = transport(server.url, ca_bundle=tls.ca_file).post(b"{}", REPORT_ID, 5, NEVER)
+    assert answer == Answer(202)
+
+
+def test_a_missing_ca_bundle_file_is_an_error_not_an_exception(
+    serve: Serve, tmp_path: Path
+) -> None:
+    server = serve()
+    answer = transport(
+        server.url.replace("http:", "https:"), ca_bundle=tmp_path / "missing.pem"
+    ).post(b"{}", REPORT_ID, 5, NEVER)
+    assert answer.status is None and answer.error
+
+
+# Proxies --------------------------------------------------------------------------------
+
+
+def test_the_configured_proxy_tunnels_https(serve: Serve, tls: Tls, proxy: Proxy) -> None:
+    server = serve(tls=tls.server)
+    sender = transport(server.url, ca_bundle=tls.ca_file, proxy=proxy.url)
+    assert sender.post(b"{}", REPORT_ID, 5, NEVER) == Answer(202)
+    assert proxy.tunnels == [f"127.0.0.1:{server.port}"]
+    assert server.accepted == {REPORT_ID: 1}
+
+
+def test_https_proxy_from_the_environment_is_used(
+    serve: Serve, tls: Tls, proxy: Proxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", proxy.url)
+    server = serve(tls=tls.server)
+    assert transport(server.url, ca_bundle=tls.ca_file).post(b"{}", REPORT_ID, 5, NEVER) == Answer(
+        202
+    )
+    assert proxy.tunnels == [f"127.0.0.1:{server.port}"]
+
+
+def test_no_proxy_from_the_environment_bypasses_it(
+    serve: Serve, tls: Tls, proxy: Proxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", proxy.url)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    server = serve(tls=tls.server)
+    assert transport(server.url, ca_bundle=tls.ca_file).post(b"{}", REPORT_ID, 5, NEVER) == Answer(
+        202
+    )
+    assert proxy.connections == 0
+
+
+def test_the_configured_proxy_wins_over_the_environment(
+    serve: Serve, tls: Tls, proxy: Proxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with Proxy() as other:
+        monkeypatch.setenv("HTTPS_PROXY", other.url)
+        server = serve(tls=tls.server)
+        sender = transport(server.url, ca_bundle=tls.ca_file, proxy=proxy.url)
+        assert sender.post(b"{}", REPORT_ID, 5, NEVER) == Answer(202)
+        assert (len(proxy.tunnels), other.connections) == (1, 0)
+
+
+def test_http_proxy_forwards_a_loopback_http_endpoint(
+    serve: Serve, proxy: Proxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HTTP_PROXY", proxy.url)
+    server = serve()
+    assert transport(server.url).post(body_of(3000), REPORT_ID, 5, NEVER) == Answer(202)
+    assert proxy.forwarded == [server.url]
+    assert server.accepted == {REPORT_ID: 1}
+
+
+def test_a_dead_proxy_is_an_error(serve: Serve, tls: Tls) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = serve(tls=tls.server)
+    answer = transport(server.url, ca_bundle=tls.ca_file, proxy=f"http://127.0.0.1:{port}").post(
+        b"{}", REPORT_ID, 5, NEVER
+    )
+    assert answer.status is None and answer.error in ("proxy", "connection")
+    assert server.connections == 0
+
+
+# Retry-After ---------------------------------------------------------------------------
+
+SERVER_NOW = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
+
+
+def http_date(moment: datetime) -> str:
+    return format_datetime(moment, usegmt=True)
+
+
+@pytest.mark.parametrize(
+    ("headers", "seconds"),
+    [
+        ({}, None),
+        ({"Retry-After": ""}, None),
+        ({"Retry-After": "120"}, 120.0),
+        ({"Retry-After": " 7 "}, 7.0),
+        ({"Retry-After": "0"}, 0.0),
+        ({"Retry-After": "-5"}, None),
+        ({"Retry-After": "1.5"}, None),
+        ({"Retry-After": "soon"}, None),
+        ({"Retry-After": "٣"}, None),  # an Arabic-Indic digit is not a delta-seconds
+        (
+            {
+                "Retry-After": http_date(SERVER_NOW + timedelta(minutes=5)),
+                "Date": http_date(SERVER_NOW),
+            },
+            300.0,
+        ),
+        (
+            {
+                "Retry-After": "Mon, 02 Mar 2026 08:02:00 GMT",
+                "Date": "Mon, 02 Mar 2026 08:00:00 GMT",
+            },
+            120.0,
+        ),
+        (
+            {
+                "Retry-After": "Monday, 02-Mar-26 08:01:00 GMT",
+                "Date": "Mon, 02 Mar 2026 08:00:00 GMT",
+            },
+            60.0,
+        ),
+        (
+            {"Retry-After": "Mon Mar  2 08:00:30 2026", "Date": "Mon, 02 Mar 2026 08:00:00 GMT"},
+            30.0,
+        ),
+        (
+            {
+                "Retry-After": http_date(SERVER_NOW - timedelta(hours=1)),
+                "Date": http_date(SERVER_NOW),
+            },
+            0.0,
+        ),
+    ],
+)
+def test_retry_after_reads_delta_seconds_and_http_dates(
+    headers: dict[str, str], seconds: float | None
+) -> None:
+    assert retry_after(headers) == seconds
+
+
+def test_an_http_date_without_a_date_header_is_measured_from_now() -> None:
+    headers = {"Retry-After": http_date(SERVER_NOW + timedelta(seconds=90))}
+    assert retry_after(headers, now=SERVER_NOW.timestamp()) == 90.0
+    bad_date = {**headers, "Date": "yesterday-ish"}
+    assert retry_after(bad_date, now=SERVER_NOW.timestamp()) == 90.0
+
+
+def test_retry_after_comes_back_from_a_real_answer(serve: Serve) -> None:
+    server = serve(
+        Reply(
+            503,
+            {
+                "Retry-After": "Mon, 02 Mar 2026 08:10:00 GMT",
+                "Date": "Mon, 02 Mar 2026 08:00:00 GMT",
+            },
+        ),
+        Reply(429, {"Retry-After": "42"}),
+    )
+    sender = transport(server.url)
+    assert sender.post(b"{}", REPORT_ID, 5, NEVER) == Answer(503, None, 600.0)
+    assert sender.post(b"{}", REPORT_ID, 5, NEVER) == Answer(429, None, 42.0)
