@@ -148,8 +148,10 @@ class Users(Entities):
 
 def user_value(created_at: Any, email: Any) -> tuple[datetime, str] | None:
     """``(created_at, email)`` when both are well formed and comparable, else None."""
-    if isinstance(created_at, datetime) and created_at.tzinfo is not None and privacy.is_email(
-        email
+    if (
+        isinstance(created_at, datetime)
+        and created_at.tzinfo is not None
+        and privacy.is_email(email)
     ):
         return created_at, email
     return None
@@ -186,13 +188,17 @@ class Inventory:
             return False
         entities, value_of = parsers[module]
         entities.replace(
-            (key, value_of(row))
-            for row in rows
-            if (key := entity_id(row.get("id"))) is not None
+            (key, value_of(row)) for row in rows if (key := entity_id(row.get("id"))) is not None
         )
         return True
 
     def after_fork(self) -> None:
         """Replace locks a fork may have copied while held by a thread that is gone."""
-        for entities in (self.users, self.connections, self.pipelines, self.organizations, self.data_models):
+        for entities in (
+            self.users,
+            self.connections,
+            self.pipelines,
+            self.organizations,
+            self.data_models,
+        ):
             entities.lock = threading.Lock()

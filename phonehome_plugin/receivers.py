@@ -60,7 +60,9 @@ def record_user(inventory: Inventory, user: Any) -> None:
 
 
 def _synced(inv: Inventory) -> Receiver:
-    def on_inventory_synced(sender: Any, module: Any = None, items: Any = None, **extra: Any) -> None:
+    def on_inventory_synced(
+        sender: Any, module: Any = None, items: Any = None, **extra: Any
+    ) -> None:
         inv.sync(module, items)
 
     return on_inventory_synced
@@ -95,7 +97,11 @@ def _connection_saved(inv: Inventory) -> Receiver:
 
 def _pipeline_saved(inv: Inventory) -> Receiver:
     def on_pipeline_saved(
-        sender: Any, id: Any = None, enabled: Any = None, node_types: Any = None, **extra: Any  # noqa: A002
+        sender: Any,
+        id: Any = None,
+        enabled: Any = None,
+        node_types: Any = None,
+        **extra: Any,  # noqa: A002
     ) -> None:
         key = entity_id(id)
         if key is not None:
