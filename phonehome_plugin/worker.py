@@ -9,6 +9,7 @@ needs a tick (:attr:`Worker.wake_at`), so that most ticks cost one comparison.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -28,6 +29,28 @@ if TYPE_CHECKING:
     from phonehome_plugin.store import Store
 
 log = logging.getLogger(__name__)
+
+# A fork while the worker imports its modules would leave the child with half
+# initialised modules, so a fork waits until the imports are done.
+_IMPORTING = threading.Lock()
+
+
+def _fresh_lock_in_child() -> None:
+    global _IMPORTING  # noqa: PLW0603  (the child's copy may be held by a thread that is gone)
+    _IMPORTING = threading.Lock()
+
+
+def _before_fork() -> None:
+    _IMPORTING.acquire()
+
+
+def _after_fork_in_parent() -> None:
+    _IMPORTING.release()
+
+
+os.register_at_fork(
+    before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_fresh_lock_in_child
+)
 
 FOLD_EVERY = timedelta(seconds=60)
 MAX_PENDING_TICKS = 64
@@ -99,13 +122,13 @@ class Worker:
     def wait_idle(self, timeout: float) -> bool:
         """Wait until every note in the mailbox has been handled (for tests and the demo)."""
         with self._cond:
-            return self._cond.wait_for(
-                lambda: (
-                    (not self._busy and not self._nows and not self._users)
-                    or not self._thread.is_alive()
-                ),
-                timeout,
+            return (
+                self._cond.wait_for(lambda: self._idle() or not self._thread.is_alive(), timeout)
+                and self._idle()
             )
+
+    def _idle(self) -> bool:
+        return not self._busy and not self._nows and not self._users
 
     def stop(self, timeout: float) -> bool:
         """Ask the worker to fold its counts and close; True if it finished in time."""
@@ -140,16 +163,18 @@ class Worker:
                 self._cond.notify_all()
 
     def _open(self) -> Store | None:
-        # Imported here, on this thread: requests, tenacity, psutil and sqlite3
-        # cost milliseconds that the host's startup should not pay.
-        from phonehome_plugin.outbox import Outbox
-        from phonehome_plugin.reporter import Reporter
-        from phonehome_plugin.sender import Sender
-        from phonehome_plugin.store import open_store
-        from phonehome_plugin.system import host_facts, machine_facts
-        from phonehome_plugin.transport import Transport
-
         try:
+            # Imported here, on this thread: requests, tenacity, psutil and sqlite3
+            # cost milliseconds that the host's startup should not pay. The lock
+            # makes a fork wait for them (see _IMPORTING).
+            with _IMPORTING:
+                from phonehome_plugin.outbox import Outbox
+                from phonehome_plugin.reporter import Reporter
+                from phonehome_plugin.sender import Sender
+                from phonehome_plugin.store import open_store
+                from phonehome_plugin.system import host_facts, machine_facts
+                from phonehome_plugin.transport import Transport
+
             store = open_store(self.app.data_dir)
             outbox = Outbox(store, self.settings.outbox)
             self.reporter = Reporter(

@@ -102,3 +102,43 @@ def test_now_is_compared_without_the_wall_clock(host: SimHost) -> None:
     runtime = _runtime(host)
     assert runtime.worker.wake_at > datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
     assert runtime.worker.wake_at <= datetime(2026, 3, 2, 8, 0, tzinfo=UTC) + timedelta(hours=2)
+
+
+FORK_DURING_IMPORTS = """
+import os, sys, tempfile
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from e2e_support import make_host, NEXT_SLOT
+host = make_host({"modules": {"phonehome": {"endpoint": "http://127.0.0.1:9/r",
+                  "geoip_url": ""}}}, Path(tempfile.mkdtemp()))
+host.start()
+host.tick()  # the worker starts importing its modules now
+pid = os.fork()  # while it may still be importing
+if pid == 0:
+    host.tick(NEXT_SLOT)
+    runtime = host.app.plugin_manager.get_plugin("phonehome-runtime")
+    ok = runtime.worker.wait_idle(10) and runtime.worker.reporter is not None
+    os._exit(0 if ok else 3)
+_, status = os.waitpid(pid, 0)
+host.shutdown()
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_fork_during_the_workers_first_imports_leaves_the_child_working(
+    tmp_path: Path,
+) -> None:
+    import subprocess
+    import sys
+
+    tests_dir = str(Path(__file__).parent)
+    for _ in range(3):  # a fresh interpreter each time, so the imports really happen
+        done = subprocess.run(
+            [sys.executable, "-c", FORK_DURING_IMPORTS, tests_dir],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
