@@ -138,18 +138,25 @@ class Store:
                 error,
             )
 
+    def _detach_file(self) -> None:
+        """Close the file connection before a fork (the lock is held, so no thread is in it).
+
+        A child must never touch, or even close, a SQLite connection it inherited:
+        closing one there was seen to hang, and SQLite's per-process lock records
+        would be wrong for it. Both sides reopen on their next use instead.
+        """
+        if not self.memory and not self._closed:
+            _close_quietly(self.conn)
+            self._reconnect = True
+
     def _after_fork_in_child(self, quiet: bool) -> None:
         """Called in a forked child; ``quiet`` when no transaction was open at the fork."""
         self.lock = threading.Lock()
         if self._closed:
             return
         if quiet:
-            if not self.memory:
-                # Closing the inherited connection also drops SQLite's in-process
-                # record of the parent's locks, so the child's own connection takes
-                # real ones; it cannot release the parent's (fcntl locks are per process).
-                _close_quietly(self.conn)
-                self._reconnect = True
+            # The parent closed the file connection before forking (_before_fork),
+            # so the child inherits no SQLite file state and opens its own.
             return
         # A thread of the parent was inside this connection: leave it untouched forever.
         _inherited.append(self.conn)
@@ -383,6 +390,7 @@ def _before_fork() -> None:
     for store in list(_live):
         if store.lock.acquire(timeout=FORK_WAIT):
             _held.append(store)
+            store._detach_file()
 
 
 def _after_fork_in_parent() -> None:
