@@ -18,7 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from hookspecs import hookspec
+from hookspecs.markers import hookspec
 
 if TYPE_CHECKING:
     import pluggy

@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from hookspecs import hookspec
+from hookspecs.markers import hookspec
 
 
 @hookspec(historic=True)

@@ -28,7 +28,8 @@ def _check(collector: Any) -> str:
     name = getattr(collector, "name", None)
     if not isinstance(name, str) or not callable(getattr(collector, "collect", None)):
         raise TypeError(
-            f"a phonehome collector needs a str `name` and a callable `collect()`, got {collector!r}"
+            "a phonehome collector needs a str `name` and a callable `collect()`, "
+            f"got {collector!r}"
         )
     if not NAME.fullmatch(name) or len(name) > privacy.IDENT_MAX:
         raise TypeError(

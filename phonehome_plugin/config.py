@@ -117,7 +117,8 @@ def _number(minimum: float, integer: bool = False) -> Any:
         if not ok or isinstance(value, bool) or value < minimum:
             kind = "a whole number" if integer else "a number"
             raise ConfigError(f"{key}: expected {kind} of at least {minimum}, got {value!r}")
-        return value
+        number: float | int = value
+        return number
 
     return check
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -174,7 +174,7 @@ class Inventory:
         if not isinstance(items, list | tuple):
             return False
         rows = [item for item in items if isinstance(item, Mapping)]
-        parsers = {
+        parsers: dict[str, tuple[Entities, Callable[[Mapping[str, Any]], Any]]] = {
             "users": (self.users, lambda r: user_value(r.get("created_at"), r.get("email"))),
             "connections": (self.connections, lambda r: privacy.bucket(r.get("type"))),
             "pipelines": (

@@ -69,7 +69,7 @@ def _synced(inv: Inventory) -> Receiver:
 
 
 def _saver(entities: Entities) -> Receiver:
-    def on_saved(sender: Any, id: Any = None, **extra: Any) -> None:  # noqa: A002
+    def on_saved(sender: Any, id: Any = None, **extra: Any) -> None:
         key = entity_id(id)
         if key is not None:
             entities.save(key)
@@ -78,7 +78,7 @@ def _saver(entities: Entities) -> Receiver:
 
 
 def _deleter(entities: Entities) -> Receiver:
-    def on_deleted(sender: Any, id: Any = None, **extra: Any) -> None:  # noqa: A002
+    def on_deleted(sender: Any, id: Any = None, **extra: Any) -> None:
         key = entity_id(id)
         if key is not None:
             entities.delete(key)
@@ -87,7 +87,7 @@ def _deleter(entities: Entities) -> Receiver:
 
 
 def _connection_saved(inv: Inventory) -> Receiver:
-    def on_connection_saved(sender: Any, id: Any = None, type: Any = None, **extra: Any) -> None:  # noqa: A002
+    def on_connection_saved(sender: Any, id: Any = None, type: Any = None, **extra: Any) -> None:
         key = entity_id(id)
         if key is not None:
             inv.connections.save(key, privacy.bucket(type))
@@ -101,7 +101,7 @@ def _pipeline_saved(inv: Inventory) -> Receiver:
         id: Any = None,
         enabled: Any = None,
         node_types: Any = None,
-        **extra: Any,  # noqa: A002
+        **extra: Any,
     ) -> None:
         key = entity_id(id)
         if key is not None:
