@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from state_walk import strings_in
 
 from phonehome_plugin.inventory import (
     Entities,
@@ -27,27 +28,6 @@ SECRET = "s3cr3t-Passw0rd-do-not-keep"
 @pytest.fixture
 def inventory() -> Inventory:
     return Inventory()
-
-
-def _strings_in(root: Any) -> list[str]:
-    """Every string reachable from ``root``'s state (attributes and containers)."""
-    found: list[str] = []
-    stack, seen = [root], set()
-    while stack:
-        obj = stack.pop()
-        if id(obj) in seen:
-            continue
-        seen.add(id(obj))
-        if isinstance(obj, str):
-            found.append(obj)
-        elif isinstance(obj, dict):
-            stack.extend(obj.keys())
-            stack.extend(obj.values())
-        elif isinstance(obj, list | tuple | set | frozenset):
-            stack.extend(obj)
-        elif hasattr(obj, "__dict__") and not isinstance(obj, type):
-            stack.extend(vars(obj).values())
-    return found
 
 
 # entity_id ------------------------------------------------------------------------------
@@ -268,7 +248,7 @@ def test_users_keep_no_value_per_user() -> None:
     users = Users()
     users.save("u1", (T0, "alice@example.com"))
     users.save("u2", (T0 + timedelta(days=1), "bob@example.com"))
-    assert "bob@example.com" not in _strings_in(users)
+    assert "bob@example.com" not in strings_in(users)
 
 
 # Inventory.sync -------------------------------------------------------------------------
@@ -372,7 +352,7 @@ def test_sync_never_keeps_extra_fields(inventory: Inventory) -> None:
     inventory.sync(
         "users", [{"id": "u1", "email": "alice@example.com", "created_at": T0, **extra}]
     )
-    strings = _strings_in(inventory)
+    strings = strings_in(inventory)
     assert "mqtt" in strings  # the walk reaches what is kept
     assert "alice@example.com" in strings  # the one personal value kept, as first email
     for text in strings:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from state_walk import strings_in
 
 from hookspecs import signals
 from phonehome_plugin import receivers
@@ -59,31 +59,6 @@ def _secret_extras() -> dict[str, Any]:
         "user": {"email": "private.person@example.com", "name": "Private Person"},
         "payload": [SECRET, {"nested": SECRET}],
     }
-
-
-def _strings_in(root: Any) -> list[str]:
-    """Every string reachable from ``root``'s state (attributes, containers, closures)."""
-    found: list[str] = []
-    stack, seen = [root], set()
-    while stack:
-        obj = stack.pop()
-        if id(obj) in seen:
-            continue
-        seen.add(id(obj))
-        if isinstance(obj, str):
-            found.append(obj)
-        elif isinstance(obj, dict):
-            stack.extend(obj.keys())
-            stack.extend(obj.values())
-        elif isinstance(obj, list | tuple | set | frozenset):
-            stack.extend(obj)
-        elif callable(obj) and getattr(obj, "__closure__", None):
-            stack.extend(cell.cell_contents for cell in obj.__closure__)
-        elif isinstance(obj, threading.local) or (
-            hasattr(obj, "__dict__") and not isinstance(obj, threading.Thread | type)
-        ):
-            stack.extend(vars(obj).values())
-    return found
 
 
 # Wiring ---------------------------------------------------------------------------------
@@ -504,7 +479,7 @@ def test_extra_arguments_full_of_secrets_are_never_stored(
     assert inventory.uns["storage_mode"] == "pebble"
     assert inventory.license == {"id": "LIC-1", "status": "active"}
     # ... and nothing else was kept anywhere in the state.
-    strings = _strings_in([inventory, tally, pairs])
+    strings = strings_in([inventory, tally, pairs])
     assert "pebble" in strings and "first@example.com" in strings  # the walk reaches state
     for text in strings:
         assert SECRET not in text
@@ -524,7 +499,7 @@ def test_record_user_counts_users_and_tracks_the_earliest(inventory: Inventory) 
     receivers.record_user(inventory, {"id": "u1", "email": "a@example.com", "created_at": T0})
     assert len(inventory.users) == 2
     assert inventory.users.earliest == (T0, "a@example.com")
-    assert not any(SECRET in text for text in _strings_in(inventory))
+    assert not any(SECRET in text for text in strings_in(inventory))
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from state_walk import strings_in
 
 from hookspecs import signals
 from phonehome_plugin.tally import STATUSES, UNKNOWN, ExecutionTally
@@ -197,34 +198,9 @@ def test_extra_arguments_are_never_kept(app: FakeApp, tally: ExecutionTally) -> 
         token=secret,
     )
     assert tally.totals()["completed"] == 1
-    seen = _strings_in(tally)
+    seen = strings_in(tally)
     assert "completed" in seen  # the walk reaches the counts themselves
     assert not any(secret in text or "alice@example.com" in text for text in seen)
-
-
-def _strings_in(root: Any) -> list[str]:
-    """Every string reachable from ``root``'s state (attributes, containers, closures)."""
-    found: list[str] = []
-    stack, seen = [root], set()
-    while stack:
-        obj = stack.pop()
-        if id(obj) in seen:
-            continue
-        seen.add(id(obj))
-        if isinstance(obj, str):
-            found.append(obj)
-        elif isinstance(obj, dict):
-            stack.extend(obj.keys())
-            stack.extend(obj.values())
-        elif isinstance(obj, list | tuple | set | frozenset):
-            stack.extend(obj)
-        elif callable(obj) and getattr(obj, "__closure__", None):
-            stack.extend(cell.cell_contents for cell in obj.__closure__)
-        elif isinstance(obj, threading.local) or (
-            hasattr(obj, "__dict__") and not isinstance(obj, threading.Thread | type)
-        ):
-            stack.extend(vars(obj).values())
-    return found
 
 
 # take_delta -----------------------------------------------------------------------------
