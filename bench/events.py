@@ -96,9 +96,10 @@ def event_rows(quick: bool) -> tuple[list[Row], list[measure.Peak], dict[str, An
     from opentelemetry.sdk.metrics.export import InMemoryMetricReader
     from prometheus_client import CollectorRegistry, Counter
 
-    host = host_with("http://127.0.0.1:9/r")  # never reached: no tick is given here
+    host = host_with("http://127.0.0.1:9/r")  # a closed port: the reports wait in the outbox
     host.start()
     host.sync(make_inventory(TYPICAL, host.started_at))
+    host.tick()  # the first tick opens the worker's store, as in a real host
     host.idle()
     trivial = Host({}, load_plugin=False)
     pairs = _trivial_receivers(trivial.app)

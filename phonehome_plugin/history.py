@@ -1,14 +1,14 @@
 """The local record of every delivery attempt's outcome, for ``phonehome history``.
 
-Kept to the most recent :data:`KEEP` rows, so it never grows without bound.
+Kept to the most recent :data:`KEEP` rows (by ``id``, in insertion order: writers
+are serialised), so it never grows without bound.
 """
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 
-from phonehome_plugin.store import Store
+from phonehome_plugin.store import Conn, Store
 
 KEEP = 1000
 
@@ -30,13 +30,14 @@ def record(store: Store, event: Event) -> None:
     store.run(lambda c: append(c, event))
 
 
-def append(c: sqlite3.Connection, event: Event) -> None:
+def append(c: Conn, event: Event) -> None:
     """:func:`record` inside a transaction already open on ``c``."""
     c.execute(
-        "INSERT INTO history VALUES (?, ?, ?, ?, ?, ?)",
+        "INSERT INTO history (report_id, sequence, trigger, at, result, detail) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
         (event.report_id, event.sequence, event.trigger, event.at, event.result, event.detail),
     )
-    c.execute("DELETE FROM history WHERE rowid <= (SELECT max(rowid) FROM history) - ?", (KEEP,))
+    c.execute("DELETE FROM history WHERE id <= (SELECT max(id) FROM history) - ?", (KEEP,))
 
 
 def recent(store: Store, limit: int = 50) -> list[Event]:
@@ -44,7 +45,7 @@ def recent(store: Store, limit: int = 50) -> list[Event]:
     rows = store.run(
         lambda c: c.execute(
             "SELECT report_id, sequence, trigger, at, result, detail FROM history "
-            "ORDER BY rowid DESC LIMIT ?",
+            "ORDER BY id DESC LIMIT ?",
             (limit,),
         ).fetchall()
     )

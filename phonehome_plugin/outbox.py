@@ -20,14 +20,13 @@ series per backoff period, however many reports are waiting.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from phonehome_plugin import history
 from phonehome_plugin.config import OutboxLimits
-from phonehome_plugin.store import Store, add_counters
+from phonehome_plugin.store import Conn, Store, add_counters
 
 DAY = 86400.0
 GATE_KEY = "delivery.not_before"
@@ -39,6 +38,10 @@ FAILURES_KEY = "delivery.consecutive_failures"
 # report (once in the life of the installation) the least.
 _EVICTION_ORDER = (
     "ORDER BY CASE trigger WHEN 'periodic' THEN 0 WHEN 'startup' THEN 1 ELSE 2 END, created_at"
+)
+_SET_TWO = (
+    "INSERT INTO kv (key, value) VALUES (?, ?), (?, ?) "
+    "ON CONFLICT (key) DO UPDATE SET value = excluded.value"
 )
 _COLUMNS = "report_id, sequence, trigger, created_at, body, attempts, not_before"
 
@@ -78,9 +81,10 @@ class Outbox:
     def put(self, entry: Entry, now: float) -> int:
         """Store ``entry`` and enforce the bounds; returns how many reports were evicted."""
 
-        def work(c: sqlite3.Connection) -> int:
+        def work(c: Conn) -> int:
             c.execute(
-                f"INSERT OR IGNORE INTO outbox ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO outbox ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (report_id) DO NOTHING",
                 (
                     entry.report_id,
                     entry.sequence,
@@ -95,7 +99,7 @@ class Outbox:
 
         return self.store.run(work)
 
-    def _evict(self, c: sqlite3.Connection, now: float) -> int:
+    def _evict(self, c: Conn, now: float) -> int:
         """Enforce age, count and bytes; counts what went, in the caller's transaction."""
         limits = self.limits
         gone = self._expire(c, now)
@@ -113,7 +117,7 @@ class Outbox:
         add_counters(c, {"delivery.dropped": gone, "delivery.evicted": gone})
         return gone
 
-    def _expire(self, c: sqlite3.Connection, now: float) -> int:
+    def _expire(self, c: Conn, now: float) -> int:
         cutoff = now - self.limits.max_age_days * DAY
         return int(c.execute("DELETE FROM outbox WHERE created_at < ?", (cutoff,)).rowcount)
 
@@ -158,7 +162,7 @@ class Outbox:
     def next_due(self) -> float | None:
         """When the sender may next try a report (host clock), or None when empty."""
 
-        def work(c: sqlite3.Connection) -> float | None:
+        def work(c: Conn) -> float | None:
             earliest = c.execute("SELECT min(not_before) FROM outbox").fetchone()[0]
             if earliest is None:
                 return None
@@ -184,7 +188,7 @@ class Outbox:
         are dropped (and counted) on the way.
         """
 
-        def work(c: sqlite3.Connection) -> Entry | None:
+        def work(c: Conn) -> Entry | None:
             expired = self._expire(c, now)
             add_counters(c, {"delivery.dropped": expired, "delivery.evicted": expired})
             if now < _gate(c):
@@ -216,7 +220,7 @@ class Outbox:
     def sent(self, entry: Entry, event: history.Event, counts: Mapping[str, int]) -> None:
         """A 2xx: forget the report, open the gate, record it."""
 
-        def work(c: sqlite3.Connection) -> None:
+        def work(c: Conn) -> None:
             c.execute("DELETE FROM outbox WHERE report_id = ?", (entry.report_id,))
             _open_gate(c)
             add_counters(c, counts)
@@ -240,7 +244,7 @@ class Outbox:
         Returns the failures in a row (this one included) and the not-before time.
         """
 
-        def work(c: sqlite3.Connection) -> tuple[int, float]:
+        def work(c: Conn) -> tuple[int, float]:
             row = c.execute("SELECT value FROM kv WHERE key = ?", (FAILURES_KEY,)).fetchone()
             failures = (int(row[0]) if row else 0) + 1
             when = until(failures)
@@ -249,7 +253,7 @@ class Outbox:
                 (when, entry.report_id),
             )
             c.execute(
-                "INSERT OR REPLACE INTO kv VALUES (?, ?), (?, ?)",
+                _SET_TWO,
                 (FAILURES_KEY, str(failures), GATE_KEY, repr(when)),
             )
             add_counters(c, {**counts, "delivery.failed": 1})
@@ -259,10 +263,10 @@ class Outbox:
         return self.store.run(work)
 
 
-def _gate(c: sqlite3.Connection) -> float:
+def _gate(c: Conn) -> float:
     row = c.execute("SELECT value FROM kv WHERE key = ?", (GATE_KEY,)).fetchone()
     return float(row[0]) if row else 0.0
 
 
-def _open_gate(c: sqlite3.Connection) -> None:
-    c.execute("INSERT OR REPLACE INTO kv VALUES (?, '0'), (?, '0')", (FAILURES_KEY, GATE_KEY))
+def _open_gate(c: Conn) -> None:
+    c.execute(_SET_TWO, (FAILURES_KEY, "0", GATE_KEY, "0"))

@@ -92,6 +92,8 @@ class StateView:
     def history(self, limit: int) -> list[dict[str, Any]]:
         rows = self._rows(
             "SELECT report_id, sequence, trigger, at, result, detail FROM history "
+            # rowid, not id: a file the plugin has not opened since history got its
+            # id column has none, and in one that has, id is the rowid.
             "ORDER BY rowid DESC LIMIT ?",
             (limit,),
         )

@@ -175,7 +175,7 @@ class Worker:
                 from phonehome_plugin.system import host_facts, machine_facts
                 from phonehome_plugin.transport import Transport
 
-            store = open_store(self.app.data_dir)
+            store = open_store(self.app.data_dir, self.settings.state_url)
             outbox = Outbox(store, self.settings.outbox)
             self.reporter = Reporter(
                 settings=self.settings,

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-pytest_plugins = ["e2e_support"]
+pytest_plugins = ["e2e_support", "pg_support"]
 
 _real_connect = socket.socket.connect
 _real_connect_ex = socket.socket.connect_ex

@@ -1,0 +1,327 @@
+"""The PostgreSQL state store: the same behaviour as the SQLite store (the shared
+checks run on both backends), plus what only a server brings: a connection that
+survives its backend being terminated, and a fallback to memory when no server answers.
+
+The PostgreSQL cases need a server (see the README's "PostgreSQL tests"); they
+skip, saying why, when none answers.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from multiprocessing.connection import Connection
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from phonehome_plugin import config, history
+from phonehome_plugin.collectors import Registry
+from phonehome_plugin.config import OutboxLimits
+from phonehome_plugin.inventory import Inventory
+from phonehome_plugin.outbox import FAILURES_KEY, GATE_KEY, Entry, Outbox
+from phonehome_plugin.pgstore import PgStore, ddl, translate
+from phonehome_plugin.store import Store, open_store
+from phonehome_plugin.tally import ExecutionTally
+from phonehome_plugin.worker import Worker
+
+FORK = multiprocessing.get_context("fork")
+NOW = 1_772_438_400.0
+Opener = Callable[[], Store]
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
+    """Opens another store on one installation's state, on each backend in turn."""
+    url = request.getfixturevalue("pg_url") if request.param == "postgres" else None
+    opened: list[Store] = []
+
+    def open_one() -> Store:
+        store = open_store(tmp_path, url)
+        assert not store.memory
+        assert isinstance(store, PgStore) == (url is not None)
+        opened.append(store)
+        return store
+
+    yield open_one
+    for store in opened:
+        store.close()
+
+
+@pytest.fixture
+def store(opener: Opener) -> Store:
+    return opener()
+
+
+def event(entry: Entry, at: float = NOW, result: str = "sent") -> history.Event:
+    return history.Event(entry.report_id, entry.sequence, entry.trigger, at, result, "test")
+
+
+def entry(n: int, trigger: str = "periodic", at: float = NOW, size: int = 10) -> Entry:
+    return Entry(f"r{n:04d}", n, trigger, at, bytes([n % 256]) * size)
+
+
+# The same behaviour on both backends --------------------------------------------------
+
+
+def test_kv_set_get_and_setdefault(opener: Opener) -> None:
+    one, two = opener(), opener()
+    assert one.get("k") is None
+    one.set("k", "v1")
+    one.set("k", "v2")
+    assert two.get("k") == "v2"
+    assert one.setdefault("salt", lambda: "first") == "first"
+    assert two.setdefault("salt", lambda: "second") == "first"
+    assert one.instance_id() == two.instance_id()
+
+
+def test_counters_add_read_and_take(store: Store) -> None:
+    store.add({"delivery.failed": 2, "delivery.retried": 3, "delivery.dropped": 0})
+    store.add({"delivery.failed": 1, "exec.completed": 5})
+    assert store.counters("delivery.") == {"failed": 3, "retried": 3}
+    assert store.take("delivery.") == {"failed": 3, "retried": 3}
+    assert store.counters("delivery.") == {}
+    assert store.counters("exec.") == {"completed": 5}
+
+
+def test_counters_hold_lifetime_totals_past_32_bits(store: Store) -> None:
+    store.add({"exec.completed": 3_000_000_000})
+    store.add({"exec.completed": 3_000_000_000})
+    assert store.counters("exec.") == {"completed": 6_000_000_000}
+
+
+def test_a_claim_is_taken_once_until_its_lease_runs_out(opener: Opener) -> None:
+    store, other = opener(), opener()
+    assert store.claim("periodic:7", "a", now=1000.0, lease=120.0)
+    assert store.claim("periodic:7", "a", now=1001.0, lease=120.0)
+    assert not other.claim("periodic:7", "b", now=1100.0, lease=120.0)
+    assert other.claim("periodic:7", "b", now=1121.0, lease=120.0)  # "a" ran out
+    assert not store.claim("periodic:7", "a", now=1122.0, lease=120.0)
+    other.finish_claim("periodic:7")
+    assert store.is_done("periodic:7")
+    assert not store.claim("periodic:7", "c", now=10**9, lease=120.0)
+    assert not store.is_done("periodic:8")
+
+
+def test_next_sequence_interleaves_across_connections(opener: Opener) -> None:
+    one, two = opener(), opener()
+    assert [s.next_sequence() for _ in range(10) for s in (one, two)] == list(range(1, 21))
+
+
+def _sequences(open_one: Opener, count: int, out: Connection) -> None:
+    store = open_one()
+    out.send([store.next_sequence() for _ in range(count)])
+    store.close()
+
+
+def test_next_sequence_is_unique_across_processes_and_threads(opener: Opener) -> None:
+    store = opener()
+    got: list[int] = []
+    lock = threading.Lock()
+
+    def in_thread() -> None:
+        values = [store.next_sequence() for _ in range(30)]
+        with lock:
+            got.extend(values)
+
+    pipes = [FORK.Pipe(duplex=False) for _ in range(3)]
+    children = [FORK.Process(target=_sequences, args=(opener, 30, w)) for _, w in pipes]
+    threads = [threading.Thread(target=in_thread) for _ in range(2)]
+    for child in children:
+        child.start()
+    for thread in threads:
+        thread.start()
+    for (reader, _), child in zip(pipes, children, strict=True):
+        assert reader.poll(30)
+        got.extend(reader.recv())
+        child.join(10)
+        assert child.exitcode == 0
+    for thread in threads:
+        thread.join(10)
+    assert sorted(got) == list(range(1, 151))
+    # The parent's store still works after the forks.
+    assert store.next_sequence() == 151
+
+
+def test_a_failed_transaction_leaves_nothing_behind(store: Store) -> None:
+    def half(c: Any) -> None:
+        c.execute("INSERT INTO kv (key, value) VALUES ('half', 'done')")
+        raise RuntimeError("stop")
+
+    with pytest.raises(RuntimeError):
+        store.run(half)
+    assert store.get("half") is None
+    store.set("after", "ok")  # the store is usable after a rolled-back transaction
+    assert store.get("after") == "ok"
+
+
+def test_the_outbox_stores_leases_and_settles(opener: Opener) -> None:
+    one, two = Outbox(opener(), OutboxLimits()), Outbox(opener(), OutboxLimits())
+    body = '{"ünïcode": "ok", "nul": "\\u0000"}'.encode() + bytes(range(256))
+    first = Entry("r1", 1, "startup", NOW, body)
+    one.put(first, NOW)
+    one.put(first, NOW)  # the same report twice is one report
+    one.put(entry(2), NOW)
+    assert two.pending() == [first, entry(2)]
+    assert two.size() == (2, len(body) + 10)
+    leased = one.lease(NOW, hold=300.0)
+    assert leased == first
+    assert two.lease(NOW, hold=300.0) == entry(2)  # the other process gets the next one
+    assert two.lease(NOW + 299, hold=300.0) is None
+    again = two.lease(NOW + 300, hold=300.0)  # the lease ran out: due again
+    assert again is not None and again.report_id == "r1"
+    two.sent(again, event(again), {"delivery.retried": 1})
+    assert [e.report_id for e in one.pending()] == ["r0002"]
+    assert one.store.counters("delivery.") == {"retried": 1}
+    assert one.next_due() == NOW + 300
+
+
+def test_a_failed_series_closes_the_gate_and_a_success_opens_it(store: Store) -> None:
+    outbox = Outbox(store, OutboxLimits())
+    outbox.put(entry(1), NOW)
+    leased = outbox.lease(NOW, 300.0)
+    assert leased is not None
+    failures, when = outbox.failed(leased, event(leased, result="failed"), {}, lambda n: NOW + 60)
+    assert (failures, when) == (1, NOW + 60)
+    assert store.get(FAILURES_KEY) == "1" and outbox.gate() == NOW + 60
+    assert outbox.lease(NOW + 59, 300.0) is None
+    leased = outbox.lease(NOW + 60, 300.0)
+    assert leased is not None and leased.attempts == 1
+    outbox.sent(leased, event(leased), {})
+    assert store.get(FAILURES_KEY) == "0" and store.get(GATE_KEY) == "0"
+    assert outbox.pending() == []
+    assert store.counters("delivery.") == {"failed": 1}
+
+
+def test_the_outbox_bounds_evict_periodic_first_and_count_it(store: Store) -> None:
+    outbox = Outbox(store, OutboxLimits(max_reports=3))
+    outbox.put(entry(1, "first_user"), NOW)
+    outbox.put(entry(2, "startup"), NOW)
+    for n in range(3, 7):
+        outbox.put(entry(n), NOW)
+    assert [e.sequence for e in outbox.pending()] == [1, 2, 6]
+    assert store.counters("delivery.") == {"dropped": 3, "evicted": 3}
+    # The age bound drops on the way to a lease.
+    assert outbox.lease(NOW + 8 * 86400, 300.0) is None
+    assert outbox.pending() == []
+
+
+def test_history_is_newest_first_and_trimmed(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(history, "KEEP", 5)
+    for n in range(1, 9):
+        history.record(store, event(entry(n), at=NOW + n))
+    recent = history.recent(store, limit=10)
+    assert [e.sequence for e in recent] == [8, 7, 6, 5, 4]
+    assert recent[0] == history.Event("r0008", 8, "periodic", NOW + 8, "sent", "test")
+    assert [e.sequence for e in history.recent(store, limit=2)] == [8, 7]
+
+
+# PostgreSQL only ----------------------------------------------------------------------
+
+
+def test_the_dialect_layer() -> None:
+    assert translate("SELECT a FROM t WHERE b = ? AND c LIKE 'x%'") == (
+        "SELECT a FROM t WHERE b = %s AND c LIKE 'x%%'"
+    )
+    [table] = ddl("CREATE TABLE t (id INTEGER PRIMARY KEY, n INTEGER, r REAL, b BLOB);")
+    assert table == (
+        "CREATE TABLE t (id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY, "
+        "n BIGINT, r DOUBLE PRECISION, b BYTEA)"
+    )
+
+
+def _terminate(pg_url: str, pid: int) -> None:
+    import psycopg
+
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+
+
+def _backend(store: Store) -> int:
+    return int(store.run(lambda c: c.execute("SELECT pg_backend_pid()").fetchone()[0]))
+
+
+@pytest.mark.postgres
+def test_the_store_reconnects_after_its_backend_is_terminated(
+    pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = open_store(None, pg_url)
+    assert isinstance(store, PgStore)
+    store.set("k", "v")
+    sequence = store.next_sequence()
+    for _ in range(3):  # again and again: each operation reconnects once
+        before = _backend(store)
+        _terminate(pg_url, before)
+        assert store.get("k") == "v"
+        assert _backend(store) != before
+        sequence += 1
+        assert store.next_sequence() == sequence
+    # Between operations too: a claim, mid-way through the installation's life.
+    _terminate(pg_url, _backend(store))
+    assert store.claim("periodic:1", "me", NOW, 120.0)
+    assert store.is_done("periodic:1") is False
+    assert not store.memory
+    store.close()
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warnings == []
+
+
+@pytest.mark.postgres
+def test_a_statement_error_is_raised_and_the_store_carries_on(pg_url: str) -> None:
+    import psycopg
+
+    store = open_store(None, pg_url)
+    with pytest.raises(psycopg.errors.UndefinedTable):
+        store.run(lambda c: c.execute("SELECT * FROM nowhere"))
+    store.set("k", "v")
+    assert store.get("k") == "v"
+    store.close()
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])  # closed again when the block ends
+
+
+def test_an_unreachable_server_means_memory_with_one_log_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    pytest.importorskip("psycopg")
+    url = f"postgresql://phonehome:s3cret@127.0.0.1:{_closed_port()}/phonehome"
+    with caplog.at_level(logging.INFO, logger="phonehome_plugin"):
+        store = open_store(None, url)
+    assert store.memory
+    assert not isinstance(store, PgStore)
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("phonehome_plugin")]
+    assert len(lines) == 1, lines
+    assert "keeping state in memory" in lines[0]
+    assert "s3cret" not in lines[0]
+    # The memory store works as any store does.
+    assert store.next_sequence() == 1
+    store.close()
+
+
+@pytest.mark.postgres
+def test_a_worker_uses_the_database_state_url_names(pg_url: str, tmp_path: Path) -> None:
+    """Through the worker's own door: state_url wins over the data dir."""
+    settings = config.parse({"state_url": pg_url, "mode": "offline", "geoip_url": ""})
+    app = SimpleNamespace(
+        data_dir=tmp_path,
+        version="2.3.0",
+        edition="core",
+        started_at=datetime(2026, 3, 2, tzinfo=UTC),
+    )
+    worker = Worker(settings, app, Inventory(), ExecutionTally(), Registry())
+    store = worker._open()
+    assert isinstance(store, PgStore)
+    assert not (tmp_path / "phonehome.sqlite3").exists()
+    store.close()
