@@ -171,7 +171,9 @@ def test_retry_after_beyond_the_deadline_ends_the_series_without_waiting(
 
 
 def test_cancel_ends_a_series_waiting_between_attempts(cancel: threading.Event) -> None:
-    post = Script(then=Answer(503, None, 20.0))  # Retry-After: the wait cannot end before the cancel
+    post = Script(
+        then=Answer(503, None, 20.0)
+    )  # Retry-After: the wait cannot end before the cancel
     threading.Timer(0.1, cancel.set).start()
     began = time.monotonic()
     outcome = send_series(
