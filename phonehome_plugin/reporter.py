@@ -62,7 +62,7 @@ class Reporter:
 
     def startup(self, now: datetime) -> dict[str, Any] | None:
         """The startup report of this host start, unless another process made it."""
-        key = f"startup:{report.iso(self.started_at)}"
+        key = self._startup_key()
         if not self._claim(key, now):
             return None
         recent = [
@@ -78,6 +78,22 @@ class Reporter:
         self.store.set(STARTUPS, json.dumps([*recent, now.timestamp()]))
         self.store.setdefault(LAST_SLOT, lambda: str(self._current_slot(now)))
         return self._make(key, "startup", now)
+
+    def _startup_key(self) -> str:
+        return f"startup:{report.iso(self.started_at)}"
+
+    def startup_settled(self) -> bool:
+        """True once some process finished this start's startup claim (built or counted).
+
+        Until then a process that claimed it may have died mid-way, and another
+        process takes over when its lease runs out.
+        """
+        return self.store.is_done(self._startup_key())
+
+    def first_user_settled(self, user: tuple[datetime, str]) -> bool:
+        """True once ``user`` needs no first-user report: one was made, or it is not first."""
+        earliest = self._earliest_user()
+        return self.store.is_done(FIRST_USER) or (earliest is not None and earliest < user)
 
     def first_user(self, user: tuple[datetime, str], now: datetime) -> dict[str, Any] | None:
         """The first-user report, if ``user`` (created_at, email) is the installation's first.

@@ -98,6 +98,9 @@ class Worker:
         self._stopping = False
         self._busy = False
         self._started = False
+        self._startup_pending = False
+        self._pending_users: list[tuple[datetime, str]] = []
+        self._last_failure: str | None = None
         self._thread = threading.Thread(target=self.run, name="phonehome-worker", daemon=True)
         self.reporter: Reporter | None = None
         self.sender: Sender | None = None
@@ -218,13 +221,21 @@ class Worker:
         reporter = self.reporter
         # A user created between ticks is reported at once, on its own creation time.
         now = ticks[-1] if ticks else max(user[0] for user in users)
-        for user in users:
-            reporter.first_user(user, max(now, user[0]))
+        # Triggers another process claimed are kept until settled: if that process
+        # died before storing the report, this one takes over when the lease ends.
+        self._pending_users = [
+            user
+            for user in [*self._pending_users, *users]
+            if reporter.first_user(user, max(now, user[0])) is None
+            and not reporter.first_user_settled(user)
+        ]
         for moment in ticks:
             if not self._started:
                 # The first tick comes after every module synced its inventory.
-                self._started = True
+                self._started = self._startup_pending = True
+            if self._startup_pending:
                 reporter.startup(moment)
+                self._startup_pending = not reporter.startup_settled()
             reporter.periodic(moment)
         reporter.fold()
         self._deliver(now)
@@ -270,10 +281,18 @@ class Worker:
             self.sender.transport.close()
 
     def _guarded(self, doing: str, step: Callable[[], None]) -> None:
+        """Run ``step``; a failure is logged once with its traceback, and its repeats
+        (a database that stays down, say) only at debug level until a step succeeds."""
         try:
             step()
-        except Exception:
-            log.exception("phonehome: failed while %s; telemetry carries on", doing)
+            self._last_failure = None
+        except Exception as error:
+            failure = f"{doing}: {type(error).__name__}: {error}"
+            if failure != self._last_failure:
+                log.exception("phonehome: failed while %s; telemetry carries on", doing)
+            else:
+                log.debug("phonehome: failed again while %s", doing, exc_info=True)
+            self._last_failure = failure
 
 
 def _at(epoch: float) -> datetime:

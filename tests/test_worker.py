@@ -170,3 +170,24 @@ def test_every_schedule_decision_uses_the_host_clock(
         at = _epoch(report["generated_at"])
         assert START.timestamp() <= at <= (START + timedelta(hours=3)).timestamp()
     host.shutdown()
+
+
+def test_a_startup_claimed_by_a_process_that_died_is_taken_over_after_the_lease(
+    endpoint: Endpoint, config: dict[str, object], tmp_path: Path
+) -> None:
+    from phonehome_plugin import report, reporter
+    from phonehome_plugin.store import open_store
+
+    store = open_store(tmp_path)
+    # Another process of this host start claimed the startup report, then died.
+    assert store.claim(f"startup:{report.iso(START)}", "dead-worker", START.timestamp(), 120)
+    store.close()
+    host = make_host(config, tmp_path)
+    host.start()
+    tick(host)
+    tick(host, reporter.LEASE / 2)
+    assert endpoint.by_trigger("startup") == [], "the lease of the other process still runs"
+    tick(host, reporter.LEASE)
+    assert len(endpoint.by_trigger("startup")) == 1
+    tick(host, 600)
+    assert len(endpoint.by_trigger("startup")) == 1
