@@ -12,7 +12,6 @@ from __future__ import annotations
 import random
 import shutil
 import tempfile
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -276,19 +275,15 @@ class Host:
         self.pm.hook.on_tick(app=self.app, now=self.now)
 
     def idle(self, timeout: float = 30.0) -> bool:
-        """Wait until the worker has opened its store and handled every note it was given.
+        """Wait until the worker has handled every note it was given.
 
-        ``wait_idle`` alone is satisfied before a new worker has even opened its store
-        (its mailbox is empty then), so first wait for the worker's ``reporter``.
+        The worker opens its store on its first note (the first tick), so before a
+        tick there is nothing to wait for.
         """
         runtime = self.runtime
         if runtime is None:
             return True
-        worker = runtime.worker
-        deadline = time.monotonic() + timeout
-        while worker.reporter is None and time.monotonic() < deadline:
-            time.sleep(0.001)
-        return bool(worker.wait_idle(max(0.0, deadline - time.monotonic())))
+        return bool(runtime.worker.wait_idle(timeout))
 
     def boot(self, inventory: Inventory | None = None, timeout: float = 30.0) -> None:
         """The contract's order: startup, inventory sync, first tick; then wait for the worker."""
