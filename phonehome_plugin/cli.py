@@ -162,6 +162,7 @@ def _state_status(args: argparse.Namespace, interval: int) -> tuple[dict[str, An
                 "last_report": _describe_event(last[0]) if last else None,
                 "outbox": f"{len(pending)} report(s), {sum(len(p.body) for p in pending)} bytes",
                 "next_periodic": view.next_periodic(interval),
+                **_delivery_status(view),
             }, None
         finally:
             view.close()
@@ -169,6 +170,18 @@ def _state_status(args: argparse.Namespace, interval: int) -> tuple[dict[str, An
         return {"instance_id": None, "state": str(error)}, str(error)
     except NoStateError as error:
         return {"instance_id": None, "state": str(error)}, None
+
+
+def _delivery_status(view: Any) -> dict[str, Any]:
+    """Whether sending is held back after failures, and until when (host clock)."""
+    from phonehome_plugin.state_view import stamp
+
+    failures = int(view.kv("delivery.consecutive_failures") or 0)
+    not_before = float(view.kv("delivery.not_before") or 0)
+    return {
+        "failures": f"{failures} failed send series in a row" if failures else None,
+        "next_retry": stamp(not_before) if failures and not_before else None,
+    }
 
 
 def _describe_event(event: Mapping[str, Any]) -> str:

@@ -213,7 +213,7 @@ def _runner(
             return
         try:
             outcome: Any = collector.collect()
-        except Exception as error:
+        except BaseException as error:  # SystemExit too: it must not end the runner unseen
             outcome = error
         run.finished.add(name)
         if run.cancelled:

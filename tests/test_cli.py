@@ -137,10 +137,12 @@ def test_status_json_carries_the_same_facts(installation: Installation) -> None:
         "last_report",
         "outbox",
         "next_periodic",
+        "failures",
+        "next_retry",
     }
     shown = readable(text)
     for key, value in info.items():
-        assert shown[key.replace("_", " ")] == str(value)
+        assert shown[key.replace("_", " ")] == ("-" if value is None else str(value))
 
 
 def test_status_names_the_switch_that_turned_telemetry_off(
@@ -251,12 +253,17 @@ def test_preview_is_byte_for_byte_the_body_the_receiver_gets_next(
         # A terminal that cannot print the body's non-ASCII still gets its exact bytes.
         env = {**cli_env, "PYTHONIOENCODING": "ascii"}
         preview = run_cli(["preview", "--data-dir", str(data)], tmp_path, env)
+        status = run_cli(["status", "--json", "--data-dir", str(data)], tmp_path, cli_env)
         waiting = len(traffic.bodies)
         traffic.status = 202
         host.tick(180)
         settle(host)
 
     assert preview.code == cli.OK, preview.stderr
+    held = json.loads(status.stdout)
+    assert held["failures"] == "1 failed send series in a row"
+    assert held["next_retry"] >= "2026-03-02T08:02:00Z", "Retry-After 120 s is honoured"
+    assert held["outbox"].startswith("1 report(s)")
     assert preview.stdout.endswith(b"\n")
     assert traffic.bodies[waiting] == preview.stdout[:-1]
     assert "München".encode() in preview.stdout
