@@ -105,10 +105,10 @@ def load_config(path: str) -> Mapping[str, Any]:
 
 def _read(args: argparse.Namespace, query: Callable[[Any], T]) -> T:
     """Run ``query(view)`` on the state file; any failure to read it is a :class:`ProblemError`."""
-    from phonehome_plugin.state_view import NoStateError, StateView
+    from phonehome_plugin.state_view import NoStateError, open_view
 
     try:
-        view = StateView(Path(args.data_dir).expanduser())
+        view = open_view(Path(args.data_dir).expanduser(), _state_url(args))
         try:
             return query(view)
         finally:
@@ -149,11 +149,11 @@ def _state_status(args: argparse.Namespace, interval: int) -> tuple[dict[str, An
         BrokenStateError,
         NoDataDirError,
         NoStateError,
-        StateView,
+        open_view,
     )
 
     try:
-        view = StateView(Path(args.data_dir).expanduser())
+        view = open_view(Path(args.data_dir).expanduser(), _state_url(args))
         try:
             pending = view.pending()
             last = view.history(1)
@@ -170,6 +170,16 @@ def _state_status(args: argparse.Namespace, interval: int) -> tuple[dict[str, An
         return {"instance_id": None, "state": str(error)}, str(error)
     except NoStateError as error:
         return {"instance_id": None, "state": str(error)}, None
+
+
+def _state_url(args: argparse.Namespace) -> str | None:
+    """``modules.phonehome.state_url`` from config.yaml, if it is set and valid."""
+    from phonehome_plugin.config import ConfigError, parse, section_of
+
+    try:
+        return parse(section_of(load_config(args.config))).state_url
+    except ConfigError:
+        return None
 
 
 def _delivery_status(view: Any) -> dict[str, Any]:

@@ -89,12 +89,14 @@ class StateView:
         )
         return [Pending(r[0], r[1], r[2], r[3], bytes(r[4]), r[5], r[6]) for r in rows]
 
+    # rowid, not id: a file the plugin has not opened since history got its id
+    # column has none, and in one that has, id is the rowid.
+    _HISTORY_ORDER = "rowid"
+
     def history(self, limit: int) -> list[dict[str, Any]]:
         rows = self._rows(
             "SELECT report_id, sequence, trigger, at, result, detail FROM history "
-            # rowid, not id: a file the plugin has not opened since history got its
-            # id column has none, and in one that has, id is the rowid.
-            "ORDER BY rowid DESC LIMIT ?",
+            f"ORDER BY {self._HISTORY_ORDER} DESC LIMIT ?",
             (limit,),
         )
         keys = ("report_id", "sequence", "trigger", "at", "result", "detail")
@@ -105,6 +107,58 @@ class StateView:
         if instance_id is None or last is None or not last.lstrip("-").isdigit():
             return None
         return stamp(schedule.periodic_due_at(int(last), instance_id, interval))
+
+
+class PgStateView(StateView):
+    """The same queries over an installation's PostgreSQL state (``state_url``), read-only."""
+
+    _HISTORY_ORDER = "id"
+
+    def __init__(self, state_url: str) -> None:
+        from phonehome_plugin.switch import without_credentials
+
+        self.where = without_credentials(state_url)
+        try:
+            import psycopg
+        except ImportError as error:
+            raise BrokenStateError(
+                "state_url is set but psycopg is not installed: "
+                "pip install 'maestrohub-phonehome[postgres]'"
+            ) from error
+        try:
+            self.pg = psycopg.connect(state_url, autocommit=True, connect_timeout=5)
+            self.pg.read_only = True
+        except psycopg.Error as error:
+            raise BrokenStateError(f"cannot read {self.where}: {_first_line(error)}") from error
+        try:
+            self._rows("SELECT count(*) FROM kv")
+        except NoStateError:
+            self.pg.close()
+            raise
+
+    def close(self) -> None:
+        self.pg.close()
+
+    def _rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        import psycopg
+
+        try:
+            with self.pg.cursor() as cursor:
+                cursor.execute(sql.replace("?", "%s"), params)
+                return cursor.fetchall()
+        except psycopg.Error as error:
+            raise BrokenStateError(f"cannot read {self.where}: {_first_line(error)}") from error
+
+
+def _first_line(error: Exception) -> str:
+    """PostgreSQL errors carry hints on further lines; operators get one line."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def open_view(data_dir: Path, state_url: str | None) -> StateView:
+    """The view of the installation's state: PostgreSQL when configured, else the file."""
+    return PgStateView(state_url) if state_url else StateView(data_dir)
 
 
 def stamp(epoch: float) -> str:

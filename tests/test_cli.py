@@ -20,6 +20,7 @@ from pathlib import Path
 
 import operator_support
 import pytest
+import yaml
 from e2e_support import START, settle
 from operator_support import (
     CountingServer,
@@ -543,3 +544,40 @@ def test_looking_at_a_running_installation_changes_nothing(
         host.create_user("admin@example.com")
         settle(host)
         assert len(pending_bodies(data)) == 2, "the plugin writes on after being looked at"
+
+
+# PostgreSQL state (state_url) ---------------------------------------------------------
+
+
+@pytest.mark.postgres
+def test_the_commands_read_an_installation_kept_in_postgresql(
+    counting_server: CountingServer, tmp_path: Path, pg_url: str
+) -> None:
+    section = phonehome_section(counting_server, mode="offline", state_url=pg_url)
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(config_of(section)), "utf-8")
+    data = tmp_path / "data"
+    with running(make(config_of(section), data)) as host:
+        host.tick()
+        settle(host)
+    assert not (data / FILENAME).exists(), "the state lives in PostgreSQL, not the data dir"
+
+    code, raw = call("status", "--json", "--config", str(config), "--data-dir", str(data))
+    assert code == cli.OK
+    info = json.loads(raw)
+    assert info["instance_id"] and info["outbox"].startswith("1 report(s)")
+    out = tmp_path / "pending.jsonl"
+    assert call("export", str(out), "--config", str(config), "--data-dir", str(data))[0] == 0
+    [body] = out.read_bytes().splitlines()
+    assert json.loads(body)["trigger"] == "startup"
+    assert pg_url.split("@")[0] not in raw  # no credentials of the URL are echoed
+
+
+def test_an_unreachable_state_url_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    url = "postgresql://phonehome:s3cret@127.0.0.1:9/phonehome"
+    config.write_text(yaml.safe_dump({"modules": {"phonehome": {"state_url": url}}}), "utf-8")
+    done = run_cli(["history", "--config", str(config)], tmp_path)
+    assert done.code == cli.PROBLEM
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "s3cret" not in done.stderr and "127.0.0.1:9" in done.stderr
