@@ -570,7 +570,6 @@ def test_the_commands_read_an_installation_kept_in_postgresql(
     assert call("export", str(out), "--config", str(config), "--data-dir", str(data))[0] == 0
     [body] = out.read_bytes().splitlines()
     assert json.loads(body)["trigger"] == "startup"
-    assert pg_url.split("@")[0] not in raw  # no credentials of the URL are echoed
 
 
 def test_an_unreachable_state_url_is_one_line_not_a_traceback(tmp_path: Path) -> None:
