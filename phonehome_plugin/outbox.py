@@ -146,15 +146,6 @@ class Outbox:
             )
         )
 
-    def defer(self, report_id: str, not_before: float) -> None:
-        """Count a failed attempt and hold the report back until ``not_before``."""
-        self.store.run(
-            lambda c: c.execute(
-                "UPDATE outbox SET attempts = attempts + 1, not_before = ? WHERE report_id=?",
-                (not_before, report_id),
-            )
-        )
-
     def gate(self) -> float:
         """Host-clock time before which the sender tries nothing (0 when open)."""
         return float(self.store.get(GATE_KEY) or 0.0)
