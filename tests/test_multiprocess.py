@@ -236,8 +236,10 @@ def test_a_process_killed_mid_send_leaves_its_report_to_another_exactly_once(
         finally:
             installation.stop()
     assert held.key is not None
-    assert dict(server.accepted) == {held.key: 1}
+    # A periodic report may fall due too, depending on the installation's offset.
+    assert server.accepted[held.key] == 1
     assert sum(server.duplicates.values()) == 0
-    [report] = server.reports.values()
-    assert report["trigger"] == "startup"
-    assert len(server.requests) == 2  # the victim's stalled POST and one delivery
+    startups = [r for r in server.reports.values() if r["trigger"] == "startup"]
+    assert [r["report_id"] for r in startups] == [held.key]
+    # The victim's stalled POST and exactly one delivery by another process.
+    assert [r.key for r in server.requests].count(held.key) == 2
