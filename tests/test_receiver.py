@@ -160,13 +160,17 @@ def test_requests_out_of_contract_are_refused(
 
 def test_a_body_without_content_length_is_411(receiver: Receiver) -> None:
     parts = urlsplit(receiver.url)
-    conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=10)
-    try:
-        headers = {"Content-Type": "application/json", "Idempotency-Key": "k"}
-        conn.request("POST", parts.path, body=iter([b"{}"]), headers=headers, encode_chunked=True)
-        assert conn.getresponse().status == 411
-    finally:
-        conn.close()
+    # The whole chunked request in one write: the receiver may answer (and close)
+    # as soon as it has read the headers, which must not break the sending side.
+    request = (
+        f"POST {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+        "Content-Type: application/json\r\nIdempotency-Key: k\r\n"
+        "Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n"
+    ).encode()
+    with socket.create_connection((parts.hostname or "", parts.port or 80), timeout=10) as sock:
+        sock.sendall(request)
+        status_line = sock.makefile("rb").readline()
+    assert status_line.split()[1] == b"411"
 
 
 def test_fail_next_answers_without_storing_then_accepts(receiver: Receiver) -> None:
