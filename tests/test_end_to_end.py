@@ -127,7 +127,7 @@ def test_a_life_with_a_restart(
     tick(second)
     second.create_user("second@example.com")
     more = second.run_executions(500, ("completed", "failed"))
-    second.run_for(3600, step=600)
+    second.run_for(2 * 3600, step=600)  # always past the next slot and its jitter
     settle(second)
     second.shutdown()
 
@@ -156,7 +156,7 @@ def test_exact_totals_from_eight_threads(endpoint: Endpoint, tmp_path: Path) -> 
     emitted = host.run_executions(
         100_000, ("completed", "failed", "cancelled", "completed_with_errors"), threads=8
     )
-    host.run_for(3600, step=600)
+    host.run_for(2 * 3600, step=600)  # always past the next slot and its jitter
     settle(host)
     latest = endpoint.by_trigger("periodic")[-1]
     assert latest["executions"]["total"] == 100_000
@@ -252,7 +252,7 @@ def test_nothing_but_the_allowlist_reaches_a_report_or_the_disk(
     tick(host)
     host.create_user("admin@example.com")
     settle(host)
-    host.run_for(3600, step=600)
+    host.run_for(2 * 3600, step=600)  # always past the next slot and its jitter
     settle(host)
     host.shutdown()
 
