@@ -138,14 +138,6 @@ class Outbox:
         )
         return [_entry(row) for row in rows]
 
-    def remove(self, report_id: str) -> bool:
-        """Forget a delivered (or finally rejected) report; False if it was already gone."""
-        return bool(
-            self.store.run(
-                lambda c: c.execute("DELETE FROM outbox WHERE report_id=?", (report_id,)).rowcount
-            )
-        )
-
     def gate(self) -> float:
         """Host-clock time before which the sender tries nothing (0 when open)."""
         return float(self.store.get(GATE_KEY) or 0.0)
@@ -215,6 +207,15 @@ class Outbox:
             c.execute("DELETE FROM outbox WHERE report_id = ?", (entry.report_id,))
             _open_gate(c)
             add_counters(c, counts)
+            history.append(c, event)
+
+        self.store.run(work)
+
+    def logged(self, entry: Entry, event: history.Event) -> None:
+        """Mode ``log``: the report was logged instead of sent; forget and record it."""
+
+        def work(c: Conn) -> None:
+            c.execute("DELETE FROM outbox WHERE report_id = ?", (entry.report_id,))
             history.append(c, event)
 
         self.store.run(work)

@@ -252,7 +252,6 @@ class Worker:
             outbox = self.sender.outbox
             for entry in outbox.due(now.timestamp()):
                 log.warning("phonehome: mode log, report not sent: %s", entry.body.decode())
-                outbox.remove(entry.report_id)
                 event = history.Event(
                     entry.report_id,
                     entry.sequence,
@@ -261,7 +260,7 @@ class Worker:
                     "logged",
                     "mode log",
                 )
-                history.record(outbox.store, event)
+                outbox.logged(entry, event)  # one transaction: no crash can split the two
 
     def _plan(self, now: datetime) -> None:
         assert self.reporter is not None and self.sender is not None
