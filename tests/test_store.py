@@ -380,39 +380,6 @@ def test_next_sequence_interleaves_across_two_connections(tmp_path: Path, store:
     other.close()
 
 
-def _sequences(data_dir: Path, count: int, out: Connection) -> None:
-    opened = open_store(data_dir)
-    out.send([opened.next_sequence() for _ in range(count)])
-    opened.close()
-
-
-def test_next_sequence_is_unique_across_processes_and_threads(
-    tmp_path: Path, store: Store
-) -> None:
-    got: list[int] = []
-    lock = threading.Lock()
-
-    def in_thread() -> None:
-        values = [store.next_sequence() for _ in range(50)]
-        with lock:
-            got.extend(values)
-
-    pipes = [FORK.Pipe(duplex=False) for _ in range(3)]
-    children = [FORK.Process(target=_sequences, args=(tmp_path, 50, w)) for _, w in pipes]
-    threads = [threading.Thread(target=in_thread) for _ in range(2)]
-    for child in children:
-        child.start()
-    for thread in threads:
-        thread.start()
-    for (reader, _), child in zip(pipes, children, strict=True):
-        got.extend(reader.recv())
-        child.join(10)
-        assert child.exitcode == 0
-    for thread in threads:
-        thread.join(10)
-    assert sorted(got) == list(range(1, 251))
-
-
 # Forks -----------------------------------------------------------------------------
 
 
