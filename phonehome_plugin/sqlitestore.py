@@ -19,8 +19,10 @@ did not end in time before the fork carries on in memory there.
 from __future__ import annotations
 
 import logging
+import random
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -38,6 +40,11 @@ T = TypeVar("T")
 # busy, a constraint, or a bug in a statement): permission, read-only, I/O error,
 # corrupt, full, cannot open, large-file support, not a database.
 _FILE_FAILURES = frozenset({3, 8, 10, 11, 13, 14, 22, 26})
+
+# Seconds one statement waits for another process's lock.
+_BUSY_TIMEOUT = 5.0
+# Seconds opening the file keeps trying while other processes hold it (see _open_file).
+_OPEN_PATIENCE = 30.0
 
 
 def file_failed(error: sqlite3.Error) -> bool:
@@ -91,7 +98,7 @@ class SqliteStore(Store):
         )
         memory = _connect(":memory:")
         with suppress(sqlite3.Error):
-            self.conn.backup(memory)
+            _copy_into(memory, self.conn)
         prepare(memory)
         _close_quietly(self.conn)
         self.conn, self.memory = memory, True
@@ -176,7 +183,7 @@ def open_sqlite_store(data_dir: Path | None) -> Store:
     path = Path(data_dir) / FILENAME
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        return _file_store(path)
+        return _open_file(path)
     except sqlite3.DatabaseError as error:
         code = getattr(error, "sqlite_errorcode", 0) & 0xFF
         if code in (11, 26) or "not a database" in str(error) or "malformed" in str(error):
@@ -185,6 +192,30 @@ def open_sqlite_store(data_dir: Path | None) -> Store:
     except OSError as error:
         log.warning("phonehome: cannot use %s (%s); keeping state in memory", path, error)
     return memory_store(copy_of=path)
+
+
+def _busy(error: sqlite3.Error) -> bool:
+    return (getattr(error, "sqlite_errorcode", 0) & 0xFF) in (5, 6)
+
+
+def _open_file(path: Path, patience: float | None = None) -> SqliteStore:
+    """The file store, waiting out other processes that hold the file meanwhile.
+
+    Processes of one start open the file together, and switching a new file to WAL
+    answers "database is locked" at once, without calling the busy handler. A
+    process that gave up and kept its state in memory would report as a second
+    installation, so busy is retried here, on the worker thread, for a while.
+    """
+    deadline = time.monotonic() + (_OPEN_PATIENCE if patience is None else patience)
+    pause = 0.005
+    while True:
+        try:
+            return _file_store(path)
+        except sqlite3.OperationalError as error:
+            if not _busy(error) or time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause * (0.5 + random.random()))
+        pause = min(pause * 2, 0.25)
 
 
 def _file_store(path: Path) -> SqliteStore:
@@ -224,7 +255,7 @@ def _recover_corrupt(path: Path, error: Exception) -> Store:
         )
         return memory_store()
     try:
-        return _file_store(path)
+        return _open_file(path)
     except (OSError, sqlite3.DatabaseError) as again:
         log.warning("phonehome: cannot create %s (%s); keeping state in memory", path, again)
         return memory_store()
@@ -238,9 +269,11 @@ def memory_store(copy_of: Path | None = None) -> SqliteStore:
         # immutable (no locks, last checkpoint): a best-effort copy either way.
         for mode in ("mode=ro", "immutable=1"):
             try:
-                source = sqlite3.connect(f"{copy_of.resolve().as_uri()}?{mode}", uri=True)
+                source = sqlite3.connect(
+                    f"{copy_of.resolve().as_uri()}?{mode}", uri=True, timeout=_BUSY_TIMEOUT
+                )
                 try:
-                    source.backup(store.conn)
+                    _copy_into(store.conn, source)
                 finally:
                     source.close()
                 break
@@ -250,9 +283,24 @@ def memory_store(copy_of: Path | None = None) -> SqliteStore:
     return store
 
 
+def _copy_into(memory: sqlite3.Connection, source: sqlite3.Connection) -> None:
+    """Replace the database of ``memory`` by a copy of ``source``'s.
+
+    Not ``Connection.backup``: it retries a source locked by another process
+    forever, where reading an image gives up after the busy timeout.
+    """
+    image = bytearray(source.serialize())
+    if len(image) > 19 and image[18] == 2:
+        # A WAL file's header; memory has no WAL, so mark the copy as a journal one.
+        image[18] = image[19] = 1
+    memory.deserialize(bytes(image))
+
+
 def _connect(target: str) -> sqlite3.Connection:
-    conn = sqlite3.connect(target, timeout=5.0, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA busy_timeout=5000")
+    conn = sqlite3.connect(
+        target, timeout=_BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
+    )
+    conn.execute(f"PRAGMA busy_timeout={int(_BUSY_TIMEOUT * 1000)}")
     conn.execute("PRAGMA synchronous=NORMAL")
     return conn
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from phonehome_plugin import sqlitestore
 from phonehome_plugin import store as store_module
 from phonehome_plugin.config import OutboxLimits
 from phonehome_plugin.outbox import Entry, Outbox
@@ -313,6 +314,86 @@ def test_a_busy_database_is_an_error_for_the_caller_not_a_move_to_memory(
     store.set("k", "v")
     assert store.get("k") == "v"
     assert warnings_of(caplog) == []
+
+
+def test_a_new_file_locked_by_another_process_is_waited_for_not_left_for_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    other = sqlite3.connect(tmp_path / FILENAME, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    pauses: list[float] = []
+
+    def pause(seconds: float) -> None:  # the other process finishes while we wait
+        pauses.append(seconds)
+        if other.in_transaction:
+            other.execute("COMMIT")
+
+    monkeypatch.setattr(sqlitestore, "_BUSY_TIMEOUT", 0.05)
+    monkeypatch.setattr(sqlitestore.time, "sleep", pause)
+    opened = open_store(tmp_path)
+    other.close()
+    try:
+        assert len(pauses) == 1
+        assert not opened.memory
+        opened.set("k", "v")
+        assert opened.get("k") == "v"
+    finally:
+        opened.close()
+    assert warnings_of(caplog) == []
+
+
+def test_a_file_locked_past_patience_means_memory_without_hanging(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The copy into memory must give up on a locked file too (a backup would not)."""
+    seeded = open_store(tmp_path)
+    seeded.set("instance_id", "abc")
+    seeded.close()
+    other = sqlite3.connect(tmp_path / FILENAME, isolation_level=None)
+    other.execute("PRAGMA journal_mode=DELETE")
+    other.execute("BEGIN EXCLUSIVE")
+    other.execute("INSERT INTO kv (key, value) VALUES ('x', 'y')")
+    monkeypatch.setattr(sqlitestore, "_BUSY_TIMEOUT", 0.02)
+    monkeypatch.setattr(sqlitestore, "_OPEN_PATIENCE", 0.0)
+    try:
+        opened = open_store(tmp_path)
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert opened.memory
+    opened.set("k", "v")
+    assert opened.get("k") == "v"
+    opened.close()
+    assert [w for w in warnings_of(caplog) if "locked" in w] != []
+
+
+def _open_at_once(data_dir: Path, gate: Any, out: Connection) -> None:
+    gate.wait()
+    opened = open_store(data_dir)
+    out.send(opened.memory)
+    opened.close()
+
+
+def test_processes_opening_a_new_file_together_all_use_the_file(tmp_path: Path) -> None:
+    """Processes of one start open the state file at the same moment; one left in
+    memory would report as a second installation."""
+    in_memory = 0
+    for round_ in range(40):
+        data_dir = tmp_path / f"round{round_}"
+        gate = FORK.Barrier(6)
+        reader, writer = FORK.Pipe(duplex=False)
+        children = [
+            FORK.Process(target=_open_at_once, args=(data_dir, gate, writer)) for _ in range(6)
+        ]
+        for child in children:
+            child.start()
+        for _ in children:
+            assert reader.poll(30), "a child died or hung"
+            in_memory += reader.recv()
+        for child in children:
+            child.join(10)
+            assert child.exitcode == 0
+    assert in_memory == 0
 
 
 def test_a_bug_in_a_statement_is_raised_not_hidden_in_memory(store: Store) -> None:
