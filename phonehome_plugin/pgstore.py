@@ -176,7 +176,7 @@ class _BrokenError(Exception):
 def open_pg_store(url: str) -> Store:
     """The store at ``url``, with its tables; a memory store (one warning) when the
     database cannot be used now: psycopg missing, server unreachable, no access."""
-    from phonehome_plugin.sqlitestore import memory_store
+    from phonehome_plugin.sqliteopen import memory_store
     from phonehome_plugin.switch import without_credentials
 
     where = without_credentials(url) if "://" in url else "the configured state_url"

@@ -221,6 +221,6 @@ def open_store(data_dir: Path | None, state_url: str | None = None) -> Store:
         from phonehome_plugin.pgstore import open_pg_store
 
         return open_pg_store(state_url)
-    from phonehome_plugin.sqlitestore import open_sqlite_store
+    from phonehome_plugin.sqliteopen import open_sqlite_store
 
     return open_sqlite_store(data_dir)

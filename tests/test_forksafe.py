@@ -1,0 +1,132 @@
+"""Fork safety of the state stores, on real SQLite files and real forked children:
+a fork waits for a transaction to end, or leaves the child in memory when it does not."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+import pytest
+from sqlite_support import FORK, integrity
+
+from phonehome_plugin import forksafe
+from phonehome_plugin import store as store_module
+from phonehome_plugin.store import Store, open_store
+
+
+@contextmanager
+def _inside_a_transaction(store: Store) -> Iterator[threading.Event]:
+    """A thread of this process inside a write transaction on ``store`` until the
+    yielded event is set (at the latest when the block ends)."""
+    inside, release = threading.Event(), threading.Event()
+
+    def slow(c: sqlite3.Connection) -> None:
+        c.execute(store_module._UPSERT_ADD, ("sequence", 1))
+        inside.set()
+        release.wait(10)
+
+    writer = threading.Thread(target=store.run, args=(slow,))
+    writer.start()
+    try:
+        assert inside.wait(5)
+        yield release
+    finally:
+        release.set()
+        writer.join(5)
+
+
+def _child_after_fork(store: Store, data_dir: Path, out: Connection) -> None:
+    began = time.monotonic()
+    inherited = store.next_sequence()
+    own = open_store(data_dir)
+    fresh = own.next_sequence()
+    out.send(
+        {
+            "inherited": inherited,
+            "fresh": fresh,
+            "memory": store.memory or own.memory,
+            "seconds": time.monotonic() - began,
+        }
+    )
+
+
+def test_a_fork_during_a_transaction_hands_the_child_no_held_lock(
+    tmp_path: Path, store: Store
+) -> None:
+    assert store.next_sequence() == 1
+    with _inside_a_transaction(store) as release:
+        threading.Timer(0.2, release.set).start()
+        reader, sender = FORK.Pipe(duplex=False)
+        child = FORK.Process(target=_child_after_fork, args=(store, tmp_path, sender))
+        child.start()  # waits in os.fork() until the transaction has ended
+        assert reader.poll(10), "the child hung on a lock it inherited"
+        found = reader.recv()
+        child.join(5)
+    assert child.exitcode == 0
+    assert found["memory"] is False
+    assert found["seconds"] < 2.0
+    # The parent's transaction committed before the fork; the child counted on from it.
+    assert (found["inherited"], found["fresh"]) == (3, 4)
+    # The parent is unharmed and sees the child's writes.
+    assert store.next_sequence() == 5
+
+
+def test_a_fork_keeps_memory_state_in_the_child(tmp_path: Path) -> None:
+    memory = open_store(None)
+    memory.set("k", "v")
+    reader, sender = FORK.Pipe(duplex=False)
+
+    def child() -> None:
+        sender.send((memory.get("k"), memory.next_sequence(), memory.memory))
+
+    process = FORK.Process(target=child)
+    process.start()
+    assert reader.poll(10)
+    assert reader.recv() == ("v", 1, True)
+    process.join(5)
+    assert process.exitcode == 0
+
+
+class _Seen(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_a_transaction_outlasting_the_fork_wait_leaves_the_child_in_memory(
+    tmp_path: Path, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The child must never use a connection a parent thread was inside: it keeps its
+    state in memory instead, says so once, and the parent's transaction is unharmed."""
+    monkeypatch.setattr(forksafe, "FORK_WAIT", 0.05)
+    seen = _Seen()  # copied into the child with the fork: it hears the child's warning
+    logging.getLogger("phonehome_plugin").addHandler(seen)
+    reader, sender = FORK.Pipe(duplex=False)
+
+    def child() -> None:
+        sender.send((store.memory, store.next_sequence(), seen.messages))
+
+    try:
+        with _inside_a_transaction(store):
+            process = FORK.Process(target=child)
+            process.start()
+            assert reader.poll(10), "the child hung on the parent's transaction"
+            memory, sequence, warnings = reader.recv()
+            process.join(5)
+    finally:
+        logging.getLogger("phonehome_plugin").removeHandler(seen)
+    assert process.exitcode == 0
+    assert (memory, sequence) == (True, 1)
+    assert len([w for w in warnings if "forked during a write" in w]) == 1, warnings
+    assert not store.memory
+    assert store.next_sequence() == 2  # the parent's transaction committed after the fork
+    assert integrity(tmp_path / store_module.FILENAME) == "ok"

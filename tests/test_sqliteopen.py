@@ -1,0 +1,264 @@
+"""Opening the SQLite state file: a missing, read-only, full or corrupt data dir,
+processes opening it together, and a file another process holds."""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import sqlite3
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlite_support import FORK, integrity, run_child, warnings_of
+
+from phonehome_plugin import sqliteopen, sqlitestore
+from phonehome_plugin.config import OutboxLimits
+from phonehome_plugin.outbox import Entry, Outbox
+from phonehome_plugin.store import FILENAME, Store, open_store
+
+# Opening ---------------------------------------------------------------------------------
+
+
+def test_a_writable_data_dir_gets_a_wal_file(tmp_path: Path, store: Store) -> None:
+    assert not store.memory
+    assert store.path == tmp_path / FILENAME
+    mode = store.run(lambda c: c.execute("PRAGMA journal_mode").fetchone()[0])
+    assert mode == "wal"
+    store.set("k", "v")
+    store.close()
+    reopened = open_store(tmp_path)
+    assert reopened.get("k") == "v"
+    reopened.close()
+
+
+def test_a_missing_data_dir_is_created_when_its_parent_allows(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    target = tmp_path / "not" / "yet"
+    opened = open_store(target)
+    assert not opened.memory
+    assert (target / FILENAME).is_file()
+    assert warnings_of(caplog) == []
+    opened.close()
+
+
+def test_a_data_dir_that_cannot_exist_means_memory_with_one_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    opened = open_store(blocker / "data")
+    assert opened.memory
+    assert len(warnings_of(caplog)) == 1
+    # Memory is a full store: every operation works.
+    assert opened.next_sequence() == 1
+    assert opened.claim("k", "me", 0.0, 60.0)
+    opened.add({"delivery.failed": 2})
+    assert opened.take("delivery.") == {"failed": 2}
+    opened.close()
+
+
+def test_no_data_dir_at_all_means_memory(caplog: pytest.LogCaptureFixture) -> None:
+    opened = open_store(None)
+    assert opened.memory and opened.instance_id()
+    assert warnings_of(caplog) == []
+
+
+def read_only(data_dir: Path) -> dict[str, Any]:
+    store = open_store(data_dir)
+    outbox = Outbox(store, OutboxLimits())
+    outbox.put(Entry("r-new", store.next_sequence(), "periodic", 1.0, b"{}"), 1.0)
+    return {
+        "memory": store.memory,
+        "instance_id": store.instance_id(),
+        "pending": [e.report_id for e in outbox.pending()],
+    }
+
+
+def test_a_read_only_data_dir_means_memory_with_one_warning(shared_dir: Path) -> None:
+    data_dir = shared_dir / "data"
+    data_dir.mkdir(mode=0o555)
+    data_dir.chmod(0o555)
+    result = run_child(read_only, data_dir, unprivileged=True)
+    assert result["memory"] is True
+    assert len(result["warnings"]) == 1, result["warnings"]
+    assert result["pending"] == ["r-new"]
+    assert list(data_dir.iterdir()) == []
+
+
+def test_a_read_only_data_dir_with_state_keeps_that_state_in_memory(shared_dir: Path) -> None:
+    data_dir = shared_dir / "data"
+    data_dir.mkdir()
+    before = open_store(data_dir)
+    instance_id = before.instance_id()
+    Outbox(before, OutboxLimits()).put(
+        Entry("r-old", before.next_sequence(), "startup", 0.0, b"{}"), 0.0
+    )
+    before.close()
+    for path in data_dir.iterdir():
+        path.chmod(0o444)
+    data_dir.chmod(0o555)
+    result = run_child(read_only, data_dir, unprivileged=True)
+    assert result["memory"] is True
+    assert len(result["warnings"]) == 1, result["warnings"]
+    assert result["instance_id"] == instance_id
+    assert result["pending"] == ["r-old", "r-new"]
+    data_dir.chmod(0o755)
+    assert integrity(data_dir / FILENAME) == "ok"
+
+
+def full_at_open(data_dir: Path) -> dict[str, Any]:
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
+    store = open_store(data_dir)
+    return {"memory": store.memory, "sequence": store.next_sequence()}
+
+
+def test_a_full_disk_at_open_means_memory_with_one_warning(shared_dir: Path) -> None:
+    result = run_child(full_at_open, shared_dir / "data")
+    assert result["memory"] is True
+    assert result["sequence"] == 1
+    assert len(result["warnings"]) == 1, result["warnings"]
+
+
+# Corrupt files ---------------------------------------------------------------------
+
+
+def _garbage(path: Path) -> None:
+    path.write_bytes(os.urandom(64 * 1024))
+
+
+def _bad_pages(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    page = int.from_bytes(data[16:18], "big") or 65536
+    data[page : len(data) - page] = b"\xa5" * (len(data) - 2 * page)
+    path.write_bytes(bytes(data))
+
+
+def _truncated(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 3])
+
+
+@pytest.mark.parametrize("damage", [_garbage, _bad_pages, _truncated])
+def test_a_corrupt_file_is_moved_aside_and_replaced(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, damage: Callable[[Path], None]
+) -> None:
+    first = open_store(tmp_path)
+    old_id = first.instance_id()
+    for n in range(400):
+        first.set(f"filler.{n}", "x" * 200)
+    first.close()
+    path = tmp_path / FILENAME
+    assert not (tmp_path / f"{FILENAME}-wal").exists()
+    damage(path)
+    damaged = path.read_bytes()
+
+    fresh = open_store(tmp_path)
+
+    assert not fresh.memory
+    aside = sorted(tmp_path.glob(f"{FILENAME}.corrupt-" + "[0-9a-f]" * 8))
+    assert len(aside) == 1
+    assert aside[0].read_bytes() == damaged  # moved, not deleted or rewritten
+    assert fresh.instance_id() != old_id
+    assert integrity(path) == "ok"
+    assert len(warnings_of(caplog)) == 1
+    fresh.close()
+
+
+def test_a_corrupt_files_sidecars_move_with_it(tmp_path: Path) -> None:
+    path = tmp_path / FILENAME
+    _garbage(path)
+    (tmp_path / f"{FILENAME}-wal").write_bytes(b"old wal")
+    fresh = open_store(tmp_path)
+    aside = next(tmp_path.glob(f"{FILENAME}.corrupt-" + "[0-9a-f]" * 8))
+    assert Path(f"{aside}-wal").read_bytes() == b"old wal"
+    assert not fresh.memory
+    fresh.close()
+
+
+# Another process holding the file ------------------------------------------------
+
+
+def test_a_new_file_locked_by_another_process_is_waited_for_not_left_for_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    other = sqlite3.connect(tmp_path / FILENAME, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    pauses: list[float] = []
+
+    def pause(seconds: float) -> None:  # the other process finishes while we wait
+        pauses.append(seconds)
+        if other.in_transaction:
+            other.execute("COMMIT")
+
+    monkeypatch.setattr(sqlitestore, "BUSY_TIMEOUT", 0.05)
+    monkeypatch.setattr(sqliteopen.time, "sleep", pause)
+    opened = open_store(tmp_path)
+    other.close()
+    try:
+        assert len(pauses) == 1
+        assert not opened.memory
+        opened.set("k", "v")
+        assert opened.get("k") == "v"
+    finally:
+        opened.close()
+    assert warnings_of(caplog) == []
+
+
+def test_a_file_locked_past_patience_means_memory_without_hanging(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The copy into memory must give up on a locked file too (a backup would not)."""
+    seeded = open_store(tmp_path)
+    seeded.set("instance_id", "abc")
+    seeded.close()
+    other = sqlite3.connect(tmp_path / FILENAME, isolation_level=None)
+    other.execute("PRAGMA journal_mode=DELETE")
+    other.execute("BEGIN EXCLUSIVE")
+    other.execute("INSERT INTO kv (key, value) VALUES ('x', 'y')")
+    monkeypatch.setattr(sqlitestore, "BUSY_TIMEOUT", 0.02)
+    monkeypatch.setattr(sqliteopen, "_OPEN_PATIENCE", 0.0)
+    try:
+        opened = open_store(tmp_path)
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert opened.memory
+    opened.set("k", "v")
+    assert opened.get("k") == "v"
+    opened.close()
+    assert [w for w in warnings_of(caplog) if "locked" in w] != []
+
+
+def _open_at_once(data_dir: Path, gate: Any, out: Connection) -> None:
+    gate.wait()
+    opened = open_store(data_dir)
+    out.send(opened.memory)
+    opened.close()
+
+
+def test_processes_opening_a_new_file_together_all_use_the_file(tmp_path: Path) -> None:
+    """Processes of one start open the state file at the same moment; one left in
+    memory would report as a second installation."""
+    in_memory = 0
+    for round_ in range(40):
+        data_dir = tmp_path / f"round{round_}"
+        gate = FORK.Barrier(6)
+        reader, writer = FORK.Pipe(duplex=False)
+        children = [
+            FORK.Process(target=_open_at_once, args=(data_dir, gate, writer)) for _ in range(6)
+        ]
+        for child in children:
+            child.start()
+        for _ in children:
+            assert reader.poll(30), "a child died or hung"
+            in_memory += reader.recv()
+        for child in children:
+            child.join(10)
+            assert child.exitcode == 0
+    assert in_memory == 0
