@@ -3,10 +3,10 @@
 Within one send series (one report, one overall deadline) tenacity retries
 connection errors, timeouts and 408, 425, 429, 500, 502, 503, 504, waiting
 exponential backoff with full jitter, or longer when ``Retry-After`` asks for
-it. Other 4xx answers are final: the report is dropped and counted. Any other
-answer (a redirect, which is never followed, or another 5xx such as 501) ends
-the series but keeps the report: it says the endpoint is misconfigured, not
-that the report is bad.
+it (:func:`retry_after` reads it off the answer). Other 4xx answers are final:
+the report is dropped and counted. Any other answer (a redirect, which is never
+followed, or another 5xx such as 501) ends the series but keeps the report: it
+says the endpoint is misconfigured, not that the report is bad.
 
 When a series fails, the report waits in the outbox until a not-before time on
 the host's clock (:func:`not_before`), which is stored and so survives restarts.
@@ -14,11 +14,12 @@ the host's clock (:func:`not_before`), which is stored and so survives restarts.
 
 from __future__ import annotations
 
+import email.utils
 import logging
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import tenacity
@@ -26,7 +27,16 @@ import tenacity
 from phonehome_plugin.policy import Policy
 from phonehome_plugin.transport import Answer
 
-__all__ = ["RETRY_STATUSES", "Answer", "Outcome", "Policy", "not_before", "send_series", "verdict"]
+__all__ = [
+    "RETRY_STATUSES",
+    "Answer",
+    "Outcome",
+    "Policy",
+    "not_before",
+    "retry_after",
+    "send_series",
+    "verdict",
+]
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +141,39 @@ def not_before(now: float, failures: int, interval: float, retry_after: float | 
     wait = min(float(interval), random.uniform(ceiling / 2, ceiling))
     asked = min(retry_after or 0.0, RETRY_AFTER_MAX)
     return now + max(wait, asked)
+
+
+def retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """Seconds asked for by ``Retry-After`` (delta seconds or an HTTP date), or None.
+
+    A date is measured against the answer's own ``Date`` header when it has a
+    valid one, so the two clocks that matter are the server's, not ours; else
+    against ``now`` (default: this machine's clock).
+    """
+    value = (headers.get("Retry-After") or "").strip()
+    if not value:
+        return None
+    if value.isascii() and value.isdigit():
+        return float(value)
+    until = _http_date(value)
+    if until is None:
+        return None
+    base = _http_date(headers.get("Date") or "")
+    if base is None:
+        base = time.time() if now is None else now
+    return max(0.0, until - base)
+
+
+def _http_date(value: str) -> float | None:
+    try:
+        moment = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if moment.tzinfo is None:  # "-0000": UTC, says RFC 5322
+        from datetime import UTC
+
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
 
 
 class _Deadline:

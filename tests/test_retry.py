@@ -1,5 +1,5 @@
-"""The retry policy: verdicts per status, one series under one deadline, and the
-host-clock wait between series."""
+"""The retry policy: verdicts per status, reading Retry-After, one series under one
+deadline, and the host-clock wait between series."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import itertools
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 
 import pytest
 from hypothesis import given
@@ -19,6 +21,7 @@ from phonehome_plugin.retry import (
     RETRY_AFTER_MAX,
     RETRY_STATUSES,
     not_before,
+    retry_after,
     send_series,
     verdict,
 )
@@ -83,6 +86,74 @@ def test_other_4xx_are_final(status: int) -> None:
 @pytest.mark.parametrize("status", [101, 301, 302, 304, 307, 308, 501, 505, 507, 511])
 def test_anything_else_keeps_the_report_without_retrying_now(status: int) -> None:
     assert verdict(Answer(status)) == "hold"
+
+
+# Reading Retry-After ----------------------------------------------------------------
+
+SERVER_NOW = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
+
+
+def http_date(moment: datetime) -> str:
+    return format_datetime(moment, usegmt=True)
+
+
+@pytest.mark.parametrize(
+    ("headers", "seconds"),
+    [
+        ({}, None),
+        ({"Retry-After": ""}, None),
+        ({"Retry-After": "120"}, 120.0),
+        ({"Retry-After": " 7 "}, 7.0),
+        ({"Retry-After": "0"}, 0.0),
+        ({"Retry-After": "-5"}, None),
+        ({"Retry-After": "1.5"}, None),
+        ({"Retry-After": "soon"}, None),
+        ({"Retry-After": "٣"}, None),  # an Arabic-Indic digit is not a delta-seconds
+        (
+            {
+                "Retry-After": http_date(SERVER_NOW + timedelta(minutes=5)),
+                "Date": http_date(SERVER_NOW),
+            },
+            300.0,
+        ),
+        (
+            {
+                "Retry-After": "Mon, 02 Mar 2026 08:02:00 GMT",
+                "Date": "Mon, 02 Mar 2026 08:00:00 GMT",
+            },
+            120.0,
+        ),
+        (
+            {
+                "Retry-After": "Monday, 02-Mar-26 08:01:00 GMT",
+                "Date": "Mon, 02 Mar 2026 08:00:00 GMT",
+            },
+            60.0,
+        ),
+        (
+            {"Retry-After": "Mon Mar  2 08:00:30 2026", "Date": "Mon, 02 Mar 2026 08:00:00 GMT"},
+            30.0,
+        ),
+        (
+            {
+                "Retry-After": http_date(SERVER_NOW - timedelta(hours=1)),
+                "Date": http_date(SERVER_NOW),
+            },
+            0.0,
+        ),
+    ],
+)
+def test_retry_after_reads_delta_seconds_and_http_dates(
+    headers: dict[str, str], seconds: float | None
+) -> None:
+    assert retry_after(headers) == seconds
+
+
+def test_an_http_date_without_a_date_header_is_measured_from_now() -> None:
+    headers = {"Retry-After": http_date(SERVER_NOW + timedelta(seconds=90))}
+    assert retry_after(headers, now=SERVER_NOW.timestamp()) == 90.0
+    bad_date = {**headers, "Date": "yesterday-ish"}
+    assert retry_after(bad_date, now=SERVER_NOW.timestamp()) == 90.0
 
 
 # One series ---------------------------------------------------------------------------

@@ -9,8 +9,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
-from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +30,7 @@ from faultservers import (
 from phonehome_plugin import __version__, retry
 from phonehome_plugin.config import Settings
 from phonehome_plugin.policy import Policy
-from phonehome_plugin.transport import GZIP_ABOVE, Answer, Transport, retry_after
+from phonehome_plugin.transport import GZIP_ABOVE, Answer, Transport
 
 NEVER = threading.Event()
 REPORT_ID = "01890a5d-ac96-774b-bcce-b302099a8057"
@@ -370,71 +368,6 @@ def test_a_dead_proxy_is_an_error(serve: Serve, tls: Tls) -> None:
 
 
 # Retry-After ---------------------------------------------------------------------------
-
-SERVER_NOW = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
-
-
-def http_date(moment: datetime) -> str:
-    return format_datetime(moment, usegmt=True)
-
-
-@pytest.mark.parametrize(
-    ("headers", "seconds"),
-    [
-        ({}, None),
-        ({"Retry-After": ""}, None),
-        ({"Retry-After": "120"}, 120.0),
-        ({"Retry-After": " 7 "}, 7.0),
-        ({"Retry-After": "0"}, 0.0),
-        ({"Retry-After": "-5"}, None),
-        ({"Retry-After": "1.5"}, None),
-        ({"Retry-After": "soon"}, None),
-        ({"Retry-After": "٣"}, None),  # an Arabic-Indic digit is not a delta-seconds
-        (
-            {
-                "Retry-After": http_date(SERVER_NOW + timedelta(minutes=5)),
-                "Date": http_date(SERVER_NOW),
-            },
-            300.0,
-        ),
-        (
-            {
-                "Retry-After": "Mon, 02 Mar 2026 08:02:00 GMT",
-                "Date": "Mon, 02 Mar 2026 08:00:00 GMT",
-            },
-            120.0,
-        ),
-        (
-            {
-                "Retry-After": "Monday, 02-Mar-26 08:01:00 GMT",
-                "Date": "Mon, 02 Mar 2026 08:00:00 GMT",
-            },
-            60.0,
-        ),
-        (
-            {"Retry-After": "Mon Mar  2 08:00:30 2026", "Date": "Mon, 02 Mar 2026 08:00:00 GMT"},
-            30.0,
-        ),
-        (
-            {
-                "Retry-After": http_date(SERVER_NOW - timedelta(hours=1)),
-                "Date": http_date(SERVER_NOW),
-            },
-            0.0,
-        ),
-    ],
-)
-def test_retry_after_reads_delta_seconds_and_http_dates(
-    headers: dict[str, str], seconds: float | None
-) -> None:
-    assert retry_after(headers) == seconds
-
-
-def test_an_http_date_without_a_date_header_is_measured_from_now() -> None:
-    headers = {"Retry-After": http_date(SERVER_NOW + timedelta(seconds=90))}
-    assert retry_after(headers, now=SERVER_NOW.timestamp()) == 90.0
-    bad_date = {**headers, "Date": "yesterday-ish"}
-    assert retry_after(bad_date, now=SERVER_NOW.timestamp()) == 90.0
 
 
 def test_retry_after_comes_back_from_a_real_answer(serve: Serve) -> None:
