@@ -12,7 +12,8 @@ clock the caller drives::
     host.shutdown()
 
 :class:`~phonehome_plugin.activity.Activity` (plausible module activity) and its
-vocabulary live in :mod:`phonehome_plugin.activity`; they are re-exported here.
+vocabulary live in :mod:`phonehome_plugin.activity`, :class:`SimClock` in
+:mod:`phonehome_plugin.simclock`; both are re-exported here.
 
 Where the contract is silent:
 
@@ -29,12 +30,11 @@ from __future__ import annotations
 
 import copy
 import math
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,7 @@ from blinker import NamedSignal
 import hookspecs.host
 from hookspecs import PROJECT_NAME, signals
 
-# What the simulated modules send lives in .activity; re-exported for existing imports.
+# The vocabulary (.activity) and the clock (.simclock) are re-exported for existing imports.
 from phonehome_plugin.activity import (
     CONNECTION_TYPES,
     EXTRAS,
@@ -54,10 +54,11 @@ from phonehome_plugin.activity import (
     TRIGGER_NODES,
     WORK_NODES,
     Activity,
-    ModuleChanges,
     send_executions,
     status_plan,
 )
+from phonehome_plugin.simclock import SimClock
+from phonehome_plugin.simmodules import ModuleChanges
 
 __all__ = [
     "CONNECTION_TYPES",
@@ -75,32 +76,6 @@ __all__ = [
 
 MODULES = ("users", "connections", "pipelines", "organizations", "data_models")
 """The modules that emit ``inventory-synced``, in the order ``start()`` syncs them."""
-
-
-class SimClock:
-    """A controllable aware-UTC clock that moves only when ``advance()`` is called.
-
-    Wall time is read at most once, as the start value when none is given.
-    """
-
-    def __init__(self, start: datetime | None = None) -> None:
-        start = datetime.now(UTC).replace(microsecond=0) if start is None else start
-        if start.utcoffset() is None:
-            raise ValueError("SimClock needs an aware datetime")
-        self._now, self._lock = start.astimezone(UTC), threading.Lock()
-
-    def now(self) -> datetime:
-        """The current simulated time (aware, UTC)."""
-        with self._lock:
-            return self._now
-
-    def advance(self, seconds: float) -> datetime:
-        """Move forward by ``seconds`` >= 0 (the host clock never goes back); returns now."""
-        if seconds < 0:
-            raise ValueError("the host clock never goes backwards")
-        with self._lock:
-            self._now += timedelta(seconds=seconds)
-            return self._now
 
 
 @dataclass
@@ -148,7 +123,7 @@ class SimHost(ModuleChanges):
     clock's time at construction. ``state`` is used by reference (see ``restart()``).
 
     The ``save_*``/``delete_*``/``set_*`` methods (from
-    :class:`~phonehome_plugin.activity.ModuleChanges`) change the state and, while the
+    :class:`~phonehome_plugin.simmodules.ModuleChanges`) change the state and, while the
     host runs, send the matching signal.
     """
 

@@ -9,7 +9,7 @@ import pytest
 
 from phonehome_plugin import loopback
 
-pytest_plugins = ["e2e_support", "pg_support", "sqlite_support"]
+pytest_plugins = ["e2e_support", "pg_support", "simhost_support", "sqlite_support"]
 
 
 @pytest.fixture(autouse=True)

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from e2e_support import START
+from simhost_support import OFF
 
 from hookspecs import hookimpl
 from phonehome_plugin.activity import (
@@ -22,8 +23,6 @@ from phonehome_plugin.activity import (
     status_plan,
 )
 from phonehome_plugin.simhost import SimClock, SimHost
-
-OFF = {"modules": {"phonehome": {"enabled": False}}}
 
 
 class Ticks:

@@ -6,111 +6,22 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta, timezone
+from collections.abc import Callable
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from e2e_support import START
+from simhost_support import OFF, Recorder
 
 import hookspecs
 from hookspecs import hookimpl, signals
-from phonehome_plugin import activity, plugin, simhost
+from phonehome_plugin import activity, plugin, simclock, simhost
 from phonehome_plugin.simhost import MODULES, SECRET_MARKER, SimClock, SimHost
 
-OFF = {"modules": {"phonehome": {"enabled": False}}}
 SECRET_KEYS = {"workflow", "credentials", "actor"}
-
-
-@dataclass
-class Event:
-    kind: str  # "hook" or "signal"
-    name: str
-    kwargs: dict[str, Any]
-    sender: object = None
-    thread: int = 0
-
-
-@dataclass
-class Recorder:
-    """A MaestroHub plugin and a receiver per signal, writing one ordered log."""
-
-    events: list[Event] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def add(self, kind: str, name: str, kwargs: dict[str, Any], sender: object = None) -> None:
-        with self.lock:
-            self.events.append(Event(kind, name, kwargs, sender, threading.get_ident()))
-
-    @hookimpl
-    def on_startup(self, app: Any) -> None:
-        self.add("hook", "on_startup", {"app": app})
-
-    @hookimpl
-    def on_tick(self, app: Any, now: datetime) -> None:
-        self.add("hook", "on_tick", {"app": app, "now": now})
-
-    @hookimpl
-    def on_user_created(self, app: Any, user: Mapping[str, Any]) -> None:
-        self.add("hook", "on_user_created", {"app": app, "user": user})
-
-    @hookimpl
-    def on_shutdown(self, app: Any) -> None:
-        self.add("hook", "on_shutdown", {"app": app})
-
-    def receiver(self, name: str) -> Callable[..., None]:
-        def receive(sender: object, **kwargs: Any) -> None:
-            self.add("signal", name, kwargs, sender)
-
-        return receive
-
-    def names(self) -> list[str]:
-        """``on_tick``, ``inventory-synced:users``, ``connection-saved``..., in order."""
-        with self.lock:
-            events = list(self.events)
-        return [
-            f"{e.name}:{e.kwargs['module']}" if e.name == "inventory-synced" else e.name
-            for e in events
-        ]
-
-    def of(self, name: str) -> list[Event]:
-        with self.lock:
-            return [e for e in self.events if e.name == name]
-
-    def synced(self) -> dict[str, list[dict[str, Any]]]:
-        return {e.kwargs["module"]: e.kwargs["items"] for e in self.of("inventory-synced")}
-
-
-@pytest.fixture
-def recorder() -> Iterator[Recorder]:
-    """A recorder whose receivers are connected to every signal, for any sender."""
-    rec = Recorder()
-    pairs = [(signal, rec.receiver(signal.name)) for signal in signals.ALL]
-    for signal, receive in pairs:
-        signal.connect(receive, weak=False)
-    yield rec
-    for signal, receive in pairs:
-        signal.disconnect(receive)
-
-
-@pytest.fixture
-def hosts(tmp_path: Path) -> Iterator[Callable[..., SimHost]]:
-    """Make hosts on the test clock, without entry points unless asked; all shut down."""
-    made: list[SimHost] = []
-
-    def make(*plugins: object, **kwargs: Any) -> SimHost:
-        kwargs.setdefault("clock", SimClock(START))
-        kwargs.setdefault("load_entrypoints", False)
-        host = SimHost(OFF, tmp_path / "data", extra_plugins=plugins, **kwargs)
-        made.append(host)
-        return host
-
-    yield make
-    for host in made:
-        host.shutdown()
 
 
 def _populate(host: SimHost) -> dict[str, Any]:
@@ -211,14 +122,6 @@ def test_uns_and_license_are_sent_at_startup_with_absolute_values(
     }
     assert uns.kwargs["storage_mode"] == "timescale"
     assert (lic.kwargs["license_id"], lic.kwargs["status"]) == ("LIC-TEST-0001", "expired")
-
-    host.set_uns(client_count=5)  # a change: all four values again, absolute
-    last = recorder.of("uns-state-changed")[-1].kwargs
-    assert (last["topic_count"], last["client_count"], last["storage_mode"]) == (
-        120,
-        5,
-        "timescale",
-    )
 
 
 def test_entry_points_and_host_specs_come_before_extra_plugins_and_on_startup(
@@ -375,33 +278,9 @@ def test_the_clock_never_moves_on_its_own(
     assert clock.advance(2.5) == START + timedelta(seconds=2.5) == clock.now()
 
 
-def test_a_clock_without_a_start_reads_wall_time_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list[object] = []
-
-    class Wall(datetime):
-        @classmethod
-        def now(cls, tz: Any = None) -> Wall:
-            calls.append(tz)
-            moment = datetime(2026, 5, 1, 9, 0, 0, 654321, tzinfo=UTC)
-            return cls.fromtimestamp(moment.timestamp() + len(calls), tz)
-
-    monkeypatch.setattr(simhost, "datetime", Wall)
-    clock = SimClock()
-    readings = {clock.now() for _ in range(100)}
-    assert calls == [UTC]
-    assert readings == {datetime(2026, 5, 1, 9, 0, 1, tzinfo=UTC)}, "whole seconds"
-
-
-def test_the_clock_is_aware_utc_and_never_goes_back() -> None:
+def test_a_naive_started_at_is_refused() -> None:
     with pytest.raises(ValueError, match="aware"):
-        SimClock(datetime(2026, 3, 2, 8, 0))
-    berlin = SimClock(datetime(2026, 3, 2, 9, 0, tzinfo=timezone(timedelta(hours=1))))
-    assert berlin.now() == START and berlin.now().tzinfo is UTC
-    with pytest.raises(ValueError, match="backwards"):
-        berlin.advance(-1)
-    assert berlin.now() == START
-    with pytest.raises(ValueError, match="aware"):
-        SimHost(OFF, Path("unused"), clock=berlin, started_at=datetime(2026, 3, 2))
+        SimHost(OFF, Path("unused"), clock=SimClock(START), started_at=datetime(2026, 3, 2))
 
 
 # Executions --------------------------------------------------------------------------------
@@ -572,22 +451,6 @@ def test_every_signal_carries_the_secret_extras(
     assert host.signals_sent == Counter(e.name for e in signalled)
 
 
-def test_saves_are_idempotent_and_unknown_deletes_are_still_sent(
-    hosts: Callable[..., SimHost], recorder: Recorder
-) -> None:
-    host = hosts(recorder)
-    host.start()
-    host.save_connection("mqtt", "c1")
-    host.save_connection("opcua", "c1")
-    host.delete_connection("never-saved")
-
-    assert list(host.state.modules["connections"]) == ["c1"]
-    assert host.state.modules["connections"]["c1"]["type"] == "opcua"
-    saved = [(e.kwargs["id"], e.kwargs["type"]) for e in recorder.of("connection-saved")]
-    assert saved == [("c1", "mqtt"), ("c1", "opcua")]
-    assert [e.kwargs["id"] for e in recorder.of("connection-deleted")] == ["never-saved"]
-
-
 # Hooks that raise ---------------------------------------------------------------------------
 
 
@@ -620,7 +483,8 @@ def test_a_hook_that_raises_propagates_out_of_the_host(
 # Compatibility ------------------------------------------------------------------------------
 
 
-def test_activity_and_its_vocabulary_are_still_importable_from_simhost() -> None:
+def test_activity_its_vocabulary_and_the_clock_are_still_importable_from_simhost() -> None:
     for name in ("Activity", "CONNECTION_TYPES", "TRIGGER_NODES", "WORK_NODES", "STATUSES"):
         assert getattr(simhost, name) is getattr(activity, name)
     assert simhost.SECRET_MARKER == activity.SECRET_MARKER
+    assert simhost.SimClock is simclock.SimClock
