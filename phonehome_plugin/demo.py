@@ -34,7 +34,7 @@ from phonehome_plugin.simhost import SimClock, SimHost
 
 REPORT_WAIT = 10.0
 """Real seconds to wait for the plugin to handle the ticks so far before moving on."""
-TOTAL_WAIT = 30.0
+TOTAL_WAIT = 20.0
 """Real seconds of waiting in all, so a plugin that sends nothing fails the demo quickly."""
 TICK = 600.0
 """Simulated seconds between ticks while the factory works."""
@@ -137,8 +137,10 @@ class _Printer:
         left = self.budget_end - time.monotonic()
         if runtime is not None and left > 0:
             runtime.worker.wait_idle(min(REPORT_WAIT, left))
-        arrived = self.receiver.wait_for(count, timeout=0.05)
+        # The receiver records a report before it answers, so an idle worker's
+        # reports are all there: nothing more to wait for.
         self.show_new()
+        arrived = self.shown >= count
         if not arrived and not quiet:
             print(f"   (report #{count} did not arrive in time; going on)\n", file=self.out)
         return arrived

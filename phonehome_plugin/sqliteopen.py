@@ -10,9 +10,7 @@ never deleted, and a fresh file takes its place.
 from __future__ import annotations
 
 import logging
-import random
 import sqlite3
-import time
 import uuid
 from pathlib import Path
 
@@ -22,6 +20,7 @@ from phonehome_plugin.sqlitestore import (
     copy_into,
     immediate,
     prepare,
+    primary_code,
 )
 from phonehome_plugin.store import FILENAME, UPSERT_KV, Store
 
@@ -46,8 +45,11 @@ def open_sqlite_store(data_dir: Path | None) -> Store:
         path.parent.mkdir(parents=True, exist_ok=True)
         return _open_file(path)
     except sqlite3.DatabaseError as error:
-        code = getattr(error, "sqlite_errorcode", 0) & 0xFF
-        if code in (11, 26) or "not a database" in str(error) or "malformed" in str(error):
+        if (
+            primary_code(error) in (11, 26)
+            or "not a database" in str(error)
+            or "malformed" in str(error)
+        ):
             return _recover_corrupt(path, error)
         log.warning("phonehome: cannot use %s (%s); keeping state in memory", path, error)
     except OSError as error:
@@ -55,11 +57,12 @@ def open_sqlite_store(data_dir: Path | None) -> Store:
     return memory_store(copy_of=path)
 
 
-def _busy(error: sqlite3.Error) -> bool:
-    return (getattr(error, "sqlite_errorcode", 0) & 0xFF) in (5, 6)
+def _busy(error: BaseException) -> bool:
+    """Another connection holds the file (SQLITE_BUSY or SQLITE_LOCKED)."""
+    return isinstance(error, sqlite3.OperationalError) and primary_code(error) in (5, 6)
 
 
-def _open_file(path: Path, patience: float | None = None) -> SqliteStore:
+def _open_file(path: Path) -> SqliteStore:
     """The file store, waiting out other processes that hold the file meanwhile.
 
     Processes of one start open the file together, and switching a new file to WAL
@@ -67,16 +70,15 @@ def _open_file(path: Path, patience: float | None = None) -> SqliteStore:
     process that gave up and kept its state in memory would report as a second
     installation, so busy is retried here, on the worker thread, for a while.
     """
-    deadline = time.monotonic() + (_OPEN_PATIENCE if patience is None else patience)
-    pause = 0.005
-    while True:
-        try:
-            return _file_store(path)
-        except sqlite3.OperationalError as error:
-            if not _busy(error) or time.monotonic() + pause > deadline:
-                raise
-        time.sleep(pause * (0.5 + random.random()))
-        pause = min(pause * 2, 0.25)
+    import tenacity  # deferred like the sender's own use of it: off the host's thread
+
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_exception(_busy),
+        wait=tenacity.wait_random_exponential(multiplier=0.005, max=0.25),
+        stop=tenacity.stop_after_delay(_OPEN_PATIENCE),
+        reraise=True,
+    )
+    return retrying(_file_store, path)
 
 
 def _file_store(path: Path) -> SqliteStore:

@@ -42,16 +42,22 @@ _FILE_FAILURES = frozenset({3, 8, 10, 11, 13, 14, 22, 26})
 BUSY_TIMEOUT = 5.0
 
 
+def primary_code(error: sqlite3.Error) -> int | None:
+    """SQLite's primary result code of ``error`` (extended codes folded), if it has one."""
+    code = getattr(error, "sqlite_errorcode", None)
+    return None if code is None else code & 0xFF
+
+
 def file_failed(error: sqlite3.Error) -> bool:
     """True when ``error`` says the database file itself is unusable."""
-    code = getattr(error, "sqlite_errorcode", None)
+    code = primary_code(error)
     if code is None:
         text = str(error).lower()
         return any(
             word in text
             for word in ("readonly", "read-only", "disk", "malformed", "not a database", "open")
         )
-    return (code & 0xFF) in _FILE_FAILURES
+    return code in _FILE_FAILURES
 
 
 class SqliteStore(Store):

@@ -7,6 +7,7 @@ import os
 import resource
 import signal
 import sqlite3
+import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -197,7 +198,7 @@ def test_a_new_file_locked_by_another_process_is_waited_for_not_left_for_memory(
             other.execute("COMMIT")
 
     monkeypatch.setattr(sqlitestore, "BUSY_TIMEOUT", 0.05)
-    monkeypatch.setattr(sqliteopen.time, "sleep", pause)
+    monkeypatch.setattr(time, "sleep", pause)  # where tenacity waits
     opened = open_store(tmp_path)
     other.close()
     try:
