@@ -22,7 +22,7 @@ from phonehome_plugin.config import Settings
 from phonehome_plugin.inventory import Inventory
 from phonehome_plugin.policy import Policy
 from phonehome_plugin.tally import ExecutionTally
-from phonehome_plugin.worker import FAR_PAST, Worker
+from phonehome_plugin.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,6 @@ class Runtime:
         self._pairs = receivers.builtin_receivers(self.inventory, self.tally)
         self.worker = self._new_worker()
         self._stopped = False
-        self._forked = False
         self._bad_now_logged = False
 
     def _new_worker(self) -> Worker:
@@ -52,7 +51,8 @@ class Runtime:
         )
 
     def start(self) -> None:
-        """Connect receivers, ask third parties for collectors, start the worker."""
+        """Connect receivers and ask third parties for collectors. No thread starts
+        here: the worker starts one when the first tick brings work (see .worker)."""
         list(receivers.connect_all(self._pairs, self.app))
         self.registry.connect(self.app)
         try:
@@ -62,7 +62,6 @@ class Runtime:
         except Exception as error:  # a third party's registration bug is its own
             log.warning("phonehome: a plugin failed to register its collectors: %s", error)
         _watch_forks(self)
-        self.worker.start()
 
     @hookimpl
     def on_user_created(self, app: Any, user: Mapping[str, Any]) -> None:
@@ -82,13 +81,13 @@ class Runtime:
         try:
             if now < self.worker.wake_at:
                 return
-            if self._forked:
-                self._restart_after_fork()
             self.worker.tick(now)
         except TypeError:
             if not self._bad_now_logged:
                 self._bad_now_logged = True
-                log.error("phonehome: on_tick needs an aware UTC datetime, got %r; ignored", now)
+                # The type only: an arbitrary object's repr may be huge or slow.
+                got = "a naive datetime" if isinstance(now, datetime) else type(now).__name__
+                log.error("phonehome: on_tick needs an aware UTC datetime, got %s; ignored", got)
         except Exception:
             log.exception("phonehome: on_tick failed")
 
@@ -107,18 +106,14 @@ class Runtime:
             log.exception("phonehome: on_shutdown failed")
 
     def _after_fork_in_child(self) -> None:
-        # The parent keeps counting what it counted; the child starts from zero
-        # and needs a worker of its own (threads do not survive a fork).
+        # Runs in the child before any other thread exists. The parent keeps
+        # counting what it counted and handles its own notes; the child starts
+        # from zero with a worker of its own (no thread until its first tick),
+        # which opens its own connections and claims as a process of its own.
         self.tally.forget()
         self.inventory.after_fork()
         self.registry.after_fork()
-        self._forked = True
-        self.worker.wake_at = FAR_PAST
-
-    def _restart_after_fork(self) -> None:
-        self._forked = False
         self.worker = self._new_worker()
-        self.worker.start()
 
 
 def _watch_forks(runtime: Runtime) -> None:

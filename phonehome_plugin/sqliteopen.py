@@ -17,10 +17,12 @@ from pathlib import Path
 from phonehome_plugin import sqlitestore
 from phonehome_plugin.sqlitestore import (
     SqliteStore,
+    connect,
     copy_into,
     immediate,
     prepare,
     primary_code,
+    retrying_busy,
 )
 from phonehome_plugin.store import FILENAME, UPSERT_KV, Store
 
@@ -57,42 +59,31 @@ def open_sqlite_store(data_dir: Path | None) -> Store:
     return memory_store(copy_of=path)
 
 
-def _busy(error: BaseException) -> bool:
-    """Another connection holds the file (SQLITE_BUSY or SQLITE_LOCKED)."""
-    return isinstance(error, sqlite3.OperationalError) and primary_code(error) in (5, 6)
-
-
 def _open_file(path: Path) -> SqliteStore:
     """The file store, waiting out other processes that hold the file meanwhile.
 
     Processes of one start open the file together, and switching a new file to WAL
     answers "database is locked" at once, without calling the busy handler. A
     process that gave up and kept its state in memory would report as a second
-    installation, so busy is retried here, on the worker thread, for a while.
+    installation, so busy is retried here, on the worker thread, for a while
+    (each attempt under the fork guard, the waits between them outside it).
     """
-    import tenacity  # deferred like the sender's own use of it: off the host's thread
-
-    retrying = tenacity.Retrying(
-        retry=tenacity.retry_if_exception(_busy),
-        wait=tenacity.wait_random_exponential(multiplier=0.005, max=0.25),
-        stop=tenacity.stop_after_delay(_OPEN_PATIENCE),
-        reraise=True,
-    )
-    return retrying(_file_store, path)
+    return retrying_busy(_OPEN_PATIENCE)(_file_store, path)
 
 
 def _file_store(path: Path) -> SqliteStore:
     store = SqliteStore(path)
     try:
-        store.conn.execute("PRAGMA journal_mode=WAL")
-        result = store.conn.execute("PRAGMA quick_check").fetchone()
-        if result[0] != "ok":
-            raise sqlite3.DatabaseError(f"database disk image is malformed: {result[0]}")
-        # Creating the tables proves the file takes writes now (a read-only file
-        # opens fine), not at the first report; the caller decides what a failure means.
-        with immediate(store.conn):
-            prepare(store.conn)
-            store.conn.execute(UPSERT_KV, ("store.schema", "2"))
+        with store.session() as conn:
+            conn.execute("PRAGMA journal_mode=WAL")
+            result = conn.execute("PRAGMA quick_check").fetchone()
+            if result[0] != "ok":
+                raise sqlite3.DatabaseError(f"database disk image is malformed: {result[0]}")
+            # Creating the tables proves the file takes writes now (a read-only file
+            # opens fine), not at the first report; the caller decides what a failure means.
+            with immediate(conn):
+                prepare(conn)
+                conn.execute(UPSERT_KV, ("store.schema", "2"))
     except BaseException:
         store.close()
         raise
@@ -132,17 +123,20 @@ def memory_store(copy_of: Path | None = None) -> SqliteStore:
         # immutable (no locks, last checkpoint): a best-effort copy either way.
         for mode in ("mode=ro", "immutable=1"):
             try:
-                source = sqlite3.connect(
-                    f"{copy_of.resolve().as_uri()}?{mode}",
-                    uri=True,
-                    timeout=sqlitestore.BUSY_TIMEOUT,
-                )
-                try:
-                    copy_into(store.conn, source)
-                finally:
-                    source.close()
+                retrying_busy(sqlitestore.BUSY_TIMEOUT)(_copy_file, copy_of, mode, store)
                 break
             except sqlite3.Error:
                 continue
-    prepare(store.conn)
+    with store.session() as conn:
+        prepare(conn)
     return store
+
+
+def _copy_file(path: Path, mode: str, store: SqliteStore) -> None:
+    """One attempt at copying the file at ``path`` into ``store`` (under the guard)."""
+    with store.session() as memory:  # the guard covers the source's calls too
+        source = connect(f"{path.resolve().as_uri()}?{mode}", uri=True)
+        try:
+            copy_into(memory, source)
+        finally:
+            source.close()

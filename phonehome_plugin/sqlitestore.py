@@ -3,28 +3,31 @@
 Every process of the installation on this machine opens the same file; SQLite's
 locking (WAL mode, ``BEGIN IMMEDIATE``) makes claims and counters atomic across them.
 
+The connection is reachable only through :meth:`SqliteStore.session`, which
+holds :data:`.forksafe.GUARD` for as long as the connection is in use: that is
+what makes a fork at any moment safe (see :mod:`.forksafe`). For the same
+reason a statement never waits inside SQLite for another process's lock
+(``busy_timeout`` is 0): a busy file is retried here, with the guard released
+between attempts, for up to :data:`BUSY_PATIENCE` seconds, and then the error
+reaches the caller (a busy file is not a broken one: the next attempt uses the
+file again).
+
 When the file fails in use (a full disk, an I/O error) the store moves, with one
 warning, to an in-memory database of the same shape, starting from a copy of
-the file: telemetry loses durability, the host loses nothing. A busy database
-(another process holding the write lock past the busy timeout) is not a broken
-file: that error reaches the caller, and the next attempt uses the file again.
-Opening the file, and what a file that cannot be opened means, is
-:mod:`.sqliteopen`.
-
-Forks: see :mod:`.forksafe`. In the child each store closes nothing it
-inherited and opens its own connection on first use; a store whose transaction
-did not end in time before the fork carries on in memory there.
+the file: telemetry loses durability, the host loses nothing. Opening the file,
+and what a file that cannot be opened means, is :mod:`.sqliteopen`.
 """
 
 from __future__ import annotations
 
 import logging
 import sqlite3
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TypeVar
+
+import tenacity
 
 from phonehome_plugin import forksafe
 from phonehome_plugin.store import SCHEMA, Conn, Store, statements
@@ -38,14 +41,22 @@ T = TypeVar("T")
 # corrupt, full, cannot open, large-file support, not a database.
 _FILE_FAILURES = frozenset({3, 8, 10, 11, 13, 14, 22, 26})
 
-# Seconds one statement waits for another process's lock.
+BUSY_PATIENCE = 5.0
+"""Seconds a transaction keeps retrying a file another process holds."""
+
 BUSY_TIMEOUT = 5.0
+"""Seconds copying a busy file into memory keeps trying (see .sqliteopen.memory_store)."""
 
 
 def primary_code(error: sqlite3.Error) -> int | None:
     """SQLite's primary result code of ``error`` (extended codes folded), if it has one."""
     code = getattr(error, "sqlite_errorcode", None)
     return None if code is None else code & 0xFF
+
+
+def busy(error: BaseException) -> bool:
+    """Another connection holds the file (SQLITE_BUSY or SQLITE_LOCKED)."""
+    return isinstance(error, sqlite3.OperationalError) and primary_code(error) in (5, 6)
 
 
 def file_failed(error: sqlite3.Error) -> bool:
@@ -60,115 +71,130 @@ def file_failed(error: sqlite3.Error) -> bool:
     return code in _FILE_FAILURES
 
 
+def retrying_busy(patience: float) -> tenacity.Retrying:
+    """Retry a busy file for ``patience`` seconds, jittered, then let its error through."""
+    return tenacity.Retrying(
+        retry=tenacity.retry_if_exception(busy),
+        wait=tenacity.wait_random_exponential(multiplier=0.005, max=0.25),
+        stop=tenacity.stop_after_delay(patience),
+        reraise=True,
+    )
+
+
 class SqliteStore(Store):
-    """One connection to the state file (``path``; None for memory only).
+    """The state file at ``path`` (None: memory only), through one connection.
 
     Use :meth:`run` for every access: it wraps the work in an immediate
-    transaction and moves to memory if the file fails.
+    transaction, retries a busy file and moves to memory if the file fails.
     """
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
         self.memory = path is None
-        self.lock = threading.Lock()
-        self.conn = connect(":memory:" if path is None else str(path))
+        self._conn: sqlite3.Connection | None = None
         self._closed = False
-        self._reconnect = False
+        self._opened = False
         forksafe.track(self)
+        with self.session():
+            pass  # opens the connection, under the guard like every SQLite call
+        self._opened = True
+
+    @contextmanager
+    def session(self) -> Iterator[sqlite3.Connection]:
+        """The connection, with :data:`.forksafe.GUARD` held until the block ends.
+
+        The only way to the connection: a fork can never find a thread of the
+        plugin inside it. Opens it (again, after a fork) when needed.
+        """
+        with forksafe.GUARD:
+            if forksafe.poisoned:
+                raise forksafe.ForkedMidCallError()
+            if self._closed:
+                raise RuntimeError("the state store is closed")
+            if self._conn is None:
+                self._conn = self._connect()
+            yield self._conn
+
+    def _connect(self) -> sqlite3.Connection:
+        if self.path is None:
+            conn = connect(":memory:")
+            prepare(conn)
+            return conn
+        try:
+            return connect(str(self.path))
+        except sqlite3.Error as error:
+            if not self._opened:
+                raise  # the first open: .sqliteopen decides what the failure means
+            self._warn_memory(f"cannot reopen it after a fork ({error})")
+            conn = connect(":memory:")
+            prepare(conn)
+            return conn
 
     def run(self, work: Callable[[Conn], T]) -> T:
-        """Run ``work(conn)`` in one immediate transaction (atomic across processes)."""
-        with self.lock:
-            if self._reconnect:
-                self._reopen()
+        """Run ``work(conn)`` in one immediate transaction (atomic across processes).
+
+        ``work`` may run more than once: when the file is busy it is rolled back and
+        run again, so it must do nothing but statements on ``conn``.
+        """
+        try:
+            return self._attempt(work)
+        except sqlite3.OperationalError as error:
+            if not busy(error):
+                raise
+        result: T = retrying_busy(BUSY_PATIENCE)(self._attempt, work)
+        return result
+
+    def _attempt(self, work: Callable[[Conn], T]) -> T:
+        with self.session() as conn:
             try:
-                return self._transaction(work)
+                with immediate(conn):
+                    return work(conn)
             except sqlite3.DatabaseError as error:
                 if self.memory or not file_failed(error):
                     raise
-                self._fall_back(f"{type(error).__name__}: {error}")
-                return self._transaction(work)
+                self._fall_back(conn, f"{type(error).__name__}: {error}")
+            assert self._conn is not None
+            with immediate(self._conn):
+                return work(self._conn)
 
-    def _transaction(self, work: Callable[[Conn], T]) -> T:
-        with immediate(self.conn):
-            return work(self.conn)
-
-    def _fall_back(self, why: str) -> None:
-        log.warning(
-            "phonehome: state file %s failed (%s); keeping state in memory", self.path, why
-        )
+    def _fall_back(self, conn: sqlite3.Connection, why: str) -> None:
+        """Move to memory, from a copy of ``conn``'s file (the guard is held)."""
+        self._warn_memory(f"it failed ({why})")
         memory = connect(":memory:")
         with suppress(sqlite3.Error):
-            copy_into(memory, self.conn)
+            copy_into(memory, conn)
         prepare(memory)
-        close_quietly(self.conn)
-        self.conn, self.memory = memory, True
+        close_quietly(conn)
+        self._conn = memory
 
-    def _reopen(self) -> None:
-        """Open this process's own connection (after a fork: see .forksafe)."""
-        self._reconnect = False
-        assert self.path is not None
-        try:
-            self.conn = connect(str(self.path))
-        except sqlite3.Error as error:
-            self.conn = connect(":memory:")
-            prepare(self.conn)
-            self.memory = True
-            log.warning(
-                "phonehome: cannot reopen %s after a fork (%s); keeping state in memory",
-                self.path,
-                error,
-            )
-
-    def _detach_file(self) -> None:
-        """Close the file connection before a fork (the lock is held, so no thread is in it).
-
-        A child must never touch, or even close, a SQLite connection it inherited:
-        closing one there was seen to hang, and SQLite's per-process lock records
-        would be wrong for it. Both sides reopen on their next use instead.
-        """
-        if not self.memory and not self._closed:
-            close_quietly(self.conn)
-            self._reconnect = True
-
-    def _after_fork_in_child(self, quiet: bool) -> None:
-        self.lock = threading.Lock()
-        if self._closed or quiet:
-            # Quiet: the parent closed the file connection before forking, so the
-            # child inherits no SQLite file state and opens its own.
-            return
-        # A thread of the parent was inside this connection: leave it untouched forever.
-        forksafe.abandon(self.conn)
-        self.conn = connect(":memory:")
-        prepare(self.conn)
+    def _warn_memory(self, why: str) -> None:
         if not self.memory:
             self.memory = True
-            log.warning(
-                "phonehome: forked during a write to %s; this process keeps state in memory",
-                self.path,
-            )
+            log.warning("phonehome: state file %s: %s; keeping state in memory", self.path, why)
+
+    def _after_fork_in_child(self, clean: bool) -> None:
+        if not clean:
+            return  # forksafe.poisoned: this process never calls into SQLite again
+        if self.path is not None and not self.memory and self._conn is not None:
+            # Idle (no call was in progress), and the parent still holds its own
+            # locks on the file, so closing our copy cannot checkpoint or delete
+            # anything; the next use opens this process's own connection.
+            close_quietly(self._conn)
+            self._conn = None
 
     def close(self) -> None:
-        with self.lock:
+        with forksafe.GUARD:
             self._closed = True
-            self._reconnect = False
-            close_quietly(self.conn)
+            conn, self._conn = self._conn, None
+            if conn is not None and not forksafe.poisoned:
+                close_quietly(conn)
 
 
 def prepare(conn: sqlite3.Connection) -> None:
-    """Create the tables, and move a history table of before the ``id`` column to it,
-    inside the transaction open on ``conn`` (or, outside one, statement by statement)."""
+    """Create the tables, inside the transaction open on ``conn`` (or, outside
+    one, statement by statement)."""
     for statement in statements(SCHEMA):
         conn.execute(statement)
-    columns = [row[1] for row in conn.execute("PRAGMA table_info(history)")]
-    if "id" not in columns:
-        keep = "report_id, sequence, trigger, at, result, detail"
-        conn.execute("ALTER TABLE history RENAME TO history_v1")
-        conn.execute(statements(SCHEMA)[-1])
-        conn.execute(
-            f"INSERT INTO history (id, {keep}) SELECT rowid, {keep} FROM history_v1 ORDER BY rowid"
-        )
-        conn.execute("DROP TABLE history_v1")
 
 
 def copy_into(memory: sqlite3.Connection, source: sqlite3.Connection) -> None:
@@ -184,11 +210,14 @@ def copy_into(memory: sqlite3.Connection, source: sqlite3.Connection) -> None:
     memory.deserialize(bytes(image))
 
 
-def connect(target: str) -> sqlite3.Connection:
+def connect(target: str, uri: bool = False) -> sqlite3.Connection:
+    """A connection in autocommit mode, on which a busy file fails at once (waiting
+    happens between attempts, outside the fork guard: see the module docstring).
+    The caller holds :data:`.forksafe.GUARD`."""
     conn = sqlite3.connect(
-        target, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
+        target, timeout=0.0, uri=uri, isolation_level=None, check_same_thread=False
     )
-    conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT * 1000)}")
+    conn.execute("PRAGMA busy_timeout=0")
     conn.execute("PRAGMA synchronous=NORMAL")
     return conn
 

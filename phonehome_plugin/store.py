@@ -22,7 +22,6 @@ portable subset both speak (``?`` placeholders, ``INSERT ... ON CONFLICT``, no
 from __future__ import annotations
 
 import logging
-import threading
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -86,7 +85,6 @@ class Store:
 
     path: Path | None = None
     memory: bool = False
-    lock: threading.Lock
 
     def run(self, work: Callable[[Conn], T]) -> T:
         """Run ``work(conn)`` in one transaction, atomic across the installation."""
@@ -95,14 +93,9 @@ class Store:
     def close(self) -> None:
         raise NotImplementedError
 
-    # Fork safety (see .forksafe): backends override what they need.
-
-    def _detach_file(self) -> None:
-        """Called before a fork with :attr:`lock` held."""
-
-    def _after_fork_in_child(self, quiet: bool) -> None:
-        """Called in a forked child; ``quiet`` when no transaction was open at the fork."""
-        self.lock = threading.Lock()
+    def _after_fork_in_child(self, clean: bool) -> None:
+        """Called in a forked child before any other thread exists (see .forksafe);
+        ``clean`` when no SQLite call of the parent was in progress at the fork."""
 
     # Small helpers used by every part of the plugin -------------------------------
 

@@ -4,58 +4,67 @@ The host's hooks only drop a note in the mailbox (the latest ``now``, a
 created user's ``created_at``) and return. The worker opens the state store,
 builds, stores and sends reports, and tells the host-facing side when it next
 needs a tick (:attr:`Worker.wake_at`), so that most ticks cost one comparison.
+
+Threads and forks, decided here once for the whole plugin:
+
+- There is no thread until there is work. A thread is started for a batch of
+  notes and ends when the mailbox is empty (at most every minute or so, when the
+  counts are folded into the store), so a host that forks between ticks, or
+  between ``on_startup`` and its first tick, forks a process with no thread of the
+  plugin in it: nothing can be torn, and Python 3.12+ has no reason to warn.
+- Every module a job uses is imported when this module is (in ``on_startup``,
+  on the host's thread, once per host start), never lazily on the worker thread:
+  a fork can never hand a child a half-imported module or an import lock held by
+  a thread that is gone. ``tests/test_worker_imports.py`` proves no job imports.
+- A fork while a job runs: SQLite calls are fenced by :mod:`.forksafe`; the
+  child gets a new :class:`Worker` (see :meth:`.runtime.Runtime`) and leaves the
+  parent's notes, connections and sockets to the parent.
 """
 
 from __future__ import annotations
 
+# Besides what this module uses, everything a job needs is imported here, now
+# (see the module docstring): hashlib and hmac (privacy, schedule), netrc (read
+# by requests for proxies and credentials), psutil (system facts), requests
+# (transport, location), tenacity (retries), the SQLite backend of the store.
+import hashlib  # noqa: F401
+import hmac  # noqa: F401
+import importlib
 import logging
-import os
+import netrc  # noqa: F401
 import threading
 from collections import deque
 from collections.abc import Callable
+from contextlib import suppress
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import psutil  # noqa: F401
+import requests
+import requests.adapters  # noqa: F401
+import tenacity  # noqa: F401
+
+from phonehome_plugin import forksafe, history, sqliteopen  # noqa: F401
 from phonehome_plugin.collectors import Registry
 from phonehome_plugin.config import Settings
 from phonehome_plugin.inventory import Inventory
+from phonehome_plugin.outbox import Outbox
 from phonehome_plugin.policy import Policy
+from phonehome_plugin.reporter import Reporter
+from phonehome_plugin.sender import Sender
+from phonehome_plugin.store import Store, open_store
 from phonehome_plugin.switch import without_credentials
+from phonehome_plugin.system import host_facts, machine_facts
 from phonehome_plugin.tally import ExecutionTally
-
-if TYPE_CHECKING:
-    from phonehome_plugin.reporter import Reporter
-    from phonehome_plugin.sender import Sender
-    from phonehome_plugin.store import Store
+from phonehome_plugin.transport import Transport
 
 log = logging.getLogger(__name__)
-
-# A fork while the worker imports its modules would leave the child with half
-# initialised modules, so a fork waits until the imports are done.
-_IMPORTING = threading.Lock()
-
-
-def _fresh_lock_in_child() -> None:
-    global _IMPORTING  # noqa: PLW0603  (the child's copy may be held by a thread that is gone)
-    _IMPORTING = threading.Lock()
-
-
-def _before_fork() -> None:
-    _IMPORTING.acquire()
-
-
-def _after_fork_in_parent() -> None:
-    _IMPORTING.release()
-
-
-os.register_at_fork(
-    before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_fresh_lock_in_child
-)
 
 FOLD_EVERY = timedelta(seconds=60)
 MAX_PENDING_TICKS = 64
 NOTICE_KEY = "notice.logged_at"
 FAR_PAST = datetime.min.replace(tzinfo=UTC)
+FAR_FUTURE = datetime.max.replace(tzinfo=UTC)
 NOTICE = (
     "phonehome: MaestroHub telemetry is on. Reports of aggregate counts and system "
     "metadata (version, OS, hostname, public IP and approximate location, license, "
@@ -67,8 +76,16 @@ NOTICE = (
 )
 
 
+def preload(settings: Settings) -> None:
+    """Import what only some installations use (the PostgreSQL backend) before any job."""
+    if settings.state_url:
+        importlib.import_module("phonehome_plugin.pgstore")
+        with suppress(ImportError):  # open_pg_store says so, once, when it opens
+            importlib.import_module("psycopg")
+
+
 class Worker:
-    """Owns the state store and the sender; all its methods but ``run`` are thread-safe."""
+    """Owns the state store and the sender; all its methods but ``_run`` are thread-safe."""
 
     def __init__(
         self,
@@ -96,88 +113,112 @@ class Worker:
         self._nows: deque[datetime] = deque(maxlen=MAX_PENDING_TICKS)
         self._users: list[tuple[datetime, str]] = []
         self._stopping = False
-        self._busy = False
+        self._thread: threading.Thread | None = None
         self._started = False
         self._startup_pending = False
         self._pending_users: list[tuple[datetime, str]] = []
         self._last_failure: str | None = None
-        self._thread = threading.Thread(target=self.run, name="phonehome-worker", daemon=True)
+        self._failed_open = False
+        self.store: Store | None = None
         self.reporter: Reporter | None = None
         self.sender: Sender | None = None
+        preload(settings)
 
     # Host side (any thread) --------------------------------------------------------
-
-    def start(self) -> None:
-        self._thread.start()
 
     def tick(self, now: datetime) -> None:
         with self._cond:
             self._nows.append(now)
-            self._cond.notify_all()
+            self._wake()
 
     def user_created(self, user: tuple[datetime, str]) -> None:
         """Note a created user, ``(created_at, email)``; it may be the first."""
         with self._cond:
             self._users.append(user)
             self.wake_at = FAR_PAST
-            self._cond.notify_all()
+            self._wake()
+
+    def _wake(self) -> None:
+        """Start a thread for the notes, unless one is running (``_cond`` is held)."""
+        if self._thread is None and not self._stopping:
+            self._thread = threading.Thread(target=self._run, name="phonehome-worker", daemon=True)
+            self._thread.start()
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait until every note in the mailbox has been handled (for tests and the demo)."""
         with self._cond:
-            return (
-                self._cond.wait_for(lambda: self._idle() or not self._thread.is_alive(), timeout)
-                and self._idle()
-            )
+            return self._cond.wait_for(self._idle, timeout)
 
     def _idle(self) -> bool:
-        return not self._busy and not self._nows and not self._users
+        return self._thread is None and not self._nows and not self._users
 
     def stop(self, timeout: float) -> bool:
-        """Ask the worker to fold its counts and close; True if it finished in time."""
+        """Fold the counts and close, on a thread of the worker's; True if done in time."""
         with self._cond:
-            self._stopping = True
-            self._cond.notify()
+            if self._stopping:
+                thread = self._thread
+            else:
+                self._stopping = True
+                if self._thread is None and (self.store is not None or self._unsaved()):
+                    self._thread = threading.Thread(
+                        target=self._run, name="phonehome-worker", daemon=True
+                    )
+                    self._thread.start()
+                thread = self._thread
         self.cancel.set()
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
+        if thread is not None:
+            thread.join(timeout)
+            return not thread.is_alive()
+        return True
+
+    def _unsaved(self) -> bool:
+        return any(self.tally.totals().values())
 
     # Worker thread -------------------------------------------------------------------
 
-    def run(self) -> None:
-        # The store is opened on the first job, not at thread start: until the
-        # host's first tick the plugin costs no imports, no file and no memory
-        # beyond its counters.
-        store: Store | None = None
+    def _run(self) -> None:
+        """Handle notes until the mailbox is empty, then end (at shutdown: save and close)."""
         try:
             while self._next_job():
-                store = store or self._open()
-                if store is None:
-                    return
-                self._guarded("handling a tick", self._handle)
-            if store is None and any(self.tally.totals().values()):
-                store = self._open()
-        finally:
-            if store is not None:
+                if self._ready():
+                    self._guarded("handling a tick", self._handle)
+            if self._stopping and (self.store is not None or self._unsaved()) and self._ready():
                 self._guarded("saving counts at shutdown", self._final)
-                store.close()
+        finally:
             with self._cond:
-                self._busy = False
+                if self._thread is threading.current_thread():
+                    self._thread = None
                 self._cond.notify_all()
 
-    def _open(self) -> Store | None:
-        try:
-            # Imported here, on this thread: requests, tenacity, psutil and sqlite3
-            # cost milliseconds that the host's startup should not pay. The lock
-            # makes a fork wait for them (see _IMPORTING).
-            with _IMPORTING:
-                from phonehome_plugin.outbox import Outbox
-                from phonehome_plugin.reporter import Reporter
-                from phonehome_plugin.sender import Sender
-                from phonehome_plugin.store import open_store
-                from phonehome_plugin.system import host_facts, machine_facts
-                from phonehome_plugin.transport import Transport
+    def _next_job(self) -> bool:
+        """True while there are notes to handle. When there are none the thread gives
+        up its place in the same critical section, so a note added a moment later
+        starts a new thread instead of waiting for this one."""
+        with self._cond:
+            self._cond.notify_all()
+            if self._stopping:
+                return False
+            if not self._nows and not self._users:
+                self._thread = None
+                return False
+            return True
 
+    def _ready(self) -> bool:
+        """The store and its helpers, opened on the first job; False if they cannot be."""
+        if self.store is None and not self._failed_open:
+            self.store = self._open()
+            self._failed_open = self.store is None
+        if self.store is None:
+            with self._cond:  # the notes cannot be handled: drop them, and wake no more
+                self._nows.clear()
+                self._users = []
+                self.wake_at = FAR_FUTURE
+        return self.store is not None
+
+    def _open(self) -> Store | None:
+        # The store is opened on the first job, not at startup: until the host's
+        # first tick the plugin costs no file and no memory beyond its counters.
+        try:
             store = open_store(self.app.data_dir, self.settings.state_url)
             outbox = Outbox(store, self.settings.outbox)
             self.reporter = Reporter(
@@ -199,18 +240,11 @@ class Worker:
                 log.warning(NOTICE, where, self.settings.mode, self.settings.interval)
                 store.set(NOTICE_KEY, "logged")
             return store
+        except forksafe.ForkedMidCallError:
+            return None  # said once, at the fork
         except Exception:
             log.exception("phonehome: could not start; telemetry is off for this process")
             return None
-
-    def _next_job(self) -> bool:
-        with self._cond:
-            self._busy = False
-            self._cond.notify_all()
-            while not self._nows and not self._users and not self._stopping:
-                self._cond.wait()
-            self._busy = True
-            return not self._stopping
 
     def _handle(self) -> None:
         with self._cond:
@@ -242,8 +276,6 @@ class Worker:
         self._plan(now)
 
     def _deliver(self, now: datetime) -> None:
-        from phonehome_plugin import history
-
         assert self.sender is not None
         mode = self.settings.mode
         if mode == "send":
@@ -273,11 +305,15 @@ class Worker:
                 self.wake_at = min(moments)
 
     def _final(self) -> None:
-        if self.reporter is not None:
-            self.reporter.fold()
-            self.reporter.remember_earliest_user()
-        if self.sender is not None:
-            self.sender.transport.close()
+        try:
+            if self.reporter is not None:
+                self.reporter.fold()
+                self.reporter.remember_earliest_user()
+            if self.sender is not None:
+                self.sender.transport.close()
+        finally:
+            if self.store is not None:
+                self.store.close()
 
     def _guarded(self, doing: str, step: Callable[[], None]) -> None:
         """Run ``step``; a failure is logged once with its traceback, and its repeats

@@ -19,7 +19,6 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime, timedelta
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -216,97 +215,3 @@ def test_sigkill_of_a_running_plugin_loses_nothing(tmp_path: Path, server: Fault
     assert integrity(data_dir) == "ok"
     assert set(server.accepted) >= seen
     assert all(count == 1 for count in server.accepted.values())
-
-
-# Forks ------------------------------------------------------------------------------------
-
-
-def _tick_in_child(host: Host, now: datetime, out: Connection) -> None:
-    began = time.monotonic()
-    host.tick(now, idle=10)
-    sender = host.runtime.worker.sender
-    out.send(
-        {
-            "pending": None if sender is None else len(sender.outbox.pending()),
-            "seconds": time.monotonic() - began,
-            "ticks": host.timings.ticks,
-        }
-    )
-    host.shutdown()
-
-
-def test_a_forked_child_gets_a_working_sender(tmp_path: Path, server: FaultServer) -> None:
-    server.behave([Reply(503)] * FAST.max_attempts)
-    host = Host(tmp_path / "data", {"endpoint": server.url, "geoip_url": ""}, policy=FAST)
-    host.start()
-    try:
-        host.tick(START)  # the startup report fails and waits in the outbox
-        sender = host.runtime.worker.sender
-        assert sender is not None
-        [waiting] = sender.outbox.pending()
-        reader, writer = FORK.Pipe(duplex=False)
-        child = FORK.Process(
-            target=_tick_in_child, args=(host, START + timedelta(hours=2), writer)
-        )
-        child.start()
-        assert reader.poll(15), "the child hung"
-        found: dict[str, Any] = reader.recv()
-        child.join(5)
-        assert child.exitcode == 0
-        assert found["pending"] == 0
-        assert found["seconds"] < 5
-        assert server.accepted[waiting.report_id] == 1
-        assert all(count == 1 for count in server.accepted.values())
-        # The parent carries on with its own worker and sees the child's delivery.
-        assert sender.outbox.pending() == []
-        host.tick(START + timedelta(hours=3))
-        assert len(server.accepted) >= 2
-    finally:
-        host.shutdown()
-
-
-def _fork_while_busy_child(host: Host, now: datetime, out: Connection) -> None:
-    inherited = host.runtime.worker
-    host.tick(now, idle=10)
-    own = host.runtime.worker
-    out.send(own is not inherited and own.sender is not None)
-    host.shutdown()
-
-
-def test_forks_while_the_worker_is_busy_never_hang_the_child(
-    tmp_path: Path, server: FaultServer
-) -> None:
-    """Fork at random moments of the parent's work: every child must come up and finish.
-
-    The worker's first job imports its modules lazily; a fork during that import
-    hands the child a half-initialised module (a separate issue of worker.py,
-    reported to its owner), so they are imported here first and the forks probe
-    the locks of the store and the transport.
-    """
-    import phonehome_plugin.reporter
-    import phonehome_plugin.system  # noqa: F401
-
-    rng = random.Random(11)
-    host = Host(tmp_path / "data", {"endpoint": server.url, "geoip_url": ""}, policy=FAST)
-    host.start()
-    try:
-        now = START
-        for _ in range(25):
-            now += timedelta(hours=1)
-            host.tick(now, idle=0)  # the parent's worker builds and sends a report
-            time.sleep(rng.uniform(0, 0.01))
-            reader, writer = FORK.Pipe(duplex=False)
-            child = FORK.Process(target=_fork_while_busy_child, args=(host, now, writer))
-            child.start()
-            assert reader.poll(15), "a child hung on something it inherited"
-            assert reader.recv() is True, "the child did not start a worker of its own"
-            child.join(5)
-            assert child.exitcode == 0
-        assert host.runtime.worker.wait_idle(10)
-        host.tick(now + timedelta(hours=1))
-        assert integrity(tmp_path / "data") == "ok"
-        sender = host.runtime.worker.sender
-        assert sender is not None and sender.outbox.pending() == []
-        assert all(count == 1 for count in server.accepted.values())
-    finally:
-        host.shutdown()

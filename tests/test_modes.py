@@ -16,6 +16,7 @@ import itertools
 import json
 import logging
 import socket
+import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -142,6 +143,30 @@ def outgoing(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
 def _observe(host: SimHost, server: CountingServer, outgoing: list[Any], on: bool) -> Observed:
     """Drive one start through a short life; look at everything while it runs, and after."""
     thread_objects_before = set(threading.enumerate())
+    # The worker's threads live only while there is work, so every thread that
+    # ran is recorded as it starts, not looked for afterwards.
+    ran: set[str] = set()
+
+    def starting(frame: Any, event: str, arg: Any) -> None:
+        ran.add(threading.current_thread().name)
+        sys.setprofile(None)
+
+    threading.setprofile(starting)
+    try:
+        observed = _observe_running(host, server, outgoing, on, thread_objects_before, ran)
+    finally:
+        threading.setprofile(None)
+    return observed
+
+
+def _observe_running(
+    host: SimHost,
+    server: CountingServer,
+    outgoing: list[Any],
+    on: bool,
+    thread_objects_before: set[threading.Thread],
+    ran: set[str],
+) -> Observed:
     with running(host):
         host.save_connection("mqtt")
         host.tick()
@@ -153,7 +178,7 @@ def _observe(host: SimHost, server: CountingServer, outgoing: list[Any], on: boo
         if on:
             settle(host)
         threads = frozenset(
-            t.name for t in threading.enumerate() if t not in thread_objects_before
+            {t.name for t in threading.enumerate() if t not in thread_objects_before} | ran
         )
         receivers = frozenset(s.name for s in signals.ALL if list(s.receivers_for(host.app)))
         files_running = listing(host.data_dir)

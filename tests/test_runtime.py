@@ -67,7 +67,7 @@ def test_shutdown_twice_is_harmless(host: SimHost) -> None:
     hook = host.app.plugin_manager.hook.on_shutdown
     hook(app=host.app)
     hook(app=host.app)
-    assert not _runtime(host).worker._thread.is_alive()
+    assert _runtime(host).worker.wait_idle(0)  # no thread of the plugin is left
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")

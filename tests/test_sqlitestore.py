@@ -6,15 +6,17 @@ from __future__ import annotations
 import resource
 import signal
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlite_support import integrity, run_child, warnings_of
 
+from phonehome_plugin import forksafe, sqlitestore
 from phonehome_plugin.config import OutboxLimits
 from phonehome_plugin.outbox import Entry, Outbox
-from phonehome_plugin.store import FILENAME, Store, open_store
+from phonehome_plugin.store import FILENAME, Conn, Store, open_store
 
 # A disk that fills up ---------------------------------------------------------------
 
@@ -59,9 +61,9 @@ def test_a_disk_that_fills_up_moves_the_store_to_memory_without_losing_the_write
 
 
 def test_a_busy_database_is_an_error_for_the_caller_not_a_move_to_memory(
-    tmp_path: Path, store: Store, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, store: Store, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    store.run(lambda c: c.execute("PRAGMA busy_timeout=50"))
+    monkeypatch.setattr(sqlitestore, "BUSY_PATIENCE", 0.05)
     other = sqlite3.connect(tmp_path / FILENAME, isolation_level=None)
     other.execute("BEGIN IMMEDIATE")
     with pytest.raises(sqlite3.OperationalError, match="locked"):
@@ -74,6 +76,30 @@ def test_a_busy_database_is_an_error_for_the_caller_not_a_move_to_memory(
     assert warnings_of(caplog) == []
 
 
+def test_waiting_out_a_busy_file_never_holds_the_fork_guard(
+    tmp_path: Path, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fork must never wait for another process's lock: between attempts on a busy
+    file the guard that os.fork() takes is free."""
+    other = sqlite3.connect(tmp_path / FILENAME, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    free_while_waiting: list[bool] = []
+
+    def pause(seconds: float) -> None:  # where tenacity waits between attempts
+        took = forksafe.GUARD.acquire(blocking=False)
+        free_while_waiting.append(took)
+        if took:
+            forksafe.GUARD.release()
+        if len(free_while_waiting) == 3 and other.in_transaction:
+            other.execute("COMMIT")  # the other process lets go after three waits
+
+    monkeypatch.setattr(time, "sleep", pause)
+    store.set("k", "v")
+    other.close()
+    assert free_while_waiting == [True, True, True]
+    assert store.get("k") == "v"
+
+
 def test_a_bug_in_a_statement_is_raised_not_hidden_in_memory(store: Store) -> None:
     with pytest.raises(sqlite3.OperationalError, match="no such table"):
         store.run(lambda c: c.execute("SELECT * FROM nowhere"))
@@ -81,7 +107,7 @@ def test_a_bug_in_a_statement_is_raised_not_hidden_in_memory(store: Store) -> No
 
 
 def test_a_failed_transaction_leaves_nothing_behind(store: Store) -> None:
-    def half(c: sqlite3.Connection) -> None:
+    def half(c: Conn) -> None:
         c.execute("INSERT INTO kv VALUES ('half', 'done')")
         raise RuntimeError("stop")
 
