@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import re
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -155,30 +154,19 @@ class PgStore(Store):
     def _after_fork_in_child(self, clean: bool) -> None:
         # The child shares the parent's session socket, possibly mid-transaction:
         # it must never use it, nor close it (a Terminate message would end the
-        # parent's session). Its copy of the socket is pointed at /dev/null, so
-        # that not even a finaliser at this process's exit can reach the server,
-        # and the connection object is kept, unused, for the life of the process.
-        # ``clean`` does not matter here: the fork never waits for this store.
+        # parent's session), so the connection is kept, unused, for the life of
+        # the process (psycopg itself never finishes a connection in a process
+        # other than the one that opened it). ``clean`` does not matter here: the
+        # fork never waits for this store, and the child connects anew.
         self.lock = threading.Lock()
         conn, self._conn = self._conn, None
         if conn is not None:
-            with suppress(Exception):
-                _blind(conn.pgconn.socket)
             forksafe.abandon(conn)
 
     def close(self) -> None:
         with self.lock:
             self._closed = True
             self._drop()
-
-
-def _blind(fd: int) -> None:
-    """Point this process's ``fd`` at /dev/null (the other process's copy is untouched)."""
-    null = os.open(os.devnull, os.O_RDWR)
-    try:
-        os.dup2(null, fd)
-    finally:
-        os.close(null)
 
 
 class _BrokenError(Exception):

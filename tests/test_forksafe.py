@@ -138,3 +138,38 @@ def test_a_transaction_outlasting_the_fork_wait_leaves_the_childs_store_refusing
     assert not store.memory
     assert store.next_sequence() == 2  # the parent's transaction committed after the fork
     assert integrity(tmp_path / store_module.FILENAME) == "ok"
+
+
+def _pg_child(store: Store, out: Connection) -> None:
+    out.send(store.next_sequence())
+    # Then a normal exit: the interpreter's finalisers run here, and must not reach
+    # the session this process shares with its parent.
+
+
+@pytest.mark.postgres
+def test_a_postgresql_child_never_touches_the_session_it_shares_with_its_parent(
+    pg_url: str,
+) -> None:
+    store = open_store(None, pg_url)
+    assert not store.memory
+    assert store.next_sequence() == 1
+
+    def backend() -> int:
+        return int(store.run(lambda c: c.execute("SELECT pg_backend_pid()").fetchone()[0]))
+
+    session = backend()
+    for round_ in range(2):
+        reader, sender = FORK.Pipe(duplex=False)
+        with _inside_a_transaction(store):
+            # Forked mid-transaction: the fork does not wait for it, and the child
+            # neither uses nor closes the session it shares with the parent.
+            child = FORK.Process(target=_pg_child, args=(store, sender))
+            child.start()
+        assert reader.poll(20), "the child hung on the parent's session"
+        # The parent's transaction (+1) committed; the child counted on from it.
+        assert reader.recv() == 3 + 3 * round_
+        child.join(10)
+        assert child.exitcode == 0
+        assert store.next_sequence() == 4 + 3 * round_
+        assert backend() == session, "the parent had to reconnect: the child ended its session"
+    store.close()
