@@ -20,6 +20,8 @@ from phonehome_plugin import switch
 OK, PROBLEM, USAGE, NOTHING = 0, 1, 2, 3
 DEFAULT_CONFIG = "config.yaml"
 DEFAULT_DATA_DIR = "~/maestrohub/data"
+LINE_MAX = 200
+"""Characters of a YAML parse error quoted on stderr, at most."""
 EXIT_CODES = (
     "exit codes: 0 done; 1 a problem with config.yaml, the data dir or the state file "
     "(one line on stderr names it); 2 wrong usage; 3 nothing to show"
@@ -86,7 +88,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def load_config(path: str) -> Mapping[str, Any]:
-    """The parsed config.yaml; a missing file is an empty config (all defaults)."""
+    """The parsed config.yaml; a missing file is an empty config (all defaults).
+
+    Only ``yaml.safe_load`` walks the parsed file (a YAML alias bomb parses in
+    milliseconds into a small graph of shared lists); what is done with it
+    afterwards is bounded (see :mod:`.config`), and a parse error is quoted up
+    to :data:`LINE_MAX` characters.
+    """
     import yaml
 
     file = Path(path).expanduser()
@@ -94,8 +102,13 @@ def load_config(path: str) -> Mapping[str, Any]:
         return {}
     try:
         loaded = yaml.safe_load(file.read_text("utf-8"))
+    except RecursionError as error:  # PyYAML composes nested collections recursively
+        raise ProblemError(f"cannot read {file}: nested too deeply") from error
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
-        raise ProblemError(f"cannot read {file}: {str(error).splitlines()[0]}") from error
+        # The first line only, cut: PyYAML quotes what it choked on (an alias name
+        # may be as long as the file), and the error is one line on stderr.
+        first = (str(error).splitlines() or [type(error).__name__])[0][:LINE_MAX]
+        raise ProblemError(f"cannot read {file}: {first}") from error
     if loaded is None:
         return {}
     if not isinstance(loaded, Mapping):
@@ -119,6 +132,9 @@ def _read(args: argparse.Namespace, query: Callable[[Any], T]) -> T:
 
 def status(args: argparse.Namespace, out: TextIO) -> int:
     decision = switch.resolve(load_config(args.config))
+    if decision.config_error is not None:
+        # As for a config.yaml that does not parse: one line on stderr, exit 1.
+        raise _invalid(args, decision.config_error)
     settings = decision.settings
     info: dict[str, Any] = {
         "telemetry": "on" if decision.on else "off",
@@ -173,13 +189,22 @@ def _state_status(args: argparse.Namespace, interval: int) -> tuple[dict[str, An
 
 
 def _state_url(args: argparse.Namespace) -> str | None:
-    """``modules.phonehome.state_url`` from config.yaml, if it is set and valid."""
+    """``modules.phonehome.state_url`` from config.yaml, if it is set.
+
+    An invalid section is a :class:`ProblemError`: with it the plugin is inert,
+    and where it keeps its state cannot be known.
+    """
     from phonehome_plugin.config import ConfigError, parse, section_of
 
     try:
         return parse(section_of(load_config(args.config))).state_url
-    except ConfigError:
-        return None
+    except ConfigError as error:
+        raise _invalid(args, str(error)) from error
+
+
+def _invalid(args: argparse.Namespace, error: str) -> ProblemError:
+    """The one line for an invalid ``modules.phonehome`` (``error`` is bounded, see .config)."""
+    return ProblemError(f"{Path(args.config).expanduser()}: {error}; telemetry is off")
 
 
 def _delivery_status(view: Any) -> dict[str, Any]:

@@ -5,10 +5,21 @@ daemon runner thread with a per-call deadline, so a hanging collector is
 abandoned (and not called again until its call returns) instead of holding up
 the report; a raising receiver is caught on the emitting thread and its
 collector marked broken.
+
+Bounded work on what a third party hands over. A collector object, its name and
+its exceptions are quoted only as :mod:`.bounded` describes them (type and at
+most a short prefix, never their ``repr``/``str``), so every error message here
+is one line of at most a few hundred characters, and a collector error stays
+within the report's 200-character limit (:data:`ERROR_MAX`). A section is read
+by :func:`.privacy.section`: at most ``KEYS_MAX`` entries on each of its two
+levels, whatever ``collect()`` returned (a huge or self-referencing mapping).
+``receivers()`` is read up to :data:`RECEIVERS_MAX` pairs: one that yields more
+(or never ends) fails its collector instead of holding up the host's startup.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import queue
 import re
@@ -17,11 +28,16 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from phonehome_plugin import privacy
+from phonehome_plugin.bounded import describe, type_name
 
 log = logging.getLogger(__name__)
 
 NAME = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+")
 CALL_TIMEOUT = 0.5
+ERROR_MAX = 200
+"""Characters of a collector error at most (the report schema's maxLength)."""
+RECEIVERS_MAX = 64
+"""``(signal, receiver)`` pairs one collector may connect (the contract has 13 signals)."""
 
 
 def _check(collector: Any) -> str:
@@ -29,11 +45,14 @@ def _check(collector: Any) -> str:
     if not isinstance(name, str) or not callable(getattr(collector, "collect", None)):
         raise TypeError(
             "a phonehome collector needs a str `name` and a callable `collect()`, "
-            f"got {collector!r}"
+            f"got {describe(collector)}"
         )
-    if not NAME.fullmatch(name) or len(name) > privacy.IDENT_MAX:
+    # A plain copy of a str subclass's text: its own len, hash or eq are third-party code.
+    name = str.__str__(name)
+    # The length first: it bounds the match (and the name is then short to quote).
+    if len(name) > privacy.IDENT_MAX or not NAME.fullmatch(name):
         raise TypeError(
-            f"collector name {name!r} is not a dotted lower-case name like acme.historian"
+            f"collector name {describe(name)} is not a dotted lower-case name like acme.historian"
         )
     return name
 
@@ -58,7 +77,9 @@ class Registry:
         name = _check(collector)
         with self._lock:
             if name in self.collectors:
-                raise ValueError(f"a phonehome collector named {name!r} is already registered")
+                raise ValueError(
+                    f"a phonehome collector named {describe(name)} is already registered"
+                )
             self.collectors[name] = collector
             sender = self._sender
         if sender is not None:
@@ -82,7 +103,7 @@ class Registry:
         try:
             pairs = list(_receiver_pairs(collector))
         except Exception as error:  # a third party's bug must not reach the host
-            self._fail(name, f"receivers() failed: {type(error).__name__}")
+            self._fail(name, f"receivers() failed: {type_name(error)}")
             return
         for signal, receiver in pairs:
             guarded = self._guard(name, receiver)
@@ -95,7 +116,7 @@ class Registry:
             try:
                 receiver(sender, **kwargs)
             except Exception as error:  # runs on the host's thread: never let it out
-                self._fail(name, f"receiver raised {type(error).__name__}")
+                self._fail(name, f"receiver raised {type_name(error)}")
 
         return guarded
 
@@ -135,24 +156,27 @@ def _receiver_pairs(collector: Any) -> Iterable[tuple[Any, Callable[..., None]]]
     if receivers is None:
         return ()
     pairs = []
-    for signal, receiver in receivers():
+    # One more than allowed is read, to tell "too many" (or endless) from "exactly enough".
+    for signal, receiver in itertools.islice(receivers(), RECEIVERS_MAX + 1):
         if not callable(getattr(signal, "connect", None)) or not callable(receiver):
             raise TypeError("receivers() must yield (blinker signal, callable) pairs")
         pairs.append((signal, receiver))
+    if len(pairs) > RECEIVERS_MAX:
+        raise ValueError(f"receivers() yielded more than {RECEIVERS_MAX} pairs")
     return pairs
 
 
 def _describe(error: BaseException) -> str:
     if isinstance(error, TimeoutError):
         return f"collect() took longer than {CALL_TIMEOUT} s"
-    return f"collect() raised {type(error).__name__}"
+    return f"collect() raised {type_name(error)}"
 
 
 def _unreadable(outcome: Any, error: Exception) -> str:
     # Never the exception's text: a third party's message may hold anything.
     if not isinstance(outcome, Mapping):
-        return f"collect() returned {type(outcome).__name__}, not a mapping"
-    return f"reading collect()'s result raised {type(error).__name__}"
+        return f"collect() returned {type_name(outcome)}, not a mapping"
+    return f"reading collect()'s result raised {type_name(error)}"
 
 
 class _Run:

@@ -4,10 +4,18 @@ Built from each module's ``inventory-synced`` baseline and kept current by the
 saved/deleted signals. Aggregates (counts by type) are maintained on every
 change, so building a report costs O(types), not O(entities). Only ids (as
 dictionary keys, never reported) and allowlisted, sanitised values are kept.
+
+Bounded work per signal argument. Each item of a sync and each saved entity
+costs a bounded amount of work and memory: its strings are looked at only
+when short (see :mod:`.privacy`: a 10 MB email or type is refused by its
+length), and a pipeline's ``node_types`` is read up to :data:`NODES_MAX`
+entries. A sync costs that much per item, so it is linear in the items the
+host sends, which is the size of the installation.
 """
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Mapping
@@ -15,6 +23,9 @@ from datetime import datetime
 from typing import Any
 
 from phonehome_plugin import privacy
+
+NODES_MAX = 10_000
+"""Node types of one pipeline counted by type; any more count as ``other`` unread."""
 
 
 def entity_id(raw: Any) -> Hashable | None:
@@ -126,10 +137,17 @@ class Pipelines(Entities):
 
 
 def pipeline_value(enabled: Any, node_types: Any) -> tuple[bool, Counter[str]]:
-    """The sanitised part of a pipeline that is counted: enabled flag and node types."""
+    """The sanitised part of a pipeline that is counted: enabled flag and node types.
+
+    At most :data:`NODES_MAX` node types are read; the rest still count, as
+    ``other``, so the total stays right while the work stays bounded.
+    """
     nodes: Counter[str] = Counter()
     if isinstance(node_types, list | tuple):
-        nodes.update(privacy.bucket(kind) for kind in node_types)
+        nodes.update(privacy.bucket(kind) for kind in itertools.islice(node_types, NODES_MAX))
+        unread = len(node_types) - NODES_MAX
+        if unread > 0:
+            nodes[privacy.OTHER] += unread
     return enabled is True, nodes
 
 

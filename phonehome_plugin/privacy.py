@@ -4,16 +4,32 @@ Reports are built from an allowlist of fields; this module decides which
 *values* may fill them. Strings are limited to short identifiers; anything that
 looks like a secret, a URL, an email address, a path or free text is dropped and
 counted, never truncated into the report.
+
+Bounded work on any input, since every value here is foreign (a signal
+argument, a collector's section):
+
+- a string is looked at only when it is short: :func:`identifier` refuses one
+  longer than :data:`IDENT_MAX` by its length, before matching, hashing or
+  caching it (the cache holds at most 4096 short strings, never a 10 MB one);
+  :func:`is_email` likewise past 254 characters;
+- :func:`section` looks at most at :data:`KEYS_MAX` entries of a section and
+  at most :data:`KEYS_MAX` of each mapping nested in them, and never deeper:
+  at most ``KEYS_MAX * (KEYS_MAX + 1)`` entries, whatever ``collect()``
+  returned (a huge, deep or self-referencing mapping). Entries past the first
+  :data:`KEYS_MAX` are dropped and counted unseen, from the mapping's length.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 import threading
 from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
+
+from phonehome_plugin.bounded import type_name
 
 IDENT_MAX = 64
 KEYS_MAX = 200
@@ -39,9 +55,10 @@ class DropCounter:
         self._lock = threading.Lock()
         self._counts: dict[str, int] = {}
 
-    def add(self, reason: str) -> None:
+    def add(self, reason: str, count: int = 1) -> None:
+        """Count ``count`` values refused for ``reason``."""
         with self._lock:
-            self._counts[reason] = self._counts.get(reason, 0) + 1
+            self._counts[reason] = self._counts.get(reason, 0) + count
 
     def take(self) -> dict[str, int]:
         """Return the counts so far and start again from zero."""
@@ -52,7 +69,8 @@ class DropCounter:
 
 def identifier(value: Any) -> str | None:
     """``value`` when it is a short identifier (``mqtt``, ``system.uns.publish``), else None."""
-    return _identifier(value) if isinstance(value, str) else None
+    # The length before the cache: hashing is linear, and the cache would keep the string.
+    return _identifier(value) if isinstance(value, str) and len(value) <= IDENT_MAX else None
 
 
 @lru_cache(maxsize=4096)
@@ -107,18 +125,23 @@ def section(raw: Any, drops: DropCounter) -> dict[str, Any]:
     """Clean a third-party collector's section: keys and leaves as the contract allows.
 
     One level of nesting is allowed; deeper structure, bad keys and bad leaves
-    are dropped and counted. Raises ``TypeError`` when ``raw`` is not a mapping.
+    are dropped and counted. At most :data:`KEYS_MAX` entries of each level are
+    kept, and at most that many are looked at: the rest are dropped and counted
+    as ``collector_key`` without being read. Raises ``TypeError`` when ``raw`` is
+    not a mapping.
     """
     if not isinstance(raw, Mapping):
-        raise TypeError(f"collect() returned {type(raw).__name__}, not a mapping")
+        raise TypeError(f"collect() returned {type_name(raw)}, not a mapping")
     return _level(raw, drops, nested_ok=True)
 
 
 def _level(raw: Mapping[Any, Any], drops: DropCounter, nested_ok: bool) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for key, value in raw.items():
+    seen = 0
+    for key, value in itertools.islice(raw.items(), KEYS_MAX):
+        seen += 1
         name = identifier(key)
-        if name is None or len(out) >= KEYS_MAX:
+        if name is None:
             drops.add("collector_key")
             continue
         if isinstance(value, Mapping) and nested_ok:
@@ -129,4 +152,7 @@ def _level(raw: Mapping[Any, Any], drops: DropCounter, nested_ok: bool) -> dict[
             drops.add("collector_value")
             continue
         out[name] = clean
+    unseen = len(raw) - seen
+    if unseen > 0:  # a mapping's len may disagree with what it yields: never count below 0
+        drops.add("collector_key", unseen)
     return out

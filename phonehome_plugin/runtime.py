@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from hookspecs import hookimpl
-from phonehome_plugin import receivers
+from phonehome_plugin import bounded, receivers
 from phonehome_plugin.collectors import Registry
 from phonehome_plugin.config import Settings
 from phonehome_plugin.inventory import Inventory
@@ -60,7 +60,13 @@ class Runtime:
                 kwargs={"register": self.registry.register}
             )
         except Exception as error:  # a third party's registration bug is its own
-            log.warning("phonehome: a plugin failed to register its collectors: %s", error)
+            # Bounded: a third party's exception text may be huge, slow or secret.
+            said = bounded.describe(error.args[0]) if error.args else ""
+            log.warning(
+                "phonehome: a plugin failed to register its collectors: %s %s",
+                bounded.type_name(error),
+                said,
+            )
         _watch_forks(self)
 
     @hookimpl

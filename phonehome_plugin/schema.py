@@ -6,16 +6,29 @@ properties, required, additionalProperties, propertyNames, enum, const,
 minimum, maximum, maxLength, pattern, anyOf, local $ref), so the plugin needs no
 validator library at run time; the tests hold it to agree with ``jsonschema``.
 It fails closed: a keyword it does not know is an error, not a pass.
+
+Bounded work on what it checks. A report holds values from signal arguments
+and collectors (cleaned, but the check is the last guard), so the check never
+formats a document's value or key with ``repr`` or ``str``: they are quoted as
+:mod:`.bounded` has them (one line of at most ``DESCRIBE_MAX`` characters; a
+huge int is not turned into digits). Each rule is visited once per value it
+applies to, and the walk goes only as deep as the schema does (the shipped one
+has no recursive ``$ref``), so the work is linear in the document;
+:func:`errors` stops after :data:`ERRORS_MAX` lines, and ``anyOf`` after the
+first error of each option.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from collections.abc import Iterator, Mapping
 from functools import cache
 from importlib import resources
 from typing import Any
+
+from phonehome_plugin.bounded import describe, label, type_name
 
 _TYPES: dict[str, Any] = {
     "object": lambda v: isinstance(v, dict),
@@ -31,6 +44,8 @@ _TYPES: dict[str, Any] = {
     "null": lambda v: v is None,
 }
 _ANNOTATIONS = frozenset({"$schema", "$id", "title", "description", "$defs"})
+ERRORS_MAX = 100
+"""Lines :func:`errors` returns at most; a report is refused on the first anyway."""
 
 
 @cache
@@ -47,9 +62,12 @@ def text() -> str:
 
 
 def errors(document: Any, schema: Mapping[str, Any] | None = None) -> list[str]:
-    """Every way ``document`` breaks the schema, as ``path: problem`` lines (empty if valid)."""
+    """The ways ``document`` breaks the schema, as ``path: problem`` lines (empty if valid).
+
+    Every way, up to the first :data:`ERRORS_MAX`.
+    """
     root = load() if schema is None else schema
-    return list(_check(document, root, root, "$"))
+    return list(itertools.islice(_check(document, root, root, "$"), ERRORS_MAX))
 
 
 def _check(
@@ -60,7 +78,7 @@ def _check(
             continue
         check = _KEYWORDS.get(keyword)
         if check is None:
-            yield f"{path}: schema keyword {keyword!r} is not supported"
+            yield f"{path}: schema keyword {describe(keyword)} is not supported"
             continue
         yield from check(value, arg, rule, root, path)
 
@@ -68,7 +86,7 @@ def _check(
 def _type(value: Any, arg: Any, rule: Any, root: Any, path: str) -> Iterator[str]:
     names = [arg] if isinstance(arg, str) else arg
     if not any(_TYPES[name](value) for name in names):
-        yield f"{path}: expected {' or '.join(names)}, got {type(value).__name__}"
+        yield f"{path}: expected {' or '.join(names)}, got {type_name(value)}"
 
 
 def _properties(value: Any, arg: Any, rule: Any, root: Any, path: str) -> Iterator[str]:
@@ -90,25 +108,25 @@ def _additional(value: Any, arg: Any, rule: Any, root: Any, path: str) -> Iterat
         return
     for name in value.keys() - rule.get("properties", {}).keys():
         if arg is False:
-            yield f"{path}: unexpected field {name}"
+            yield f"{path}: unexpected field {label(name)}"
         elif isinstance(arg, Mapping):
-            yield from _check(value[name], arg, root, f"{path}.{name}")
+            yield from _check(value[name], arg, root, f"{path}.{label(name)}")
 
 
 def _property_names(value: Any, arg: Any, rule: Any, root: Any, path: str) -> Iterator[str]:
     if isinstance(value, dict):
         for name in value:
-            yield from _check(name, arg, root, f"{path}[{name!r}]")
+            yield from _check(name, arg, root, f"{path}[{describe(name)}]")
 
 
 def _enum(value: Any, arg: Any, rule: Any, root: Any, path: str) -> Iterator[str]:
     if not any(_same(value, option) for option in arg):
-        yield f"{path}: {value!r} is not one of {arg}"
+        yield f"{path}: {describe(value)} is not one of {arg}"
 
 
 def _const(value: Any, arg: Any, rule: Any, root: Any, path: str) -> Iterator[str]:
     if not _same(value, arg):
-        yield f"{path}: expected {arg!r}"
+        yield f"{path}: expected {describe(arg)}"
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -119,12 +137,12 @@ def _same(a: Any, b: Any) -> bool:
 
 def _minimum(value: Any, arg: Any, rule: Any, root: Any, path: str) -> Iterator[str]:
     if _TYPES["number"](value) and value < arg:
-        yield f"{path}: {value} is below {arg}"
+        yield f"{path}: {describe(value)} is below {arg}"
 
 
 def _maximum(value: Any, arg: Any, rule: Any, root: Any, path: str) -> Iterator[str]:
     if _TYPES["number"](value) and value > arg:
-        yield f"{path}: {value} is above {arg}"
+        yield f"{path}: {describe(value)} is above {arg}"
 
 
 def _max_length(value: Any, arg: Any, rule: Any, root: Any, path: str) -> Iterator[str]:
@@ -143,7 +161,8 @@ def _compiled(pattern: str) -> re.Pattern[str]:
 
 
 def _any_of(value: Any, arg: Any, rule: Any, root: Any, path: str) -> Iterator[str]:
-    if all(list(_check(value, option, root, path)) for option in arg):
+    # One error is enough to rule an option out: do not collect the rest.
+    if all(next(_check(value, option, root, path), None) is not None for option in arg):
         yield f"{path}: matches none of the allowed shapes"
 
 

@@ -8,6 +8,12 @@ Any "off" wins, and nothing turns on what another source turned off:
 3. an invalid ``modules.phonehome`` section (the plugin stays inert);
 4. ``modules.phonehome.enabled: false``;
 5. otherwise on, in the configured mode.
+
+Deciding is bounded whatever config.yaml holds: the section is read as
+:mod:`.config` reads it (a constant number of steps, see there). An environment
+value is only stripped and compared (linear in it; the OS caps one at 128 KiB),
+and is quoted in ``reason`` as :func:`.bounded.label` has it: one line of at
+most :data:`.bounded.DESCRIBE_MAX` characters. So ``reason`` is one line too.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from phonehome_plugin.bounded import label
 from phonehome_plugin.config import ConfigError, Settings, parse, section_of
 
 ENV_ENABLED = "MAESTROHUB_PHONEHOME_ENABLED"
@@ -39,10 +46,10 @@ def resolve(host_config: Mapping[str, Any], environ: Mapping[str, str] | None = 
     env = os.environ if environ is None else environ
     dnt = env.get(ENV_DNT, "").strip()
     if dnt and dnt.lower() not in ("0", "false"):
-        return Decision(False, f"off: {ENV_DNT}={dnt} is set", None)
+        return Decision(False, f"off: {ENV_DNT}={label(dnt)} is set", None)
     flag = env.get(ENV_ENABLED, "").strip().lower()
     if flag and flag not in _TRUE:
-        return Decision(False, f"off: {ENV_ENABLED}={env[ENV_ENABLED]}", None)
+        return Decision(False, f"off: {ENV_ENABLED}={label(env[ENV_ENABLED])}", None)
     try:
         settings = parse(section_of(host_config))
     except ConfigError as error:

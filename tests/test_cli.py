@@ -33,6 +33,7 @@ from operator_support import (
     run_cli,
     running,
 )
+from test_bounded import PEAK_MAX, alias_bomb, traced
 
 from phonehome_plugin import cli, schema, telemetry_doc
 from phonehome_plugin.config import DEFAULT_ENDPOINT
@@ -580,3 +581,84 @@ def test_an_unreachable_state_url_is_one_line_not_a_traceback(tmp_path: Path) ->
     assert done.code == cli.PROBLEM
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert "s3cret" not in done.stderr and "127.0.0.1:9" in done.stderr
+
+
+# An invalid or hostile config.yaml: one short line on stderr, exit 1 -----------------
+
+
+@pytest.mark.parametrize("command", ["status", "preview", "history", "export"])
+def test_an_invalid_section_is_one_line_naming_the_file_and_the_key(
+    command: str, tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("modules:\n  phonehome:\n    enabled: 'no'\n")
+    args = [command, "--config", str(config), "--data-dir", str(tmp_path)]
+    if command == "export":
+        args.append(str(tmp_path / "out.jsonl"))
+
+    run = run_cli(args, tmp_path, cli_env)
+
+    assert_one_line_error(run, naming=str(config))
+    assert run.stderr.strip() == (
+        f"phonehome: {config}: modules.phonehome.enabled: expected true or false, got 'no'; "
+        "telemetry is off"
+    )
+    assert run.stdout == b""
+
+
+@pytest.mark.parametrize("command", ["status", "preview", "history"])
+@pytest.mark.parametrize("at", ["enabled: {bomb}", "outbox: {bomb}", "enabeld: {bomb}"])
+def test_an_alias_bomb_config_is_one_short_line_in_bounded_work(
+    command: str, at: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "config.yaml"
+    for levels in range(1, 11):  # 10 levels of 9: 3.5 billion leaves, in 400 bytes
+        config.write_text(alias_bomb(levels, at=at), "utf-8")
+        code, peak = traced(
+            cli.main,
+            [command, "--config", str(config), "--data-dir", str(tmp_path)],
+            io.StringIO(),
+        )
+        err = capsys.readouterr().err
+        assert code == cli.PROBLEM, err
+        [line] = err.splitlines()
+        assert line.startswith(f"phonehome: {config}: modules.phonehome.")
+        assert len(line) <= 200 + len(str(config)), (levels, line[:300])
+        # Parsing the YAML and the arguments takes some 70 kB; a repr of level n, 5 * 9 ** n.
+        assert peak < 16 * PEAK_MAX, (levels, peak)
+
+
+def test_an_alias_bomb_config_is_one_line_in_a_real_process(
+    tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    # Bounded work is shown in process above, up to 10 levels; 6 are enough to see
+    # the real command's output (and leave the machine alone should the bound break).
+    config = tmp_path / "config.yaml"
+    config.write_text(alias_bomb(6), "utf-8")
+    run = run_cli(
+        ["status", "--config", str(config), "--data-dir", str(tmp_path)], tmp_path, cli_env
+    )
+    assert_one_line_error(run, naming="modules.phonehome.enabled: expected true or false")
+    assert "got a list of 9 items" in run.stderr
+    assert run.stdout == b""
+
+
+def test_a_config_nested_too_deeply_for_the_parser_is_one_line(
+    tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("modules: " + "[" * 5000 + "]" * 5000 + "\n")
+    run = run_cli(["status", "--config", str(config)], tmp_path, cli_env)
+    assert_one_line_error(run, naming=f"cannot read {config}: nested too deeply")
+
+
+def test_a_yaml_error_is_quoted_by_its_first_line_cut_short(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # PyYAML quotes the undefined alias's name: as long as the file, here 1 MB.
+    config = tmp_path / "config.yaml"
+    config.write_text("modules: *" + "a" * 1_000_000 + "\n")
+    assert cli.main(["status", "--config", str(config)], io.StringIO()) == cli.PROBLEM
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"phonehome: cannot read {config}: found undefined alias")
+    assert len(line) <= len(f"phonehome: cannot read {config}: ") + cli.LINE_MAX

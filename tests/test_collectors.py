@@ -10,9 +10,10 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from test_bounded import Hostile, HostileStr
 
 from hookspecs import signals
-from phonehome_plugin import collectors
+from phonehome_plugin import collectors, privacy
 from phonehome_plugin.collectors import Registry
 from phonehome_plugin.privacy import DropCounter
 from phonehome_plugin.tally import ExecutionTally
@@ -549,3 +550,116 @@ def test_a_result_arriving_just_after_the_deadline_does_not_mark_the_collector_h
     assert punctual.calls == 2
     assert sections == {"acme.punctual": {"value": 1}}
     assert errors == {}
+
+
+# Bounded work on what a third party hands over ------------------------------------------
+
+
+def test_register_quotes_a_huge_name_by_a_short_prefix(registry: Registry) -> None:
+    huge = "acme." + "x" * 10_000_000
+    with pytest.raises(TypeError) as caught:
+        registry.register(Collector(huge))
+    message = str(caught.value)
+    assert message == (
+        f"collector name '{huge[:40]}'... (10000005 characters) is not a dotted lower-case "
+        "name like acme.historian"
+    )
+
+
+def test_register_runs_no_method_of_the_object_or_name_it_is_given(registry: Registry) -> None:
+    with pytest.raises(TypeError) as caught:
+        registry.register(Hostile())  # its __repr__ and __str__ raise AssertionError
+    assert str(caught.value).endswith("`collect()`, got a Hostile object")
+    # A str whose every method fails: its text is used, none of its methods.
+    named = SimpleNamespace(name=HostileStr("acme.x"), collect=lambda: {"n": 1})
+    registry.register(named)
+    assert type(next(iter(registry.collectors))) is str
+    assert registry.collectors == {"acme.x": named}
+    with pytest.raises(TypeError, match=r"^collector name 'a+'\.\.\. \(100 characters\) is not"):
+        registry.register(SimpleNamespace(name=HostileStr("a" * 100), collect=dict))
+
+
+def test_an_endless_receivers_costs_only_its_collector(
+    registry: Registry, app: FakeApp, drops: DropCounter
+) -> None:
+    yielded = 0
+
+    def endless() -> Iterator[tuple[Any, Callable[..., None]]]:
+        nonlocal yielded
+        while True:
+            yielded += 1
+            if yielded > 100 * collectors.RECEIVERS_MAX:  # endless to the code under test
+                raise AssertionError("receivers() was read past its bound")
+            yield signals.execution_finished, lambda sender, **kw: None
+
+    before = set(signals.execution_finished.receivers)
+    registry.register(Collector("acme.endless", receivers=endless))
+    registry.register(Collector("acme.fine"))
+    registry.connect(app)  # returns: the host's startup is not held up
+    assert yielded == collectors.RECEIVERS_MAX + 1
+    assert registry.errors == {"acme.endless": "receivers() failed: ValueError"}
+    assert set(signals.execution_finished.receivers) == before, "none of its pairs connected"
+    assert registry.collect_all(drops) == (
+        {"acme.fine": {"value": 1}},
+        {"acme.endless": "receivers() failed: ValueError"},
+    )
+
+
+def test_receivers_max_pairs_are_connected(registry: Registry, app: FakeApp) -> None:
+    seen: list[int] = []
+    pairs = [
+        (signals.execution_finished, lambda sender, n=n, **kw: seen.append(n))
+        for n in range(collectors.RECEIVERS_MAX)
+    ]
+    registry.register(Collector("acme.many", pairs=pairs))
+    registry.connect(app)
+    signals.execution_finished.send(app, pipeline_id="p", status="completed", duration_ms=1)
+    assert sorted(seen) == list(range(collectors.RECEIVERS_MAX))
+    assert registry.errors == {}
+
+
+def test_collector_errors_stay_within_the_schema_limit_whatever_the_exception_is_called(
+    registry: Registry, app: FakeApp, drops: DropCounter
+) -> None:
+    long_error = type("Failure" * 100, (Exception,), {})
+    odd_result = type("Result" * 100, (), {})
+
+    class Failing:
+        name = "acme.failing"
+
+        def receivers(self) -> list[tuple[Any, Callable[..., None]]]:
+            return [(signals.execution_finished, self.on_finished)]
+
+        def on_finished(self, sender: Any, **extra: Any) -> None:
+            raise long_error()
+
+        def collect(self) -> dict[str, int]:
+            raise long_error()
+
+    registry.register(Failing())
+    registry.register(Collector("acme.odd", odd_result()))
+    registry.register(SimpleNamespace(name="acme.raises", collect=lambda: 1 / 0))
+    registry.connect(app)
+    signals.execution_finished.send(app, pipeline_id="p", status="completed", duration_ms=1)
+    _, errors = registry.collect_all(drops)
+    assert set(errors) == {"acme.failing", "acme.odd", "acme.raises"}
+    for message in errors.values():
+        assert len(message) <= collectors.ERROR_MAX and message.isprintable(), message
+    assert errors["acme.failing"] == f"receiver raised {('Failure' * 5)[:32]}..."
+
+
+def test_a_huge_self_referencing_section_is_read_in_bounded_work(
+    registry: Registry, drops: DropCounter
+) -> None:
+    huge: dict[str, Any] = {f"k{i}": i for i in range(1_000_000)}
+    huge["k0"] = huge  # the first entry holds the whole mapping again
+    registry.register(Collector("acme.huge", huge))
+    sections, errors = registry.collect_all(drops)
+    assert errors == {}
+    section = sections["acme.huge"]
+    assert len(section) == privacy.KEYS_MAX
+    assert section["k0"] == {f"k{i}": i for i in range(1, privacy.KEYS_MAX)}
+    assert drops.take() == {
+        "collector_key": 2 * (1_000_000 - privacy.KEYS_MAX),
+        "collector_value": 1,
+    }

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
+from hypothesis import given
+from hypothesis import strategies as st
+from test_bounded import PEAK_MAX, growing_bombs, traced
 
 from phonehome_plugin import config
 from phonehome_plugin.config import ConfigError, OutboxLimits, Settings, parse, section_of
@@ -372,3 +377,170 @@ def test_a_complete_valid_section_is_read_key_by_key() -> None:
 )
 def test_is_loopback_host(host: str | None, expected: bool) -> None:
     assert config.is_loopback_host(host) is expected
+
+
+# Bounded work on bad input --------------------------------------------------------------
+
+# Where a YAML alias bomb sits in modules.phonehome, and how the error must begin.
+BOMB_SITES: dict[str, tuple[str, str]] = {
+    "enabled": ("enabled: {bomb}", "modules.phonehome.enabled: expected true or false, got a "),
+    "mode": ("mode: {bomb}", "modules.phonehome.mode: expected one of send, log, offline, got a "),
+    "endpoint": ("endpoint: {bomb}", "modules.phonehome.endpoint: expected a URL string, got a "),
+    "proxy": ("proxy: {bomb}", "modules.phonehome.proxy: expected a non-empty string, got a "),
+    "outbox": ("outbox: {bomb}", "modules.phonehome.outbox"),
+    "outbox.max_reports": (
+        "outbox: {{max_reports: {bomb}}}",
+        "modules.phonehome.outbox.max_reports: expected a whole number of at least 1, got a ",
+    ),
+    "privacy": ("privacy: {bomb}", "modules.phonehome.privacy"),
+    "privacy.email": (
+        "privacy: {{email: {bomb}}}",
+        "modules.phonehome.privacy.email: expected one of send, hash, omit, got a ",
+    ),
+    "unknown key": ("enabeld: {bomb}", "modules.phonehome.enabeld: unknown key"),
+    "unknown key beside valid ones": (
+        "interval: 600, enabeld: {bomb}",
+        "modules.phonehome.enabeld: unknown key",
+    ),
+    "unknown key in outbox": (
+        "outbox: {{max_reportz: {bomb}}}",
+        "modules.phonehome.outbox.max_reportz: unknown key",
+    ),
+}
+
+
+def _bounded_error_of(host_config: Any) -> tuple[str, int]:
+    """The ConfigError's message for ``host_config``, and tracemalloc's peak while parsing."""
+
+    def read() -> str:
+        with pytest.raises(ConfigError) as caught:
+            parse(section_of(host_config))
+        return str(caught.value)
+
+    return traced(read)
+
+
+@pytest.mark.parametrize("kind", ["list", "dict"])
+@pytest.mark.parametrize("site", list(BOMB_SITES))
+def test_an_alias_bomb_anywhere_in_the_section_is_refused_in_bounded_work(
+    site: str, kind: str
+) -> None:
+    at, start = BOMB_SITES[site]
+    # Each level multiplies the value's repr by 9; 10 levels would be 3.5 billion leaves.
+    for levels, host_config in growing_bombs(at=at, kind=kind):
+        message, peak = _bounded_error_of(host_config)
+        assert len(message) <= 200, (levels, message[:300])
+        assert message.isprintable(), (levels, message[:300])
+        assert peak < PEAK_MAX, (levels, peak)
+        assert message.startswith(start), message
+        if site in ("outbox", "privacy"):
+            # a list is no mapping; a mapping bomb's keys k0... are unknown keys
+            assert message.endswith(
+                ": expected a mapping, got a list of 9 items"
+                if kind == "list"
+                else ".k0: unknown key"
+            ), message
+
+
+def test_a_self_referencing_value_is_refused_without_walking_it() -> None:
+    host_config = yaml.safe_load("loop: &loop [*loop]\nmodules: {phonehome: {enabled: *loop}}\n")
+    message, peak = _bounded_error_of(host_config)
+    assert message == "modules.phonehome.enabled: expected true or false, got a list of 1 item"
+    assert peak < PEAK_MAX
+
+
+def test_a_huge_string_value_is_quoted_by_a_short_prefix() -> None:
+    message, peak = _bounded_error_of({"modules": {"phonehome": {"mode": "x" * 10_000_000}}})
+    assert message == (
+        "modules.phonehome.mode: expected one of send, log, offline, got "
+        f"'{'x' * 40}'... (10000000 characters)"
+    )
+    assert peak < PEAK_MAX
+
+
+@pytest.mark.parametrize("key", ["endpoint", "geoip_url", "proxy", "ca_bundle", "state_url"])
+def test_a_string_setting_past_string_max_is_refused_before_it_is_parsed(key: str) -> None:
+    # 10 MB: urlsplit or Path would copy it, and urlsplit would keep it in its cache.
+    huge = "https://example.com/" + "a" * 10_000_000
+    message, peak = _bounded_error_of({"modules": {"phonehome": {key: huge}}})
+    assert message.startswith(
+        f"modules.phonehome.{key}: expected at most {config.STRING_MAX} characters, got "
+    ), message
+    assert len(message) <= 200
+    assert peak < PEAK_MAX
+
+
+def test_string_max_itself_is_accepted() -> None:
+    url = "https://example.com/"
+    url += "a" * (config.STRING_MAX - len(url))
+    assert parse({"endpoint": url}).endpoint == url
+    assert "at most" in _error_of({"endpoint": url + "a"})
+
+
+def test_a_huge_or_multi_line_unknown_key_is_named_on_one_short_line() -> None:
+    assert _error_of({"k" * 10_000_000: 1}) == (
+        f"modules.phonehome.'{'k' * 40}'... (10000000 characters): unknown key"
+    )
+    assert _error_of({"enabled\nERROR forged": 1}) == (
+        "modules.phonehome.'enabled\\nERROR forged': unknown key"
+    )
+
+
+class CountingKeys(Mapping[Any, Any]):
+    """A mapping of ``size`` unknown keys that counts the keys read from it."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.read = 0
+
+    def __iter__(self) -> Iterator[Any]:
+        for number in range(self.size):
+            self.read += 1
+            yield f"key{number}"
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, key: Any) -> Any:
+        raise AssertionError("the value of an unknown key was read")
+
+
+@pytest.mark.parametrize("where", ["section", "outbox", "privacy"])
+def test_at_most_keys_scan_keys_of_a_mapping_are_read(where: str) -> None:
+    keys = CountingKeys(1_000_000)
+    section: Mapping[Any, Any] = keys if where == "section" else {where: keys}
+    message = _error_of(section)  # type: ignore[arg-type]
+    assert message.endswith(": unknown key")
+    assert keys.read == config.KEYS_SCAN
+
+
+def test_a_section_within_keys_scan_names_its_first_unknown_key_in_sorted_order() -> None:
+    section = {f"zz{n}": 1 for n in range(config.KEYS_SCAN - 2)} | {"aa": 1, "enabled": True}
+    assert _error_of(section) == "modules.phonehome.aa: unknown key"
+
+
+_FOREIGN = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(min_value=2**200, max_value=2**20_000)
+    | st.floats()
+    | st.text()
+    | st.binary()
+    | st.dates(),
+    lambda children: st.lists(children) | st.dictionaries(st.text(), children),
+    max_leaves=10,
+)
+
+
+@given(
+    key=st.sampled_from([*config._PARSERS, "outbox.max_reports", "privacy.email"]), value=_FOREIGN
+)
+def test_every_config_error_is_one_line_of_less_than_error_max(key: str, value: Any) -> None:
+    outer, _, inner = key.partition(".")
+    section = {outer: {inner: value}} if inner else {outer: value}
+    try:
+        parse(section)
+    except ConfigError as error:
+        assert len(str(error)) < config.ERROR_MAX, str(error)
+        assert str(error).isprintable(), str(error)

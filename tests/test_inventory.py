@@ -11,6 +11,7 @@ import pytest
 from state_walk import strings_in
 
 from phonehome_plugin.inventory import (
+    NODES_MAX,
     Entities,
     Inventory,
     Pipelines,
@@ -20,6 +21,7 @@ from phonehome_plugin.inventory import (
     pipeline_value,
     user_value,
 )
+from phonehome_plugin.privacy import _identifier
 
 T0 = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
 SECRET = "s3cr3t-Passw0rd-do-not-keep"
@@ -386,3 +388,34 @@ def test_after_fork_replaces_every_lock(inventory: Inventory) -> None:
     worker.start()
     assert done.wait(5), "a lock copied while held was not replaced"
     assert all(len(entities) == 1 for entities in groups)
+
+
+# Bounded work per signal argument -------------------------------------------------------
+
+
+def test_pipeline_value_reads_at_most_nodes_max_node_types_and_counts_the_rest_as_other() -> None:
+    many = [f"kind.n{i}" for i in range(NODES_MAX + 5_000)]
+    _, nodes = pipeline_value(True, many)
+    assert len(nodes) == NODES_MAX + 1, "distinct types per pipeline are bounded"
+    assert sum(nodes.values()) == len(many), "every node still counts"
+    assert nodes["other"] == 5_000
+    assert nodes["kind.n0"] == 1 and "kind.n" + str(NODES_MAX) not in nodes
+
+
+def test_pipeline_value_of_nodes_max_node_types_counts_each_by_type() -> None:
+    exactly = [f"kind.n{i}" for i in range(NODES_MAX)]
+    assert pipeline_value(True, exactly)[1] == Counter(exactly)
+
+
+def test_huge_strings_in_a_sync_are_refused_by_their_length_and_never_cached(
+    inventory: Inventory,
+) -> None:
+    huge = "x" * 10_000_000
+    cached = _identifier.cache_info().currsize
+    assert inventory.sync("connections", [{"id": "c1", "type": huge}])
+    assert inventory.sync(
+        "users", [{"id": "u1", "email": huge + "@example.com", "created_at": T0}]
+    )
+    assert inventory.connections.snapshot() == {"total": 1, "by_type": {"other": 1}}
+    assert len(inventory.users) == 1 and inventory.users.earliest is None
+    assert _identifier.cache_info().currsize == cached

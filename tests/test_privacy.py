@@ -6,11 +6,13 @@ import base64
 import json
 import string
 import threading
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_bounded import PEAK_MAX, traced
 
 from phonehome_plugin import privacy
 from phonehome_plugin.privacy import DropCounter
@@ -416,3 +418,79 @@ def test_drop_counter_loses_nothing_across_threads() -> None:
     for thread in threads:
         thread.join()
     assert drops.take() == {"r": 16_000}
+
+
+# Bounded work on foreign values ---------------------------------------------------------
+
+
+def test_a_huge_string_is_refused_by_its_length_and_never_cached() -> None:
+    huge = "a" * 10_000_000  # would match no pattern anyway: only its cost is at stake
+    cached = privacy._identifier.cache_info().currsize
+    result, peak = traced(privacy.identifier, huge)
+    assert result is None
+    assert privacy.bucket(huge) == privacy.OTHER
+    assert privacy._identifier.cache_info().currsize == cached, "the cache keeps no huge string"
+    assert peak < PEAK_MAX
+
+
+def test_a_huge_email_is_refused_by_its_length() -> None:
+    huge = "a" * 10_000_000 + "@example.com"
+    result, peak = traced(privacy.is_email, huge)
+    assert result is False
+    assert peak < PEAK_MAX
+
+
+class CountingSection(Mapping[str, Any]):
+    """A section of ``size`` entries that counts the entries read from it."""
+
+    def __init__(self, size: int, value: Any = 1) -> None:
+        self.size, self.value, self.read = size, value, 0
+
+    def __iter__(self) -> Iterator[str]:
+        for number in range(self.size):
+            self.read += 1
+            yield f"k{number}"
+
+    def __getitem__(self, key: str) -> Any:
+        return self.value
+
+    def __len__(self) -> int:
+        return self.size
+
+
+def test_section_reads_at_most_keys_max_entries_per_level_and_counts_the_rest() -> None:
+    size = 4 * privacy.KEYS_MAX  # reading all would be size * size; a million is no slower now
+    inner = CountingSection(size)
+    outer = CountingSection(size, value=inner)
+    drops = DropCounter()
+    out = privacy.section(outer, drops)
+    assert outer.read == privacy.KEYS_MAX
+    # The one inner mapping is entered once per outer key that holds it: each time
+    # only its first KEYS_MAX entries are read.
+    assert inner.read == privacy.KEYS_MAX * privacy.KEYS_MAX
+    assert len(out) == privacy.KEYS_MAX
+    assert all(len(nested) == privacy.KEYS_MAX for nested in out.values())
+    unread = (size - privacy.KEYS_MAX) * (1 + privacy.KEYS_MAX)
+    assert drops.take() == {"collector_key": unread}
+
+
+def test_a_self_referencing_section_is_read_two_levels_deep_only() -> None:
+    loop: dict[str, Any] = {"n": 1}
+    loop["self"] = loop
+    drops = DropCounter()
+    assert privacy.section(loop, drops) == {"n": 1, "self": {"n": 1}}
+    assert drops.take() == {"collector_value": 1}
+
+
+def test_drop_counter_adds_a_count_at_once() -> None:
+    drops = DropCounter()
+    drops.add("x", 5)
+    drops.add("x")
+    assert drops.take() == {"x": 6}
+
+
+def test_a_non_mapping_section_names_its_type_by_a_bounded_name() -> None:
+    odd = type("Odd" * 1000, (), {})()
+    with pytest.raises(TypeError) as caught:
+        privacy.section(odd, DropCounter())
+    assert str(caught.value) == f"collect() returned {('Odd' * 11)[:32]}..., not a mapping"

@@ -11,7 +11,7 @@ from state_walk import strings_in
 
 from hookspecs import signals
 from phonehome_plugin import receivers
-from phonehome_plugin.inventory import Inventory
+from phonehome_plugin.inventory import NODES_MAX, Inventory
 from phonehome_plugin.tally import ExecutionTally
 
 T0 = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
@@ -526,3 +526,18 @@ def test_record_user_ignores_what_is_not_a_user(inventory: Inventory, user: Any)
     receivers.record_user(inventory, user)
     assert len(inventory.users) == 0
     assert inventory.users.earliest is None
+
+
+# Bounded work per signal ----------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("connected")
+def test_a_pipeline_saved_with_a_huge_node_list_is_counted_in_bounded_work(
+    app: FakeApp, inventory: Inventory
+) -> None:
+    node_types = [f"kind.n{i}" for i in range(NODES_MAX)] + ["x" * 10_000_000] * 1_000
+    signals.pipeline_saved.send(app, id="p1", enabled=True, node_types=node_types)
+    nodes = inventory.pipelines.snapshot()["nodes_by_type"]
+    assert len(nodes) == NODES_MAX + 1 and nodes["other"] == 1_000
+    signals.connection_saved.send(app, id="c1", type="y" * 10_000_000)
+    assert inventory.connections.snapshot() == {"total": 1, "by_type": {"other": 1}}

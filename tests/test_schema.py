@@ -326,6 +326,45 @@ def test_an_integral_float_is_an_integer_for_both() -> None:
     assert schema.errors(True, {"type": "integer"}) != []
 
 
+# Bounded work on what is checked ---------------------------------------------------------
+
+_BY_TYPE = {"type": "object", "propertyNames": {"pattern": "^[a-z]{1,8}$"}}
+
+
+def test_errors_stop_after_errors_max_lines() -> None:
+    document = {f"BAD{i}": 1 for i in range(100_000)}
+    problems = schema.errors(document, _BY_TYPE)
+    assert len(problems) == schema.ERRORS_MAX
+    assert schema.errors({"ok": 1}, _BY_TYPE) == []
+
+
+def test_values_and_names_in_errors_are_quoted_by_a_short_prefix() -> None:
+    huge = "X" * 10_000_000
+    [named] = schema.errors({huge: 1}, _BY_TYPE)
+    assert named.startswith(f"$['{'X' * 40}'... (10000000 characters)]: does not match")
+    [listed] = schema.errors(huge, {"enum": ["a", "b"]})
+    assert listed == f"$: '{'X' * 40}'... (10000000 characters) is not one of ['a', 'b']"
+    [unexpected] = schema.errors({huge: 1}, {"type": "object", "additionalProperties": False})
+    assert len(unexpected) <= 200 and unexpected.isprintable()
+    for problem in (named, listed, unexpected):
+        assert len(problem) <= 250, problem
+
+
+def test_a_huge_int_is_checked_without_being_turned_into_digits() -> None:
+    # str() of an int past 4300 digits raises ValueError: the check would crash, not fail.
+    huge = 10**5000
+    assert schema.errors(huge, {"maximum": 10}) == ["$: an int of 16610 bits is above 10"]
+    assert schema.errors(-huge, {"minimum": 0}) == ["$: an int of 16610 bits is below 0"]
+    assert schema.errors(huge, {"enum": [1]}) == ["$: an int of 16610 bits is not one of [1]"]
+
+
+def test_any_of_rules_an_option_out_on_its_first_error() -> None:
+    # Every option fails on each of 100_000 keys; one error of each is enough to say so.
+    document = {f"BAD{i}": 1 for i in range(100_000)}
+    rule = {"anyOf": [_BY_TYPE, _BY_TYPE]}
+    assert schema.errors(document, rule) == ["$: matches none of the allowed shapes"]
+
+
 # An invalid report is never stored or sent, and is counted ------------------------------
 
 MARKER = "Zq7-forced-invalid-value"

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import itertools
+import logging
+from pathlib import Path
 from typing import Any
 
+import pluggy
 import pytest
+from test_bounded import PEAK_MAX, growing_bombs, traced
 
-from phonehome_plugin import switch
+import hookspecs.host
+from phonehome_plugin import plugin, switch
 from phonehome_plugin.config import Settings
 
 UNSET = None
@@ -208,3 +213,66 @@ def test_credentials_in_the_endpoint_never_reach_the_log_line() -> None:
     assert decision.on
     assert "s3cret" not in decision.reason and "ingest" not in decision.reason
     assert "telemetry.example/v1" in decision.reason
+
+
+# Bounded work on bad input --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "at",
+    ["enabled: {bomb}", "outbox: {bomb}", "outbox: {{max_reports: {bomb}}}", "enabeld: {bomb}"],
+)
+def test_an_alias_bomb_config_is_off_with_a_short_config_error(at: str) -> None:
+    for levels, host_config in growing_bombs(at=at):
+        decision, peak = traced(switch.resolve, host_config, {})
+        assert decision.on is False and decision.settings is None
+        assert decision.config_error is not None
+        assert len(decision.config_error) <= 200, (levels, decision.config_error[:300])
+        assert decision.reason == f"off: invalid config.yaml, {decision.config_error}"
+        assert peak < PEAK_MAX, (levels, peak)
+
+
+@pytest.mark.parametrize("name", ["DO_NOT_TRACK", "MAESTROHUB_PHONEHOME_ENABLED"])
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        ("x" * 100_000, f"'{'x' * 40}'... (100000 characters)"),
+        ("1\nERROR forged line", "'1\\nERROR forged line'"),
+    ],
+    ids=["100 kB", "two lines"],
+)
+def test_an_environment_value_is_quoted_on_one_short_line(
+    name: str, value: str, shown: str
+) -> None:
+    decision = switch.resolve({}, {name: value})
+    assert decision.on is False
+    assert f"{name}={shown}" in decision.reason
+    assert decision.reason.isprintable() and len(decision.reason) <= 200
+
+
+class Host:
+    """The part of a MaestroHub app ``on_startup`` uses, with a fresh plugin manager."""
+
+    def __init__(self, config: Any, data_dir: Path) -> None:
+        self.config = config
+        self.data_dir = data_dir
+        self.plugin_manager = pluggy.PluginManager("maestrohub")
+        self.plugin_manager.add_hookspecs(hookspecs.host)
+
+
+def test_on_startup_with_an_alias_bomb_config_stays_off_with_one_short_log_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    for levels, host_config in growing_bombs():
+        host = Host(host_config, tmp_path / "data")
+        caplog.clear()
+        with caplog.at_level(logging.DEBUG, logger="phonehome_plugin"):
+            _, peak = traced(plugin.on_startup, host)
+        assert host.plugin_manager.get_plugin(plugin.RUNTIME_NAME) is None, "telemetry is off"
+        [record] = [r for r in caplog.records if r.name.startswith("phonehome_plugin")]
+        message = record.getMessage()
+        assert record.levelno == logging.ERROR and record.exc_info is None
+        assert message.startswith("phonehome: off: invalid config.yaml, modules.phonehome.enabled")
+        assert len(message) <= 200 and message.isprintable(), (levels, message[:300])
+        assert peak < PEAK_MAX, (levels, peak)
+        assert not (tmp_path / "data").exists(), "nothing written"
