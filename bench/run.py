@@ -52,6 +52,9 @@ ORDER = (
     "memory.after_first_report",
     "memory.large",
     "memory.off",
+    "fork.idle",
+    "fork.busy",
+    "fork.busy.max",
     "load.rate",
     "load.exact",
     "load.memory",
@@ -143,7 +146,7 @@ class Collected:
 
 def run_all(quick: bool) -> Collected:
     """Every section, in an order that matters only for the first one."""
-    from bench import build, events, hooks, imports, load, memory
+    from bench import build, events, forks, hooks, imports, load, memory
     from bench.servers import HTTPEndpoint
 
     done = Collected()
@@ -157,6 +160,7 @@ def run_all(quick: bool) -> Collected:
         done.section("build", lambda: build.build_rows(ok.url, quick))
         done.section("imports", lambda: imports.import_rows(quick))
         done.section("memory", lambda: memory.memory_rows(ok.url, quick))
+        done.section("forks", lambda: forks.fork_rows(ok, quick))
     done.section("load", lambda: load.load_rows(quick))
     if done.peaks:
         done.rows.append(_peak_row(done.peaks))
