@@ -21,4 +21,4 @@ def install() -> None:
     for name in CLEARED:
         os.environ.pop(name, None)
     socket.socket.connect = loopback.connect  # type: ignore[method-assign,assignment]
-    socket.socket.connect_ex = loopback.connect_ex  # type: ignore[method-assign]
+    socket.socket.connect_ex = loopback.connect_ex  # type: ignore[method-assign,assignment]
