@@ -4,20 +4,31 @@
 host with a typical factory's inventory and the example ``acme.historian``
 collector, and drives the host through its life: startup, the first user,
 ``hours`` simulated hours of work (ticking every simulated 10 minutes), shutdown.
-Each report is printed as the receiver gets it, one header line and one line per
-section. It contacts nothing but 127.0.0.1.
+Each report is printed as the receiver gets it, one header line and a few lines
+per section, after a line saying what the host did since the previous one. Every
+line fits an 80-column terminal. It contacts nothing but 127.0.0.1.
 
-The host clock starts ``hours`` hours in the past, so the simulated run ends
-about now and every ``generated_at`` is a plausible time. Reports are sent by the
-plugin's own thread; after each step the demo waits (bounded, in real time) until
-that thread has handled every tick, and moves the simulated clock on, ten minutes
-at a time, while a report it expects is not yet due.
+The timeline is consistent: each hour of work is followed by the periodic report
+that covers exactly that hour (its executions "since last" are the hour's). The
+plugin sends periodic reports at its own slot of each hour (an offset and a
+jitter derived from the installation's ``instance_id``, see :mod:`.schedule`), so
+the demo reads the ``instance_id`` from the startup report, lets the host idle
+until the first slot's report, and lines each hour of work up so that it ends on
+the tick at which the next report falls due. If a report does not come on that
+tick (a plugin whose schedule differs), the demo ticks on, ten minutes at a time.
+
+The host clock starts about ``hours + 1`` hours in the past, so the simulated run
+ends about now and every ``generated_at`` is a plausible time. Reports are sent
+by the plugin's own thread; after each step the demo waits (bounded, in real
+time) until that thread has handled every tick.
 """
 
 from __future__ import annotations
 
+import math
 import sys
 import tempfile
+import textwrap
 import time
 from collections import Counter
 from collections.abc import Iterator, Mapping
@@ -25,7 +36,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
-from phonehome_plugin import switch
+from phonehome_plugin import schedule, switch
 from phonehome_plugin.activity import Activity
 from phonehome_plugin.examples import historian
 from phonehome_plugin.plugin import RUNTIME_NAME
@@ -38,15 +49,23 @@ TOTAL_WAIT = 20.0
 """Real seconds of waiting in all, so a plugin that sends nothing fails the demo quickly."""
 TICK = 600.0
 """Simulated seconds between ticks while the factory works."""
+HOUR = 3600.0
+"""Simulated seconds of one hour of work (:meth:`.Activity.hour_of_work`)."""
 SEED = 2024
 MISSING = "-"
+WIDTH = 80
+"""Widest line the demo prints."""
+LABEL = 12
+"""Width of a section's label; its values start after three spaces and the label."""
 
 
 def run_demo(out: TextIO | None = None, *, hours: int = 4) -> int:
     """Run the demo, printing to ``out`` (standard output by default).
 
     Returns 0 when every expected report arrived (one ``startup``, one
-    ``first_user``, at least ``hours`` ``periodic``), else 1 with the reason printed.
+    ``first_user``, one ``periodic`` per hour of work and, before them, the first
+    slot's), else 1 with the reason printed. No line printed is wider than
+    :data:`WIDTH`.
     """
     out = sys.stdout if out is None else out
     began = time.perf_counter()
@@ -57,60 +76,151 @@ def run_demo(out: TextIO | None = None, *, hours: int = 4) -> int:
         phonehome = {"endpoint": receiver.url, "geoip_url": receiver.geoip_url}
         config = {"modules": {"phonehome": phonehome}}
         decision = switch.resolve(config)
-        if not decision.on:
-            print(f"phonehome demo: telemetry is {decision.reason}; nothing to show.", file=out)
+        if not decision.on or decision.settings is None:
+            say(out, f"phonehome demo: telemetry is {decision.reason}; nothing to show.")
             return 1
-        clock = SimClock(datetime.now(UTC).replace(microsecond=0) - timedelta(hours=hours))
+        interval = float(decision.settings.interval)
+        start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=hours + 1)
+        clock = SimClock(start)
         host = SimHost(
             config, Path(tmp), clock=clock, edition="foundation", extra_plugins=[historian]
         )
         activity = Activity(seed=SEED)
         activity.populate_factory(host)
-        print(
-            f"phonehome demo: simulated MaestroHub {host.version} ({host.edition}), "
-            f"{hours} h of factory work, reports to {receiver.url}\n",
-            file=out,
+        say(
+            out,
+            f"phonehome demo: a simulated MaestroHub {host.version} ({host.edition}), "
+            f"{hours} h of factory work",
+            f"reports go to the receiver at {receiver.url}",
+            "",
         )
         view = _Printer(receiver, host, out)
+        expected = 2
         try:
             host.start()
-            host.tick()  # the first tick, after every module synced: the startup report
+            # The first tick comes after every module synced: the startup report.
+            view.event(f"[{_hhmm(clock.now())}] MaestroHub starts")
+            host.tick()
             view.wait_for(1)
+            view.event(f"[{_hhmm(clock.now())}] the first user is created")
             host.create_user("admin@example.com")
             host.tick()
             view.wait_for(2)
+            slots = _Slots.of(receiver.reports, clock.now(), interval) if hours else None
+            if slots is not None:
+                # Before any work: the report of the installation's first slot.
+                since = clock.now()
+                _advance_to(host, slots.due(1))
+                view.event(
+                    f"[{_hhmm(since)}-{_hhmm(clock.now())}] no work yet, up to the "
+                    "installation's first hourly slot"
+                )
+                expected += 1
+                view.wait_for(expected)
             for hour in range(hours):
-                activity.hour_of_work(host, tick_every=TICK)
-                # A slot's report waits a few minutes of jitter past the slot's start,
-                # so it may fall due just after the hour of work: move the clock on.
-                for _ in range(round(3600 / TICK)):
-                    if view.wait_for(3 + hour, quiet=True):
+                if slots is not None:
+                    # Start late enough that the hour's last tick, not an earlier one,
+                    # is the first at or past the due time of the report it leads to
+                    # (an idle minute or two: slots' jitters differ).
+                    _advance_to(host, slots.due(hour + 2) - HOUR)
+                since = clock.now()
+                sent = activity.hour_of_work(host, tick_every=TICK)
+                view.event(
+                    f"[{_hhmm(since)}-{_hhmm(clock.now())}] hour {hour + 1} of {hours}: "
+                    f"{sum(sent.values()):,} pipeline executions"
+                )
+                expected += 1
+                # A report that is not due yet (the plugin's schedule is not the one
+                # assumed): move the clock on.
+                for _ in range(round(HOUR / TICK)):
+                    if view.wait_for(expected, quiet=True):
                         break
                     host.tick(TICK)
                 else:
-                    view.wait_for(3 + hour)
+                    view.wait_for(expected)
         finally:
             host.shutdown()
         view.show_new()
-        return _verdict(view.triggers, receiver, hours, time.perf_counter() - began, out)
+        view.event(f"[{_hhmm(clock.now())}] MaestroHub shuts down")
+        return _verdict(view.triggers, receiver, expected - 2, time.perf_counter() - began, out)
+
+
+def say(out: TextIO, *texts: str) -> None:
+    """Print each text, wrapped to :data:`WIDTH` (continuation lines indented by 3)."""
+    for text in texts:
+        lines = textwrap.wrap(text, WIDTH, subsequent_indent="   ", break_on_hyphens=False) or [""]
+        for line in lines:
+            print(line, file=out)
+
+
+class _Slots:
+    """When this installation's periodic reports fall due (epoch seconds, host clock).
+
+    Report 1 is the first one after startup; :mod:`.schedule` decides, from the
+    ``instance_id`` every report carries.
+    """
+
+    def __init__(self, instance_id: str, started: datetime, interval: float) -> None:
+        self.instance_id, self.interval = instance_id, interval
+        offset = schedule.offset(instance_id, interval)
+        # The reporter counts the slot that holds the startup report as done.
+        self.startup_slot = schedule.slot_of(started.timestamp(), interval, offset)
+
+    @classmethod
+    def of(
+        cls, reports: list[dict[str, Any]], started: datetime, interval: float
+    ) -> _Slots | None:
+        """From the startup report; None when none arrived or it names no installation."""
+        instance_id = reports[0].get("instance_id") if reports else None
+        if not isinstance(instance_id, str) or not instance_id:
+            return None
+        return cls(instance_id, started, interval)
+
+    def due(self, number: int) -> float:
+        """When report ``number`` (1 for the first after startup) falls due."""
+        last = self.startup_slot + number - 1
+        return schedule.periodic_due_at(last, self.instance_id, self.interval)
+
+
+def _advance_to(host: SimHost, when: float) -> None:
+    """Tick every :data:`TICK` seconds (the last step shorter) up to the whole second
+    at or after ``when``; nothing when the clock is there already."""
+    target = math.ceil(when)
+    while (left := target - host.clock.now().timestamp()) > 0:
+        host.tick(min(TICK, left))
+
+
+def _hhmm(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%H:%M")
 
 
 def _verdict(
-    triggers: Counter[str], receiver: Receiver, hours: int, elapsed: float, out: TextIO
+    triggers: Counter[str], receiver: Receiver, periodic: int, elapsed: float, out: TextIO
 ) -> int:
     expected = {"startup": 1, "first_user": 1}
     missing = [f"{t} {triggers[t]}/{n}" for t, n in expected.items() if triggers[t] != n]
-    if triggers["periodic"] < hours:
-        missing.append(f"periodic {triggers['periodic']}/{hours}")
-    print(
-        f"{len(receiver.reports)} reports received ({_triggers(triggers)}), "
-        f"{receiver.duplicates} duplicates, {elapsed:.1f} s of wall time",
-        file=out,
+    if triggers["periodic"] < periodic:
+        missing.append(f"periodic {triggers['periodic']}/{periodic}")
+    say(
+        out,
+        f"{len(receiver.reports)} reports received in {elapsed:.1f} s: "
+        f"{_triggers(triggers)}; {receiver.duplicates} duplicates",
     )
+    # Nothing the plugin does should make these happen; if it does, say so in one line.
+    if receiver.disconnects or receiver.error_count:
+        say(
+            out,
+            f"the receiver saw {_counted_as(receiver.disconnects, 'connection')} reset or "
+            f"cut short, and {_counted_as(receiver.error_count, 'request')} fail",
+        )
     if missing:
-        print(f"FAILED: expected reports did not arrive: {', '.join(missing)}", file=out)
+        say(out, f"FAILED: expected reports did not arrive: {', '.join(missing)}")
         return 1
     return 0
+
+
+def _counted_as(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _triggers(triggers: Counter[str]) -> str:
@@ -118,13 +228,18 @@ def _triggers(triggers: Counter[str]) -> str:
 
 
 class _Printer:
-    """Prints reports as the receiver gets them, each once, in arrival order."""
+    """Prints reports as the receiver gets them, each once, in arrival order, and the
+    host's doings between them."""
 
     def __init__(self, receiver: Receiver, host: SimHost, out: TextIO) -> None:
         self.receiver, self.host, self.out = receiver, host, out
         self.shown = 0
         self.triggers: Counter[str] = Counter()
         self.budget_end = time.monotonic() + TOTAL_WAIT
+
+    def event(self, text: str) -> None:
+        """What the host did (printed before the report it leads to)."""
+        say(self.out, text)
 
     def wait_for(self, count: int, *, quiet: bool = False) -> bool:
         """Whether ``count`` reports arrived once the plugin handled every tick so far.
@@ -142,7 +257,7 @@ class _Printer:
         self.show_new()
         arrived = self.shown >= count
         if not arrived and not quiet:
-            print(f"   (report #{count} did not arrive in time; going on)\n", file=self.out)
+            say(self.out, f"   (report #{count} did not arrive in time; going on)", "")
         return arrived
 
     def show_new(self) -> None:
@@ -155,7 +270,12 @@ class _Printer:
 
 
 def render(report: Mapping[str, Any]) -> list[str]:
-    """A report in the demo's compact form; any missing field prints as ``-``."""
+    """A report in the demo's compact form, no line wider than :data:`WIDTH`.
+
+    A header line, then one line per section (label, then values; a section too
+    long for one line goes on in lines indented to its values), then a blank line.
+    Any missing field prints as ``-``.
+    """
 
     def get(*path: str) -> Any:
         value: Any = report
@@ -166,9 +286,11 @@ def render(report: Mapping[str, Any]) -> list[str]:
     ex = ("executions",)
     nodes = get("pipelines", "nodes_by_type")
     since = get(*ex, "since_previous_report", "total")
-    lines = [
-        f"#{_text(get('sequence'))} {_text(get('trigger')):<11} {_text(get('generated_at'))}"
-        f"  report {_text(get('report_id'))}",
+    header = (
+        f"#{_text(get('sequence'))} {_text(get('trigger')):<10} {_text(get('generated_at'))}"
+        f"  {_text(get('report_id'))}"
+    )
+    sections = [
         _line(
             "system",
             f"MaestroHub {_text(get('system', 'version'))} {_text(get('system', 'edition'))}",
@@ -210,11 +332,25 @@ def render(report: Mapping[str, Any]) -> list[str]:
         _line("collectors", _nested(get("collectors"))),
         _line("diagnostics", _nested(get("diagnostics"), skip_empty=True) or "ok"),
     ]
-    return [*lines, ""]
+    head = textwrap.wrap(header, WIDTH, subsequent_indent="   ", break_on_hyphens=False)
+    return [*head, *(line for section in sections for line in section), ""]
 
 
-def _line(label: str, *parts: str) -> str:
-    return f"   {label:<12}" + "  ".join(part for part in parts if part)
+def _line(label: str, *parts: str) -> list[str]:
+    """``label`` and the non-empty ``parts``, two spaces apart, in lines of at most
+    :data:`WIDTH`: a part that does not fit on the current line starts the next one
+    (indented to the values), and a part longer than a whole line is wrapped."""
+    lead = f"   {label:<{LABEL}}"
+    room = max(WIDTH - len(lead), 20)
+    rows: list[str] = []
+    for part in filter(None, parts):
+        pieces = textwrap.wrap(part, room, break_on_hyphens=False) or [part]
+        if len(pieces) == 1 and rows and len(rows[-1]) + 2 + len(pieces[0]) <= room:
+            rows[-1] += "  " + pieces[0]
+        else:
+            rows.extend(pieces)
+    indent = " " * len(lead)
+    return [lead + rows[0] if rows else lead.rstrip(), *(indent + row for row in rows[1:])]
 
 
 def _text(value: Any) -> str:

@@ -3,6 +3,11 @@
 The service answers a GET with JSON in ip-api.com's format. A failure of any
 kind leaves the fields empty; it never breaks a report. The answer is cached in
 the state store for a day (host clock), so a fleet of restarts does not hammer it.
+
+The answer is read to its end, but never more than :data:`ANSWER_LIMIT` bytes
+(an answer is a few hundred): a larger one is a failure, cut off unread rather
+than held in memory. It is asked for uncompressed, so the bound is the size in
+memory too; an answer compressed anyway is a failure.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from phonehome_plugin.store import Store
@@ -19,6 +25,8 @@ log = logging.getLogger(__name__)
 CACHE_KEY = "location"
 CACHE_SECONDS = 86400.0
 TIMEOUT = (2.0, 3.0)
+ANSWER_LIMIT = 64 * 1024
+"""Most bytes of an answer read; a longer answer is a failed lookup."""
 FIELDS = {"country": "country", "city": "city", "region": "regionName", "isp": "isp"}
 EMPTY: dict[str, Any] = {"public_ip": None, **dict.fromkeys(FIELDS)}
 
@@ -52,13 +60,23 @@ def _cached(store: Store, url: str, now: float) -> dict[str, Any] | None:
 
 def _fetch(url: str) -> dict[str, Any] | None:
     import requests  # deferred: only the worker thread ever needs it
+    import urllib3
 
     try:
         with requests.Session() as session:
             session.trust_env = True
-            answer = session.get(url, timeout=TIMEOUT, allow_redirects=False)
-            data = answer.json() if answer.status_code == 200 else None
-    except (requests.RequestException, ValueError) as error:
+            # Streamed, so that only a bounded part of the body is ever read; closed
+            # after reading it, so that the service sees a clean close, not a reset.
+            with session.get(
+                url,
+                timeout=TIMEOUT,
+                allow_redirects=False,
+                stream=True,
+                headers={"Accept-Encoding": "identity"},
+            ) as answer:
+                raw = answer.raw.read(ANSWER_LIMIT + 1, decode_content=False)
+                data = _parse(answer.status_code, answer.headers, raw)
+    except (requests.RequestException, urllib3.exceptions.HTTPError, ValueError) as error:
         log.info("phonehome: location lookup failed (%s); reporting no location", error)
         return None
     if not isinstance(data, dict) or data.get("status") != "success":
@@ -66,6 +84,15 @@ def _fetch(url: str) -> dict[str, Any] | None:
         return None
     fields = {key: _text(data.get(name)) for key, name in FIELDS.items()}
     return {"public_ip": _ip(data.get("query")), **fields}
+
+
+def _parse(status: int, headers: Mapping[str, str], raw: bytes) -> Any:
+    """The JSON of a whole, plain 200 answer, else None; ValueError when it is not JSON."""
+    if status != 200 or len(raw) > ANSWER_LIMIT:
+        return None
+    if headers.get("Content-Encoding", "identity").strip().lower() != "identity":
+        return None
+    return json.loads(raw)
 
 
 def _ip(value: Any) -> str | None:

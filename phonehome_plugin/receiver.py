@@ -18,11 +18,17 @@ Usage::
         receiver.reports  # snapshot, in arrival order
 
 All state is guarded by one lock; handlers run on the server's daemon threads.
+
+It never prints a traceback: a client that hangs up or resets its connection is
+routine for a server and only counted (``disconnects``); any other failure of a
+connection's handler is recorded in one line (``errors``) for the demo and tests
+to show.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import zlib
 from collections.abc import Mapping
@@ -37,6 +43,8 @@ _OUTCOME = {202: "accepted", 200: "duplicate"}
 GEOIP_PATH = "/json"
 MAX_BODY = 4 * 1024 * 1024
 """Largest body accepted, before and after gzip: bounds memory whatever a client sends."""
+MAX_ERRORS = 100
+"""Handler failures kept in ``errors`` (the first ones); later ones are only counted."""
 
 GEOIP_ANSWER: Mapping[str, Any] = {
     "status": "success",
@@ -80,6 +88,9 @@ class Receiver:
         self._fail: list[int] = []
         self._duplicates = 0
         self._geoip_requests = 0
+        self._disconnects = 0
+        self._errors: list[str] = []
+        self._error_count = 0
         self._server = _Server(("127.0.0.1", 0), _Handler)
         self._server.receiver = self
         port = self._server.server_address[1]
@@ -138,6 +149,31 @@ class Receiver:
         with self._cond:
             return list(self._requests)
 
+    @property
+    def disconnects(self) -> int:
+        """Connections a client reset or hung up on while the receiver read or answered."""
+        with self._cond:
+            return self._disconnects
+
+    @property
+    def errors(self) -> list[str]:
+        """Other failures of a connection's handler, ``"Type: message"`` each, first
+        :data:`MAX_ERRORS` of them (a snapshot copy); ``error_count`` counts them all."""
+        with self._cond:
+            return list(self._errors)
+
+    @property
+    def error_count(self) -> int:
+        """How many connections' handlers failed other than by a disconnect."""
+        with self._cond:
+            return self._error_count
+
+    def wait_for_disconnects(self, count: int, timeout: float) -> bool:
+        """Block until at least ``count`` disconnects were counted or ``timeout`` seconds
+        passed; True when they were."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._disconnects >= count, timeout)
+
     def fail_next(self, count: int, status: int = 503) -> None:
         """Answer the next ``count`` report POSTs with ``status`` without storing them,
         so tests can exercise the plugin's retries."""
@@ -173,11 +209,30 @@ class Receiver:
         with self._cond:
             self._requests.append(request)
 
+    def _failed(self, error: BaseException | None) -> None:
+        with self._cond:
+            # TimeoutError: the handler's idle timeout ran out mid-request.
+            if isinstance(error, ConnectionError | TimeoutError):
+                self._disconnects += 1
+            else:
+                self._error_count += 1
+                if len(self._errors) < MAX_ERRORS:
+                    self._errors.append(_one_line(error))
+            self._cond.notify_all()
+
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True  # an unfinished request must not keep the process alive
     request_queue_size = 128  # the default 5 resets bursts from many senders (tests do that)
     receiver: Receiver
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Count the failure of one connection instead of printing its traceback.
+
+        socketserver calls this from within the ``except`` that caught the failure,
+        so the exception is the one being handled.
+        """
+        self.receiver._failed(sys.exc_info()[1])
 
 
 class _RejectedError(Exception):
@@ -262,6 +317,14 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         """Silent: the demo prints its own view, and tests read ``requests``."""
+
+
+def _one_line(error: BaseException | None) -> str:
+    if error is None:
+        return "unknown error"
+    text = " ".join(str(error).split())
+    text = text if len(text) <= 200 else text[:197] + "..."
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 def _gunzip(body: bytes) -> bytes:

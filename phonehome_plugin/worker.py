@@ -48,6 +48,7 @@ from phonehome_plugin import forksafe, history, sqliteopen  # noqa: F401
 from phonehome_plugin.collectors import Registry
 from phonehome_plugin.config import Settings
 from phonehome_plugin.inventory import Inventory
+from phonehome_plugin.notice import notice
 from phonehome_plugin.outbox import Outbox
 from phonehome_plugin.policy import Policy
 from phonehome_plugin.reporter import Reporter
@@ -65,15 +66,6 @@ MAX_PENDING_TICKS = 64
 NOTICE_KEY = "notice.logged_at"
 FAR_PAST = datetime.min.replace(tzinfo=UTC)
 FAR_FUTURE = datetime.max.replace(tzinfo=UTC)
-NOTICE = (
-    "phonehome: MaestroHub telemetry is on. Reports of aggregate counts and system "
-    "metadata (version, OS, hostname, public IP and approximate location, license, "
-    "user count and the first admin email, connection/pipeline/UNS/execution counts) "
-    "go to %s (mode %s) at startup, once at the first user's creation, and every %d s. Turn it "
-    "off with `modules.phonehome.enabled: false` in config.yaml, or "
-    "MAESTROHUB_PHONEHOME_ENABLED=false, or DO_NOT_TRACK=1; `phonehome preview` shows "
-    "the next report."
-)
 
 
 def preload(settings: Settings) -> None:
@@ -237,7 +229,7 @@ class Worker:
             )
             if store.get(NOTICE_KEY) is None:
                 where = without_credentials(self.settings.endpoint)
-                log.warning(NOTICE, where, self.settings.mode, self.settings.interval)
+                log.warning("%s", notice(where, self.settings.mode, self.settings.interval))
                 store.set(NOTICE_KEY, "logged")
             return store
         except forksafe.ForkedMidCallError:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-import time
+import gzip
+import json
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from faultservers import Endless, FaultServer, Linger
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
@@ -78,19 +81,23 @@ def test_a_refused_connection_leaves_the_fields_empty(store: Store) -> None:
     assert location.lookup("http://127.0.0.1:9/json", store, NOW) == location.EMPTY
 
 
-def test_a_hung_service_costs_at_most_the_timeout(
+def test_a_hung_service_is_given_up_on_at_the_timeout(
     httpserver: HTTPServer, store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(location, "TIMEOUT", (0.3, 0.3))
+    release = threading.Event()
 
     def stall(request: Request) -> Response:
-        time.sleep(1.0)  # the server's side of a hang; the client must give up first
-        return Response("{}")
+        # Held until the lookup is over; a client that waited for this answer would
+        # report a location, so an empty one proves it gave up first.
+        release.wait(30)
+        return Response(json.dumps(ANSWER), content_type="application/json")
 
     httpserver.expect_request("/json").respond_with_handler(stall)
-    started = time.monotonic()
-    assert location.lookup(httpserver.url_for("/json"), store, NOW) == location.EMPTY
-    assert time.monotonic() - started < location.TIMEOUT[1] + 1
+    try:
+        assert location.lookup(httpserver.url_for("/json"), store, NOW) == location.EMPTY
+    finally:
+        release.set()
 
 
 def test_odd_values_are_dropped_field_by_field(httpserver: HTTPServer, store: Store) -> None:
@@ -110,3 +117,55 @@ def test_odd_values_are_dropped_field_by_field(httpserver: HTTPServer, store: St
         "region": None,
         "isp": None,
     }
+
+
+# The answer's body: read to its end, never past the limit ---------------------------------
+
+
+def test_the_answer_is_read_to_its_end_so_the_service_sees_a_clean_close(store: Store) -> None:
+    with FaultServer(then=Linger(200, json.dumps(ANSWER).encode())) as server:
+        found = location.lookup(f"http://127.0.0.1:{server.port}/json", store, NOW)
+        assert found["public_ip"] == "198.51.100.4"
+        assert server.wait_for(lambda s: len(s.endings) == 1)
+        assert server.endings == ["eof"], "a clean close, not a reset"
+        [seen] = server.requests
+        assert seen.headers["accept-encoding"] == "identity"
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_an_endless_answer_is_a_failure_cut_off_at_the_limit(store: Store, chunked: bool) -> None:
+    with FaultServer(then=Endless(200, chunked=chunked)) as server:
+        assert location.lookup(f"http://127.0.0.1:{server.port}/json", store, NOW) == (
+            location.EMPTY
+        )
+        assert server.wait_for(lambda s: len(s.endings) == 1)
+        assert server.endings == ["reset"], "hung up on, the rest left unread"
+
+
+def test_an_answer_one_byte_over_the_limit_is_a_failure(
+    httpserver: HTTPServer, store: Store
+) -> None:
+    padded = json.dumps({**ANSWER, "pad": ""})
+    body = json.dumps({**ANSWER, "pad": "x" * (location.ANSWER_LIMIT + 1 - len(padded))})
+    assert len(body) == location.ANSWER_LIMIT + 1
+    httpserver.expect_request("/json").respond_with_data(body, content_type="application/json")
+    assert location.lookup(httpserver.url_for("/json"), store, NOW) == location.EMPTY
+
+
+def test_an_answer_at_the_limit_is_read(httpserver: HTTPServer, store: Store) -> None:
+    padded = json.dumps({**ANSWER, "pad": ""})
+    body = json.dumps({**ANSWER, "pad": "x" * (location.ANSWER_LIMIT - len(padded))})
+    assert len(body) == location.ANSWER_LIMIT
+    httpserver.expect_request("/json").respond_with_data(body, content_type="application/json")
+    assert location.lookup(httpserver.url_for("/json"), store, NOW)["city"] == "Osaka"
+
+
+def test_a_compressed_answer_sent_anyway_is_a_failure(
+    httpserver: HTTPServer, store: Store
+) -> None:
+    httpserver.expect_request("/json").respond_with_data(
+        gzip.compress(json.dumps(ANSWER).encode()),
+        content_type="application/json",
+        headers={"Content-Encoding": "gzip"},
+    )
+    assert location.lookup(httpserver.url_for("/json"), store, NOW) == location.EMPTY

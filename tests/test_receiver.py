@@ -7,6 +7,7 @@ import gzip
 import http.client
 import json
 import socket
+import struct
 import threading
 import uuid
 from collections import Counter
@@ -274,3 +275,86 @@ def test_leaving_the_with_block_closes() -> None:
         port = urlsplit(inner.url).port
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port or 0), timeout=2).close()
+
+
+# Clients that hang up, and handlers that fail: counted, never printed ---------------------
+
+
+def _raw_post(receiver: Receiver, report: Mapping[str, Any]) -> socket.socket:
+    """A connection that has sent ``report`` as a POST (nothing read yet)."""
+    body = json.dumps(report).encode()
+    head = (
+        f"POST {REPORTS_PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Content-Type: application/json\r\nIdempotency-Key: {report['report_id']}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    port = urlsplit(receiver.url).port or 0
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(head.encode() + body)
+    return sock
+
+
+def _reset(sock: socket.socket) -> None:
+    """Close with a reset (RST), as a kernel does for a socket closed with unread bytes."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def test_a_client_that_resets_after_the_answer_is_counted_not_printed(
+    receiver: Receiver, capfd: pytest.CaptureFixture[str]
+) -> None:
+    report = _report()
+    sock = _raw_post(receiver, report)
+    assert sock.recv(1) == b"H", "the answer has begun"
+    _reset(sock)
+
+    assert receiver.wait_for_disconnects(1, timeout=10)
+    assert receiver.reports == [report], "the report itself was accepted"
+    assert (receiver.disconnects, receiver.errors) == (1, [])
+    out, err = capfd.readouterr()
+    assert (out, err) == ("", ""), "no traceback, nothing at all"
+
+
+def test_a_client_that_resets_mid_request_is_counted_not_printed(
+    receiver: Receiver, capfd: pytest.CaptureFixture[str]
+) -> None:
+    port = urlsplit(receiver.url).port or 0
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(
+        f"POST {REPORTS_PATH} HTTP/1.1\r\nContent-Type: application/json\r\n"
+        "Idempotency-Key: k\r\nContent-Length: 1000\r\n\r\n{".encode()
+    )
+    _reset(sock)
+
+    assert receiver.wait_for_disconnects(1, timeout=10)
+    assert (receiver.reports, receiver.errors) == ([], [])
+    assert capfd.readouterr() == ("", "")
+
+
+def test_a_client_that_reads_its_answer_and_closes_is_no_disconnect(receiver: Receiver) -> None:
+    sock = _raw_post(receiver, _report())
+    with sock:
+        answer = b""
+        while not answer.endswith(b"}"):  # the JSON answer is the last thing sent
+            chunk = sock.recv(65536)
+            assert chunk, "the connection ended before the answer did"
+            answer += chunk
+        assert answer.startswith(b"HTTP/1.1 202")
+        sock.shutdown(socket.SHUT_WR)  # a clean close of the keep-alive connection
+        # socketserver closes its end once the handler is done (any failure counted).
+        assert sock.recv(65536) == b""
+    assert (receiver.disconnects, receiver.errors) == (0, [])
+
+
+def test_a_failing_handler_is_recorded_in_one_line_not_printed(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    with Receiver(geoip={"unserializable": object()}) as receiver:
+        port = urlsplit(receiver.geoip_url).port or 0
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"GET /json HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            # socketserver records the failure, then closes: the EOF comes after it.
+            assert sock.recv(65536) == b""
+        assert receiver.errors == ["TypeError: Object of type object is not JSON serializable"]
+        assert (receiver.error_count, receiver.disconnects) == (1, 0)
+    assert capfd.readouterr() == ("", "")

@@ -16,8 +16,10 @@ import pytest
 from faultservers import (
     Behaviour,
     CloseAfterHeaders,
+    Endless,
     FaultServer,
     Hang,
+    Linger,
     Proxy,
     Reply,
     Reset,
@@ -30,7 +32,7 @@ from faultservers import (
 from phonehome_plugin import __version__, retry
 from phonehome_plugin.config import Settings
 from phonehome_plugin.policy import Policy
-from phonehome_plugin.transport import GZIP_ABOVE, Answer, Transport
+from phonehome_plugin.transport import ANSWER_LIMIT, GZIP_ABOVE, Answer, Transport
 
 NEVER = threading.Event()
 REPORT_ID = "01890a5d-ac96-774b-bcce-b302099a8057"
@@ -125,11 +127,56 @@ def test_redirects_are_answers_not_followed(serve: Serve) -> None:
     assert elsewhere.connections == 0
 
 
-def test_the_answer_body_is_never_downloaded(serve: Serve) -> None:
+# The answer's body: read (bounded) before closing ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        Linger(202),
+        Linger(503, b'{"error": "busy"}'),
+        Linger(202, b""),
+        # Larger than http.client's 8 KiB read buffer: without a drain most of it is
+        # still in the kernel's buffer at close, so the close is a reset every time.
+        Linger(202, b"x" * 32 * 1024),
+        Linger(202, b"x" * 32 * 1024, chunked=True),
+        Linger(202, b"x" * ANSWER_LIMIT),
+    ],
+    ids=["json", "error json", "empty", "32 KiB", "32 KiB chunked", "at the limit"],
+)
+def test_the_answer_is_read_before_closing_so_the_server_sees_no_reset(
+    serve: Serve, answer: Linger
+) -> None:
+    server = serve(answer)
+    sender = transport(server.url)
+    assert sender.post(body_of(300), REPORT_ID, 5, NEVER) == Answer(answer.status)
+    assert server.wait_for(lambda s: len(s.endings) == 1)
+    assert server.endings == ["eof"], "a clean close, not a reset"
+    assert sender.abandoned == 0
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_an_endless_answer_is_cut_at_the_limit_well_within_the_deadline(
+    serve: Serve, chunked: bool
+) -> None:
+    server = serve(Endless(202, chunked=chunked))
+    sender = transport(server.url)
+    assert sender.post(b"{}", REPORT_ID, 10, NEVER) == Answer(202)
+    # Not abandoned: the exchange ended by itself, at the limit, not at the deadline.
+    assert sender.abandoned == 0
+    assert server.wait_for(lambda s: len(s.endings) == 1)
+    assert server.endings == ["reset"], "bytes beyond the limit were left unread"
+    assert server.accepted == {REPORT_ID: 1}
+
+
+def test_a_body_that_never_comes_costs_the_deadline_and_the_answer_stands(
+    serve: Serve,
+) -> None:
     server = serve(Hang(202, length=10**9))
-    began = time.monotonic()
-    assert transport(server.url).post(b"{}", REPORT_ID, 5, NEVER) == Answer(202)
-    assert time.monotonic() - began < 1.0
+    sender = transport(server.url)
+    assert sender.post(b"{}", REPORT_ID, 1.0, NEVER) == Answer(202)
+    assert sender.abandoned == 1, "cut off at the deadline while reading the body"
+    assert server.wait_for(lambda s: len(s.hangups) == 1), "and the connection closed"
 
 
 @pytest.mark.parametrize(
