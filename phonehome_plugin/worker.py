@@ -133,8 +133,12 @@ class Worker:
     def _wake(self) -> None:
         """Start a thread for the notes, unless one is running (``_cond`` is held)."""
         if self._thread is None and not self._stopping:
-            self._thread = threading.Thread(target=self._run, name="phonehome-worker", daemon=True)
-            self._thread.start()
+            self._start_thread()
+
+    def _start_thread(self) -> None:
+        """(``_cond`` is held.) The thread waits for it before looking at the notes."""
+        self._thread = threading.Thread(target=self._run, name="phonehome-worker", daemon=True)
+        self._thread.start()
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait until every note in the mailbox has been handled (for tests and the demo)."""
@@ -152,10 +156,7 @@ class Worker:
             else:
                 self._stopping = True
                 if self._thread is None and (self.store is not None or self._unsaved()):
-                    self._thread = threading.Thread(
-                        target=self._run, name="phonehome-worker", daemon=True
-                    )
-                    self._thread.start()
+                    self._start_thread()  # the counts are saved on a thread of ours
                 thread = self._thread
         self.cancel.set()
         if thread is not None:
