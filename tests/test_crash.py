@@ -25,18 +25,19 @@ from typing import Any
 import pytest
 from faultservers import START, FaultServer, Host, Reply
 
-from phonehome_plugin.config import OutboxLimits, Settings
-from phonehome_plugin.outbox import Entry, Outbox
-from phonehome_plugin.policy import Policy
-from phonehome_plugin.sender import Sender
-from phonehome_plugin.store import FILENAME, open_store
-from phonehome_plugin.transport import Transport
+from phonehome_plugin.config.settings import OutboxLimits, Settings
+from phonehome_plugin.delivery.retry import RetryPolicy
+from phonehome_plugin.delivery.sender import Sender
+from phonehome_plugin.delivery.transport import Transport
+from phonehome_plugin.state.backends import open_store
+from phonehome_plugin.state.outbox import Entry, Outbox
+from phonehome_plugin.state.store import FILENAME
 
 FORK = multiprocessing.get_context("fork")
 NOW = 1_772_438_400.0
 UNBOUNDED = OutboxLimits(max_reports=10**9, max_bytes=10**12, max_age_days=10**5)
-CHILD_POLICY = Policy(deadline=2.0, max_attempts=3, wait_base=0.01, wait_max=0.02)
-FAST = Policy(deadline=1.0, max_attempts=4, wait_base=0.01, wait_max=0.05)
+CHILD_POLICY = RetryPolicy(deadline=2.0, max_attempts=3, wait_base=0.01, wait_max=0.02)
+FAST = RetryPolicy(deadline=1.0, max_attempts=4, wait_base=0.01, wait_max=0.05)
 KILLS = 240
 
 

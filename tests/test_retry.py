@@ -14,22 +14,21 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from phonehome_plugin import retry
-from phonehome_plugin.policy import Policy
-from phonehome_plugin.retry import (
+from phonehome_plugin.delivery import retry
+from phonehome_plugin.delivery.answer import Answer, retry_after
+from phonehome_plugin.delivery.retry import (
     BACKOFF_BASE,
     RETRY_AFTER_MAX,
     RETRY_STATUSES,
+    RetryPolicy,
     not_before,
-    retry_after,
     send_series,
     verdict,
 )
-from phonehome_plugin.transport import Answer
 
 NOW = 1_772_438_400.0
 HOUR = 3600.0
-QUICK = Policy(deadline=2.0, max_attempts=4, wait_base=0.01, wait_max=0.02)
+QUICK = RetryPolicy(deadline=2.0, max_attempts=4, wait_base=0.01, wait_max=0.02)
 
 
 class Script:
@@ -175,7 +174,7 @@ def test_a_final_answer_ends_the_series_at_once(cancel: threading.Event, final: 
 
 def test_the_series_stops_after_max_attempts(cancel: threading.Event) -> None:
     post = Script(then=Answer(503))
-    outcome = send_series(post, Policy(deadline=5, max_attempts=3, wait_base=0.01), cancel)
+    outcome = send_series(post, RetryPolicy(deadline=5, max_attempts=3, wait_base=0.01), cancel)
     assert outcome == retry.Outcome(Answer(503), 3)
 
 
@@ -184,7 +183,7 @@ def test_waits_are_exponential_with_full_jitter_up_to_wait_max(cancel: threading
     for _ in range(15):
         post = Script(then=Answer(503))
         send_series(
-            post, Policy(deadline=5, max_attempts=4, wait_base=0.02, wait_max=0.05), cancel
+            post, RetryPolicy(deadline=5, max_attempts=4, wait_base=0.02, wait_max=0.05), cancel
         )
         times = [at for at, _ in post.calls]
         gaps += [later - earlier for earlier, later in itertools.pairwise(times)]
@@ -197,7 +196,7 @@ def test_waits_are_exponential_with_full_jitter_up_to_wait_max(cancel: threading
 def test_the_whole_series_keeps_one_deadline(cancel: threading.Event) -> None:
     # Waits as long as the deadline itself: a series that checked the deadline with
     # one random draw and slept another would overrun it now and then.
-    policy = Policy(deadline=0.2, max_attempts=50, wait_base=0.15, wait_max=0.15)
+    policy = RetryPolicy(deadline=0.2, max_attempts=50, wait_base=0.15, wait_max=0.15)
     for _ in range(12):
         post = Script(then=Answer(503))
         began = time.monotonic()
@@ -217,7 +216,7 @@ def test_each_post_gets_what_is_left_of_the_deadline(cancel: threading.Event) ->
 
     got: list[float] = []
     send_series(
-        slow, Policy(deadline=0.35, max_attempts=10, wait_base=0.001, wait_max=0.001), cancel
+        slow, RetryPolicy(deadline=0.35, max_attempts=10, wait_base=0.001, wait_max=0.001), cancel
     )
     assert 3 <= len(got) <= 4
     assert got == sorted(got, reverse=True)
@@ -226,7 +225,7 @@ def test_each_post_gets_what_is_left_of_the_deadline(cancel: threading.Event) ->
 
 def test_retry_after_is_a_minimum_wait_inside_the_series(cancel: threading.Event) -> None:
     post = Script(Answer(429, retry_after=0.3))
-    outcome = send_series(post, Policy(deadline=2, wait_base=0.001, wait_max=0.001), cancel)
+    outcome = send_series(post, RetryPolicy(deadline=2, wait_base=0.001, wait_max=0.001), cancel)
     assert outcome == retry.Outcome(Answer(200), 2)
     assert post.calls[1][0] - post.calls[0][0] >= 0.3
 
@@ -236,7 +235,7 @@ def test_retry_after_beyond_the_deadline_ends_the_series_without_waiting(
 ) -> None:
     post = Script(Answer(503, retry_after=120.0))
     began = time.monotonic()
-    outcome = send_series(post, Policy(deadline=1.0), cancel)
+    outcome = send_series(post, RetryPolicy(deadline=1.0), cancel)
     assert outcome == retry.Outcome(Answer(503, retry_after=120.0), 1)
     assert time.monotonic() - began < 0.1
 
@@ -248,7 +247,7 @@ def test_cancel_ends_a_series_waiting_between_attempts(cancel: threading.Event) 
     threading.Timer(0.1, cancel.set).start()
     began = time.monotonic()
     outcome = send_series(
-        post, Policy(deadline=30, max_attempts=100, wait_base=5, wait_max=5), cancel
+        post, RetryPolicy(deadline=30, max_attempts=100, wait_base=5, wait_max=5), cancel
     )
     assert time.monotonic() - began < 0.3
     assert outcome.answer == Answer(None, "cancelled")
