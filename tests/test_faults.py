@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
+import gc
 import itertools
 import logging
 import sqlite3
-import time
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -38,6 +39,7 @@ from faultservers import (
 )
 
 from phonehome_plugin.delivery.retry import RetryPolicy
+from phonehome_plugin.reports import schedule
 from phonehome_plugin.state import history
 from phonehome_plugin.state.backends import open_store
 from phonehome_plugin.state.outbox import Entry
@@ -46,7 +48,8 @@ from phonehome_plugin.state.store import FILENAME
 FAST = RetryPolicy(deadline=1.0, max_attempts=4, wait_base=0.01, wait_max=0.05)
 TICK = timedelta(seconds=10)
 HOUR = timedelta(hours=1)
-TICK_BUDGET = 0.001  # seconds of the host's thread per on_tick
+TICK_BUDGET = 0.001  # CPU seconds of the host's thread per on_tick
+TICK_CEILING = 0.005  # ...and what no tick may reach, ever
 HOOK_BUDGET = 2.0  # seconds for on_startup and on_shutdown
 USERS = [{"id": "u1", "email": "admin@example.com", "created_at": START - timedelta(days=30)}]
 
@@ -116,11 +119,40 @@ def assert_exactly_once(server: FaultServer, *hosts: Host) -> list[dict[str, Any
     return reports
 
 
+def assert_ticks_fast(ticks: list[float], over_budget: list[float]) -> None:
+    """Every tick under the ceiling, all but a few under the budget.
+
+    The few: a tick that hands the worker its first note starts the worker's
+    thread on the host's thread, and the kernel's part of starting a thread
+    alone took up to 1.4 ms of CPU in 2 of 3,000 starts on Python 3.12 here
+    (0.08 ms in the median). A hook doing real work on the host's thread
+    passes the budget on many ticks, and the ceiling soon.
+    """
+    assert len(over_budget) <= max(3, len(ticks) // 1000), over_budget
+    assert max(ticks) < TICK_CEILING
+
+
 def assert_fast(host: Host) -> None:
     assert max(host.timings.startup) < HOOK_BUDGET
     assert max(host.timings.shutdown, default=0.0) < HOOK_BUDGET
-    assert host.timings.slow_ticks(TICK_BUDGET) == []
-    assert max(host.timings.ticks) < 0.25  # even when the OS took the CPU away
+    assert_ticks_fast(host.timings.ticks, host.timings.slow_ticks(TICK_BUDGET))
+
+
+@pytest.fixture(autouse=True)
+def _no_collections_inside_hooks() -> Iterator[None]:
+    """Automatic garbage collection off while a test's hosts run.
+
+    A collection runs on whichever thread happens to allocate when the counts
+    are reached, and takes as long as the whole process's garbage needs (seen:
+    0.5 to 5 ms of CPU). Landing inside an ``on_tick`` it would charge the hook
+    with work that is not the hook's, and fail the budget by chance.
+    """
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 @pytest.fixture
@@ -242,18 +274,47 @@ def test_a_final_4xx_drops_the_report_and_says_so_in_the_next(
     }
 
 
+STORM_ID = "00000000-0000-4000-8000-000000000503"
+"""The storm's installation id. An id sets where in each hour its slots start and how
+long each report waits after its slot's start (:mod:`phonehome_plugin.reports.schedule`); with
+a random id the day's 24th periodic report fell due after the day's end for about 1
+id in 40 (24 of 25 waiting). This one's slots start 38 minutes into the hour."""
+
+
+def install(data_dir: Path, instance_id: str) -> None:
+    """Make ``data_dir`` the state of an installation known as ``instance_id``."""
+    store = open_store(data_dir)
+    try:
+        store.set("instance_id", instance_id)
+    finally:
+        store.close()
+
+
+def periodic_due_within(instance_id: str, start: datetime, end: datetime) -> int:
+    """How many periodic reports of ``instance_id`` fall due in (start, end]."""
+    interval = 3600.0
+    last = schedule.slot_of(start.timestamp(), interval, schedule.offset(instance_id, interval))
+    due = (schedule.periodic_due_at(slot, instance_id, interval) for slot in itertools.count(last))
+    return sum(1 for _ in itertools.takewhile(lambda at: at <= end.timestamp(), due))
+
+
 @pytest.mark.slow
 def test_a_day_long_503_storm_costs_one_probe_per_interval_and_loses_nothing(
-    servers: Callable[..., FaultServer], hosts: Callable[..., Host]
+    servers: Callable[..., FaultServer], hosts: Callable[..., Host], tmp_path: Path
 ) -> None:
+    end = START + timedelta(days=1)
+    assert periodic_due_within(STORM_ID, START, end) == 24, "the storm's premise"
+    install(tmp_path / "data", STORM_ID)
     server = servers(then=Reply(503))
-    policy = RetryPolicy(deadline=1.0, max_attempts=3, wait_base=0.005, wait_max=0.01)
+    # Every answer comes at once: a series ends after max_attempts, never by its
+    # wall-clock deadline, however slowly the machine runs.
+    policy = RetryPolicy(deadline=60.0, max_attempts=3, wait_base=0.005, wait_max=0.01)
     host = hosts(section(server), policy=policy)
     drive = Drive(host, server)
     drive.tick(START)
     probes = [START]
     now = START
-    while now < START + timedelta(days=1):
+    while now < end:
         now += TICK
         before = server.connections
         drive.tick(now)
@@ -271,6 +332,7 @@ def test_a_day_long_503_storm_costs_one_probe_per_interval_and_loses_nothing(
     assert storm_series <= 8 + 24 + 1
     # A day of periodic reports waited; none was lost, none evicted.
     assert len(pending(host)) == 25
+    assert {entry.trigger for entry in pending(host)} == {"startup", "periodic"}
 
     server.behave(then=Reply(202))
     drive.settle(limit=HOUR + timedelta(minutes=5))
@@ -356,28 +418,33 @@ def test_reports_go_through_a_proxy(
 
 @pytest.mark.slow
 def test_a_black_holed_endpoint_costs_the_host_nothing(
-    servers: Callable[..., FaultServer], tmp_path: Path
+    servers: Callable[..., FaultServer], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     server = servers(then=Silent())
+    threads_before = set(threading.enumerate())
     # The production policy (a 10 s deadline), through the plugin's own on_startup.
     host = Host(tmp_path / "data", section(server), users=USERS)
     host.start()
     host.tick(START, idle=0)
-    assert server.wait_for(lambda s: len(s.requests) == 1, 10)  # the worker is mid-POST
+    assert server.wait_for(lambda s: len(s.requests) == 1, 60)  # the worker is mid-POST
     # The report was on disk before the POST began.
     with contextlib.closing(sqlite3.connect(tmp_path / "data" / FILENAME)) as conn:
         on_disk = {row[0] for row in conn.execute("SELECT report_id FROM outbox")}
     assert server.requests[0].key in on_disk
     for n in range(1, 5001):
         host.tick(START + timedelta(seconds=n), idle=0)
-    began = time.perf_counter()
     host.shutdown()
-    took = time.perf_counter() - began
-    assert took < HOOK_BUDGET
+    # Shutdown cut the black-holed POST off and its worker ended inside the hook, rather
+    # than being given up on after its wait: seen by the endpoint and in the threads,
+    # not on a clock (the hooks' CPU time is checked below).
+    assert server.wait_for(lambda s: len(s.hangups) == 1, 60), "the POST was not cut off"
+    assert "worker still busy at shutdown" not in caplog.text
+    new_threads = set(threading.enumerate()) - threads_before
+    assert [t for t in new_threads if t.name == "phonehome-worker"] == [], "worker outlived it"
+    assert max(host.timings.shutdown) < HOOK_BUDGET
     assert max(host.timings.startup) < HOOK_BUDGET
     assert len(host.timings.ticks) == 5001
-    assert host.timings.slow_ticks(TICK_BUDGET) == []
-    assert max(host.timings.ticks) < 0.25  # even when the OS took the CPU away
+    assert_ticks_fast(host.timings.ticks, host.timings.slow_ticks(TICK_BUDGET))
 
     # What was not sent is on disk, due at once...
     store = open_store(tmp_path / "data")

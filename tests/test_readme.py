@@ -3,11 +3,15 @@ its configuration table is the configuration the plugin accepts."""
 
 from __future__ import annotations
 
+import configparser
 import re
 import shlex
+import tomllib
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.version import Version
 
 from phonehome_plugin.cli import commands
 from phonehome_plugin.config import settings
@@ -15,6 +19,9 @@ from phonehome_plugin.config import settings
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text("utf-8")
 CI_SCRIPT = (ROOT / ".ci" / "run").read_text("utf-8")
+PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text("utf-8"))["project"]
+TOX = configparser.ConfigParser(interpolation=None)
+TOX.read(ROOT / "tox.ini", "utf-8")
 
 
 def _section(title: str) -> str:
@@ -108,3 +115,49 @@ def test_every_documented_key_is_accepted() -> None:
 
 def test_every_accepted_key_is_documented() -> None:
     assert set(settings._PARSERS) <= set(_documented_keys())
+
+
+# tox.ini and pyproject.toml: the versions CI tests are the versions declared ------------
+
+
+def _tox_deps(env: str) -> list[Requirement]:
+    lines = TOX[f"testenv:{env}"]["deps"].splitlines()
+    return [Requirement(line.strip()) for line in lines if line.strip()]
+
+
+def _lower_bound(requirement: Requirement) -> Version:
+    [bound] = [Version(s.version) for s in requirement.specifier if s.operator == ">="]
+    return bound
+
+
+def test_the_min_env_pins_every_runtime_dependency_at_its_declared_lower_bound() -> None:
+    declared = {r.name.lower(): _lower_bound(r) for r in map(Requirement, PROJECT["dependencies"])}
+    pinned: dict[str, Version] = {}
+    for requirement in _tox_deps("min"):
+        [pin] = requirement.specifier
+        assert pin.operator == "==", f"{requirement} is not a pin"
+        pinned[requirement.name.lower()] = Version(pin.version)
+    assert {name: pinned.get(name) for name in declared} == declared
+    # Beyond those, only pytest, held to the newest release that runs on that pluggy.
+    assert set(pinned) - set(declared) == {"pytest"}
+    assert TOX["testenv:min"]["base_python"] == f"python{PROJECT['requires-python'][2:]}"
+
+
+def test_the_lint_env_runs_the_ruff_of_the_dev_extra() -> None:
+    [ruff] = [
+        r for r in map(Requirement, PROJECT["optional-dependencies"]["dev"]) if r.name == "ruff"
+    ]
+    assert [str(r) for r in _tox_deps("lint")] == [str(ruff)]
+
+
+def test_ci_runs_every_supported_python_the_lowest_versions_lint_and_types() -> None:
+    [label] = TOX["tox"]["labels"].strip().splitlines()
+    name, _, envs = label.partition("=")
+    assert name.strip() == "pythons"
+    assert [env.strip() for env in envs.split(",")] == ["py311", "py312", "py313", "min"]
+    assert "for version in 3.11 3.12 3.13; do" in CI_SCRIPT
+    assert "tox_envs+=(min)" in CI_SCRIPT
+    assert 'for env in "${tox_envs[@]}" lint type; do' in CI_SCRIPT
+    lint = TOX["testenv:lint"]["commands"]
+    assert "ruff check" in lint and "ruff format --check" in lint
+    assert TOX["testenv:type"]["commands"].strip() == "mypy"

@@ -1,9 +1,16 @@
 """The retry policy: verdicts per status, reading Retry-After, one series under one
-deadline, and the host-clock wait between series."""
+deadline, and the host-clock wait between series.
+
+A series runs on a clock of the test's (:class:`Clock`): its deadline reads the
+clock, and its waits (through the cancel event, as shutdown ends them) move it,
+so every duration asserted here is exact and no test depends on how fast the
+machine runs.
+"""
 
 from __future__ import annotations
 
 import itertools
+import random
 import threading
 import time
 from collections.abc import Iterator
@@ -29,24 +36,71 @@ from phonehome_plugin.delivery.retry import (
 NOW = 1_772_438_400.0
 HOUR = 3600.0
 QUICK = RetryPolicy(deadline=2.0, max_attempts=4, wait_base=0.01, wait_max=0.02)
+EPSILON = 1e-9  # float rounding of the clock's sums, nothing more
+
+
+class Clock:
+    """Stands in for the ``time`` module in :mod:`phonehome_plugin.delivery.retry`: ``monotonic()``
+    moves only when the series waits or a post takes time (:meth:`spend`)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def time(self) -> float:
+        return time.time()
+
+    def spend(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class Cancel(threading.Event):
+    """The series' cancel event on :class:`Clock`: a wait moves the clock by its timeout,
+    or to :attr:`at` (when shutdown comes) and is then cancelled."""
+
+    def __init__(self, clock: Clock) -> None:
+        super().__init__()
+        self.clock = clock
+        self.at: float | None = None
+        self.waits: list[float] = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        assert timeout is not None, "a series never waits without a limit"
+        self.waits.append(timeout)
+        if self.at is not None and self.clock.now + timeout >= self.at:
+            self.clock.now = max(self.clock.now, self.at)
+            self.set()
+        elif not self.is_set():
+            self.clock.spend(timeout)
+        return self.is_set()
 
 
 class Script:
     """A stand-in for the transport's post: answers in order, records each call."""
 
-    def __init__(self, *answers: Answer, then: Answer | None = None) -> None:
+    def __init__(self, clock: Clock, *answers: Answer, then: Answer | None = None) -> None:
+        self.clock = clock
         self.answers = list(answers)
         self.then = then or Answer(200)
-        self.calls: list[tuple[float, float]] = []  # (monotonic time, time_left given)
+        self.calls: list[tuple[float, float]] = []  # (clock time, time_left given)
 
     def __call__(self, time_left: float) -> Answer:
-        self.calls.append((time.monotonic(), time_left))
+        self.calls.append((self.clock.now, time_left))
         return self.answers.pop(0) if self.answers else self.then
 
 
 @pytest.fixture
-def cancel() -> Iterator[threading.Event]:
-    event = threading.Event()
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    made = Clock()
+    monkeypatch.setattr(retry, "time", made)  # raises if retry stops reading time here
+    return made
+
+
+@pytest.fixture
+def cancel(clock: Clock) -> Iterator[Cancel]:
+    event = Cancel(clock)
     yield event
     event.set()
 
@@ -158,8 +212,8 @@ def test_an_http_date_without_a_date_header_is_measured_from_now() -> None:
 # One series ---------------------------------------------------------------------------
 
 
-def test_a_retryable_answer_is_tried_again_until_sent(cancel: threading.Event) -> None:
-    post = Script(Answer(500), Answer(None, "connection"), Answer(503))
+def test_a_retryable_answer_is_tried_again_until_sent(clock: Clock, cancel: Cancel) -> None:
+    post = Script(clock, Answer(500), Answer(None, "connection"), Answer(503))
     outcome = send_series(post, QUICK, cancel)
     assert outcome == retry.Outcome(Answer(200), 4)
 
@@ -167,101 +221,121 @@ def test_a_retryable_answer_is_tried_again_until_sent(cancel: threading.Event) -
 @pytest.mark.parametrize(
     "final", [Answer(400), Answer(404), Answer(307), Answer(501), Answer(202)]
 )
-def test_a_final_answer_ends_the_series_at_once(cancel: threading.Event, final: Answer) -> None:
-    post = Script(final)
+def test_a_final_answer_ends_the_series_at_once(
+    clock: Clock, cancel: Cancel, final: Answer
+) -> None:
+    post = Script(clock, final)
     assert send_series(post, QUICK, cancel) == retry.Outcome(final, 1)
+    assert cancel.waits == []
 
 
-def test_the_series_stops_after_max_attempts(cancel: threading.Event) -> None:
-    post = Script(then=Answer(503))
+def test_the_series_stops_after_max_attempts(clock: Clock, cancel: Cancel) -> None:
+    post = Script(clock, then=Answer(503))
     outcome = send_series(post, RetryPolicy(deadline=5, max_attempts=3, wait_base=0.01), cancel)
     assert outcome == retry.Outcome(Answer(503), 3)
 
 
-def test_waits_are_exponential_with_full_jitter_up_to_wait_max(cancel: threading.Event) -> None:
-    gaps: list[float] = []
+@pytest.fixture
+def seeded() -> Iterator[None]:
+    """The draws of tenacity's jitter (the ``random`` module's) seeded, then put back."""
+    state = random.getstate()
+    random.seed(20260302)
+    yield
+    random.setstate(state)
+
+
+@pytest.mark.usefixtures("seeded")
+def test_waits_are_exponential_with_full_jitter_up_to_wait_max(
+    clock: Clock, cancel: Cancel
+) -> None:
+    policy = RetryPolicy(deadline=5, max_attempts=4, wait_base=0.02, wait_max=0.05)
+    gaps: list[list[float]] = []
     for _ in range(15):
-        post = Script(then=Answer(503))
-        send_series(
-            post, RetryPolicy(deadline=5, max_attempts=4, wait_base=0.02, wait_max=0.05), cancel
-        )
+        post = Script(clock, then=Answer(503))
+        send_series(post, policy, cancel)
         times = [at for at, _ in post.calls]
-        gaps += [later - earlier for earlier, later in itertools.pairwise(times)]
+        gaps.append([later - earlier for earlier, later in itertools.pairwise(times)])
     # Full jitter: anywhere from nothing up to the ceiling (0.02, 0.04, then capped at 0.05).
-    assert max(gaps) < 0.05 + 0.02
-    assert min(gaps) < 0.01
-    assert len(set(round(g, 4) for g in gaps)) > 10
+    for waited in gaps:
+        assert len(waited) == 3
+        for gap, ceiling in zip(waited, (0.02, 0.04, 0.05), strict=True):
+            assert 0 <= gap <= ceiling + EPSILON
+    every = [gap for waited in gaps for gap in waited]
+    assert min(every) < 0.01
+    assert len(set(round(g, 4) for g in every)) > 10
 
 
-def test_the_whole_series_keeps_one_deadline(cancel: threading.Event) -> None:
+def test_the_whole_series_keeps_one_deadline(clock: Clock, cancel: Cancel) -> None:
     # Waits as long as the deadline itself: a series that checked the deadline with
     # one random draw and slept another would overrun it now and then.
     policy = RetryPolicy(deadline=0.2, max_attempts=50, wait_base=0.15, wait_max=0.15)
-    for _ in range(12):
-        post = Script(then=Answer(503))
-        began = time.monotonic()
+    for _ in range(50):
+        post = Script(clock, then=Answer(503))
+        began = clock.now
         send_series(post, policy, cancel)
-        assert time.monotonic() - began < 0.2 + 0.03
+        assert clock.now - began <= 0.2 + EPSILON
         # Each POST is told what is left, and no POST starts after the deadline.
         for at, left in post.calls:
-            assert 0 < left <= 0.2
+            assert 0 < left <= 0.2 + EPSILON
             assert at - began < 0.2
+            assert left == pytest.approx(0.2 - (at - began))
 
 
-def test_each_post_gets_what_is_left_of_the_deadline(cancel: threading.Event) -> None:
+def test_each_post_gets_what_is_left_of_the_deadline(clock: Clock, cancel: Cancel) -> None:
     def slow(time_left: float) -> Answer:
         got.append(time_left)
-        time.sleep(0.1)
+        clock.spend(0.1)
         return Answer(None, "timeout")
 
     got: list[float] = []
     send_series(
         slow, RetryPolicy(deadline=0.35, max_attempts=10, wait_base=0.001, wait_max=0.001), cancel
     )
-    assert 3 <= len(got) <= 4
-    assert got == sorted(got, reverse=True)
-    assert got[0] == pytest.approx(0.35, abs=0.02)
+    # 0.35 s, then 0.1 s less per POST (and the waits of at most 1 ms between them).
+    assert len(got) == 4
+    assert got[0] == pytest.approx(0.35)
+    for n, left in enumerate(got):
+        assert 0.35 - 0.1 * n - 0.001 * n <= left <= 0.35 - 0.1 * n + EPSILON
 
 
-def test_retry_after_is_a_minimum_wait_inside_the_series(cancel: threading.Event) -> None:
-    post = Script(Answer(429, retry_after=0.3))
+def test_retry_after_is_a_minimum_wait_inside_the_series(clock: Clock, cancel: Cancel) -> None:
+    post = Script(clock, Answer(429, retry_after=0.3))
     outcome = send_series(post, RetryPolicy(deadline=2, wait_base=0.001, wait_max=0.001), cancel)
     assert outcome == retry.Outcome(Answer(200), 2)
-    assert post.calls[1][0] - post.calls[0][0] >= 0.3
+    assert post.calls[1][0] - post.calls[0][0] == pytest.approx(0.3)
 
 
 def test_retry_after_beyond_the_deadline_ends_the_series_without_waiting(
-    cancel: threading.Event,
+    clock: Clock, cancel: Cancel
 ) -> None:
-    post = Script(Answer(503, retry_after=120.0))
-    began = time.monotonic()
+    post = Script(clock, Answer(503, retry_after=120.0))
+    began = clock.now
     outcome = send_series(post, RetryPolicy(deadline=1.0), cancel)
     assert outcome == retry.Outcome(Answer(503, retry_after=120.0), 1)
-    assert time.monotonic() - began < 0.1
+    assert cancel.waits == [] and clock.now == began
 
 
-def test_cancel_ends_a_series_waiting_between_attempts(cancel: threading.Event) -> None:
-    post = Script(
-        then=Answer(503, None, 20.0)
-    )  # Retry-After: the wait cannot end before the cancel
-    threading.Timer(0.1, cancel.set).start()
-    began = time.monotonic()
+def test_cancel_ends_a_series_waiting_between_attempts(clock: Clock, cancel: Cancel) -> None:
+    # Retry-After: the wait cannot end before the cancel, which comes 0.1 s in.
+    post = Script(clock, then=Answer(503, None, 20.0))
+    began = clock.now
+    cancel.at = began + 0.1
     outcome = send_series(
         post, RetryPolicy(deadline=30, max_attempts=100, wait_base=5, wait_max=5), cancel
     )
-    assert time.monotonic() - began < 0.3
+    assert clock.now - began == pytest.approx(0.1), "the wait ended at the cancel"
     assert outcome.answer == Answer(None, "cancelled")
     assert len(post.calls) == 1  # nothing was posted after the cancel
 
 
-def test_a_cancelled_series_posts_nothing(cancel: threading.Event) -> None:
+def test_a_cancelled_series_posts_nothing(clock: Clock, cancel: Cancel) -> None:
     cancel.set()
-    post = Script()
+    post = Script(clock)
     assert send_series(post, QUICK, cancel) == retry.Outcome(Answer(None, "cancelled"), 0)
     assert post.calls == []
 
 
-def test_a_post_that_raises_costs_one_attempt(cancel: threading.Event) -> None:
+def test_a_post_that_raises_costs_one_attempt(cancel: Cancel) -> None:
     calls = 0
 
     def broken(time_left: float) -> Answer:

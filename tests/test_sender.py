@@ -20,7 +20,10 @@ from phonehome_plugin.state.outbox import FAILURES_KEY, Entry, Outbox
 
 NOW = 1_772_438_400.0
 HOUR = 3600.0
-QUICK = RetryPolicy(deadline=1.0, max_attempts=4, wait_base=0.01, wait_max=0.05)
+# Every answer here comes at once, so the series' wall-clock deadline never decides an
+# outcome: a series ends by its answers and max_attempts alone, however loaded the
+# machine (with a 1 s deadline, a stalled machine could end one early).
+QUICK = RetryPolicy(deadline=60.0, max_attempts=4, wait_base=0.01, wait_max=0.05)
 
 
 class Rig:
@@ -164,7 +167,7 @@ def test_retry_after_longer_than_the_deadline_becomes_the_not_before_time(rig: R
 def test_the_backoff_grows_to_one_probe_per_interval(rig: Rig) -> None:
     script(rig.server, then=Reply(503))
     rig.report()
-    sender = rig.sender(RetryPolicy(deadline=1.0, max_attempts=1))
+    sender = rig.sender(RetryPolicy(deadline=60.0, max_attempts=1))
     now, gaps = NOW, []
     for _ in range(10):
         sender.deliver_due(now)
@@ -190,12 +193,21 @@ def test_the_backoff_survives_a_restart(rig: Rig) -> None:
     assert restarted.deliver_due(gate) == 1
 
 
+def cancel_once_held(server: FaultServer, cancel: threading.Event) -> None:
+    assert server.wait_for(lambda s: len(s.requests) == 1, 60), "no POST arrived"
+    cancel.set()
+
+
 def test_a_cancelled_series_leaves_the_report_due_at_once(rig: Rig) -> None:
     script(rig.server, Silent())
     entry = rig.report()
-    sender = rig.sender(RetryPolicy(deadline=30.0))
-    threading.Timer(0.2, rig.cancel.set).start()
+    sender = rig.sender(RetryPolicy(deadline=60.0))
+    # Shutdown comes while the endpoint holds the POST (not after some wall time).
+    cancelling = threading.Thread(target=cancel_once_held, args=(rig.server, rig.cancel))
+    cancelling.start()
     assert sender.deliver_due(NOW) == 0
+    cancelling.join(60)
+    assert len(rig.server.requests) == 1, "the POST was under way when the cancel came"
     [kept] = rig.outbox.pending()
     assert kept == entry  # no attempt counted, no not-before time
     assert rig.outbox.gate() == 0.0
