@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import socket
 
-from phonehome_plugin import loopback
+from phonehome_plugin.testing import loopback
 
 CLEARED = (*loopback.SWITCHES_AND_PROXIES, "REQUESTS_CA_BUNDLE")
 

@@ -1,5 +1,5 @@
 """``python -m phonehome_plugin``: the same as the ``phonehome`` command."""
 
-from phonehome_plugin.cli import main
+from phonehome_plugin.cli.commands import main
 
 raise SystemExit(main())

@@ -18,7 +18,7 @@ from typing import Any
 
 import hookspecs.phonehome
 from hookspecs import hookimpl
-from phonehome_plugin import switch
+from phonehome_plugin.config import switch
 
 log = logging.getLogger("phonehome_plugin")
 

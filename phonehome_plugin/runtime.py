@@ -16,12 +16,13 @@ from datetime import datetime
 from typing import Any
 
 from hookspecs import hookimpl
-from phonehome_plugin import bounded, receivers
-from phonehome_plugin.collectors import Registry
-from phonehome_plugin.config import Settings
-from phonehome_plugin.inventory import Inventory
-from phonehome_plugin.policy import Policy
-from phonehome_plugin.tally import ExecutionTally
+from phonehome_plugin.config.settings import Settings
+from phonehome_plugin.counting import receivers
+from phonehome_plugin.counting.collectors import Registry
+from phonehome_plugin.counting.inventory import Inventory
+from phonehome_plugin.counting.tally import ExecutionTally
+from phonehome_plugin.delivery.retry import RetryPolicy
+from phonehome_plugin.guard import bounded
 from phonehome_plugin.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ SHUTDOWN_WAIT = 1.5
 class Runtime:
     """Telemetry for one host start: create, register with the plugin manager, :meth:`start`."""
 
-    def __init__(self, app: Any, settings: Settings, policy: Policy | None = None) -> None:
+    def __init__(self, app: Any, settings: Settings, policy: RetryPolicy | None = None) -> None:
         self.app = app
         self.settings = settings
         self.policy = policy

@@ -44,20 +44,21 @@ import requests
 import requests.adapters  # noqa: F401
 import tenacity  # noqa: F401
 
-from phonehome_plugin import forksafe, history, sqliteopen  # noqa: F401
-from phonehome_plugin.collectors import Registry
-from phonehome_plugin.config import Settings
-from phonehome_plugin.inventory import Inventory
-from phonehome_plugin.notice import notice
-from phonehome_plugin.outbox import Outbox
-from phonehome_plugin.policy import Policy
-from phonehome_plugin.reporter import Reporter
-from phonehome_plugin.sender import Sender
-from phonehome_plugin.store import Store, open_store
-from phonehome_plugin.switch import without_credentials
-from phonehome_plugin.system import host_facts, machine_facts
-from phonehome_plugin.tally import ExecutionTally
-from phonehome_plugin.transport import Transport
+from phonehome_plugin.config.notice import notice
+from phonehome_plugin.config.settings import Settings
+from phonehome_plugin.config.switch import without_credentials
+from phonehome_plugin.counting.collectors import Registry
+from phonehome_plugin.counting.inventory import Inventory
+from phonehome_plugin.counting.tally import ExecutionTally
+from phonehome_plugin.delivery.retry import RetryPolicy
+from phonehome_plugin.delivery.sender import Sender
+from phonehome_plugin.delivery.transport import Transport
+from phonehome_plugin.reports.system import host_facts, machine_facts
+from phonehome_plugin.reports.triggers import Reporter
+from phonehome_plugin.state import forksafe, history, sqlite  # noqa: F401
+from phonehome_plugin.state.backends import open_store
+from phonehome_plugin.state.outbox import Outbox
+from phonehome_plugin.state.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ FAR_FUTURE = datetime.max.replace(tzinfo=UTC)
 def preload(settings: Settings) -> None:
     """Import what only some installations use (the PostgreSQL backend) before any job."""
     if settings.state_url:
-        importlib.import_module("phonehome_plugin.pgstore")
+        importlib.import_module("phonehome_plugin.state.postgres")
         with suppress(ImportError):  # open_pg_store says so, once, when it opens
             importlib.import_module("psycopg")
 
@@ -86,7 +87,7 @@ class Worker:
         inventory: Inventory,
         tally: ExecutionTally,
         registry: Registry,
-        policy: Policy | None = None,
+        policy: RetryPolicy | None = None,
         machine: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.settings = settings
@@ -94,7 +95,7 @@ class Worker:
         self.inventory = inventory
         self.tally = tally
         self.registry = registry
-        self.policy = policy or Policy(deadline=settings.timeout)
+        self.policy = policy or RetryPolicy(deadline=settings.timeout)
         self.machine = machine
         self.wake_at = FAR_PAST
         self.cancel = threading.Event()

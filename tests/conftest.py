@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from phonehome_plugin import loopback
+from phonehome_plugin.testing import loopback
 
 pytest_plugins = ["e2e_support", "pg_support", "simhost_support", "sqlite_support"]
 

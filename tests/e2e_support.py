@@ -18,8 +18,9 @@ import pytest
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
-from phonehome_plugin import schedule
-from phonehome_plugin.simhost import SimClock, SimHost
+from phonehome_plugin.reports import schedule
+from phonehome_plugin.testing.simclock import SimClock
+from phonehome_plugin.testing.simhost import SimHost
 
 START = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
 NEXT_SLOT = 3600 + schedule.MAX_JITTER

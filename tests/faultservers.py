@@ -42,8 +42,9 @@ import trustme
 import hookspecs.host
 import hookspecs.phonehome
 from hookspecs import signals
-from phonehome_plugin import plugin, switch
-from phonehome_plugin.policy import Policy
+from phonehome_plugin import plugin
+from phonehome_plugin.config import switch
+from phonehome_plugin.delivery.retry import RetryPolicy
 from phonehome_plugin.runtime import Runtime
 
 HEAD_LIMIT = 64 * 1024
@@ -639,7 +640,7 @@ class Host:
         data_dir: Path,
         section: Mapping[str, Any],
         started_at: datetime = START,
-        policy: Policy | None = None,
+        policy: RetryPolicy | None = None,
         users: Sequence[Mapping[str, Any]] = (),
     ) -> None:
         self.pm = pluggy.PluginManager("maestrohub")

@@ -23,7 +23,8 @@ import pytest
 import yaml
 from e2e_support import GEOIP, START, settle
 
-from phonehome_plugin.simhost import SimClock, SimHost
+from phonehome_plugin.testing.simclock import SimClock
+from phonehome_plugin.testing.simhost import SimHost
 
 REPORTS_PATH = "/v1/reports"
 GEOIP_PATH = "/geoip"

@@ -14,7 +14,8 @@ import pytest
 from e2e_support import START
 
 from hookspecs import hookimpl, signals
-from phonehome_plugin.simhost import SimClock, SimHost
+from phonehome_plugin.testing.simclock import SimClock
+from phonehome_plugin.testing.simhost import SimHost
 
 OFF = {"modules": {"phonehome": {"enabled": False}}}
 """A config with phonehome off, so only the simulator's own behaviour is seen."""

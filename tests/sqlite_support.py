@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from phonehome_plugin.store import Store, open_store
+from phonehome_plugin.state.backends import open_store
+from phonehome_plugin.state.store import Store
 
 FORK = multiprocessing.get_context("fork")
 NOBODY = 65534

@@ -14,15 +14,16 @@ from e2e_support import START
 from simhost_support import OFF
 
 from hookspecs import hookimpl
-from phonehome_plugin.activity import (
+from phonehome_plugin.testing.activity import Activity
+from phonehome_plugin.testing.simclock import SimClock
+from phonehome_plugin.testing.simhost import SimHost
+from phonehome_plugin.testing.vocabulary import (
     CONNECTION_TYPES,
     STATUSES,
     TRIGGER_NODES,
     WORK_NODES,
-    Activity,
     status_plan,
 )
-from phonehome_plugin.simhost import SimClock, SimHost
 
 
 class Ticks:

@@ -1,4 +1,4 @@
-"""Tests for :mod:`phonehome_plugin.bounded`: describing a foreign value in bounded work.
+"""Tests for :mod:`phonehome_plugin.guard.bounded`: describing a foreign value in bounded work.
 
 No test here measures time: boundedness is asserted structurally (the length of
 what is returned, ``tracemalloc``'s peak, the dunder methods never called), on
@@ -25,8 +25,8 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from phonehome_plugin import bounded
-from phonehome_plugin.bounded import DESCRIBE_MAX, describe, label, type_name
+from phonehome_plugin.guard import bounded
+from phonehome_plugin.guard.bounded import DESCRIBE_MAX, describe, label, type_name
 
 T = TypeVar("T")
 PEAK_MAX = 64 * 1024

@@ -35,10 +35,11 @@ from operator_support import (
 )
 from test_bounded import PEAK_MAX, alias_bomb, traced
 
-from phonehome_plugin import cli, schema, telemetry_doc
-from phonehome_plugin.config import DEFAULT_ENDPOINT
-from phonehome_plugin.state_view import StateView
-from phonehome_plugin.store import FILENAME
+from phonehome_plugin.cli import commands, telemetry_doc
+from phonehome_plugin.cli.state_view import StateView
+from phonehome_plugin.config.settings import DEFAULT_ENDPOINT
+from phonehome_plugin.reports import schema
+from phonehome_plugin.state.store import FILENAME
 
 counting_server = operator_support.counting_server  # fixture
 installation = operator_support.installation  # fixture
@@ -56,7 +57,7 @@ def cli_env() -> dict[str, str]:
 
 def call(*argv: str) -> tuple[int, str]:
     out = io.StringIO()
-    return cli.main(list(argv), out=out), out.getvalue()
+    return commands.main(list(argv), out=out), out.getvalue()
 
 
 def readable(text: str) -> dict[str, str]:
@@ -79,7 +80,7 @@ def pending_bodies(data: Path) -> list[bytes]:
 
 
 def assert_one_line_error(run: Run, *, naming: str) -> None:
-    assert run.code == cli.PROBLEM, run
+    assert run.code == commands.PROBLEM, run
     assert "Traceback" not in run.stderr
     lines = run.stderr.splitlines()
     assert len(lines) == 1, run.stderr
@@ -102,7 +103,7 @@ def test_status_tells_on_mode_endpoint_instance_last_report_outbox_and_next_repo
         "status", "--config", str(installation.config), "--data-dir", str(installation.data)
     )
 
-    assert code == cli.OK
+    assert code == commands.OK
     status = readable(text)
     assert status["telemetry"] == "on"
     assert status["mode"] == "offline"
@@ -128,7 +129,7 @@ def test_status_json_carries_the_same_facts(installation: Installation) -> None:
         str(installation.data),
     )
 
-    assert code == cli.OK
+    assert code == commands.OK
     info = json.loads(raw)
     assert set(info) == {
         "telemetry",
@@ -159,7 +160,7 @@ def test_status_names_the_switch_that_turned_telemetry_off(
         "--data-dir",
         str(installation.data),
     )
-    assert code == cli.OK
+    assert code == commands.OK
     info = json.loads(raw)
     assert info["telemetry"] == "off"
     assert info["reason"] == "off: DO_NOT_TRACK=1 is set"
@@ -170,7 +171,7 @@ def test_status_without_config_file_shows_the_defaults(tmp_path: Path) -> None:
     code, text = call(
         "status", "--config", str(tmp_path / "config.yaml"), "--data-dir", str(tmp_path)
     )
-    assert code == cli.OK, "no state file yet is no problem: telemetry never ran here"
+    assert code == commands.OK, "no state file yet is no problem: telemetry never ran here"
     status = readable(text)
     assert (status["telemetry"], status["mode"]) == ("on", "send")
     assert status["endpoint"] == DEFAULT_ENDPOINT
@@ -204,7 +205,7 @@ def test_status_never_creates_a_file_in_the_data_dir(
     in_process, _ = call("status", "--data-dir", str(data))
     real = run_cli(["status", "--json", "--data-dir", str(data)], tmp_path, cli_env)
 
-    expected = cli.PROBLEM if state == "missing dir" else cli.OK
+    expected = commands.PROBLEM if state == "missing dir" else commands.OK
     assert (in_process, real.code) == (expected, expected)
     assert snapshot(data) == before
 
@@ -220,9 +221,9 @@ def test_preview_prints_the_oldest_pending_body_and_a_newline(
     code, text = call("preview", "--data-dir", str(installation.data))
     real = run_cli(["preview", "--data-dir", str(installation.data)], installation.root, cli_env)
 
-    assert code == cli.OK
+    assert code == commands.OK
     assert text == oldest.decode() + "\n"
-    assert (real.code, real.stdout, real.stderr) == (cli.OK, oldest + b"\n", "")
+    assert (real.code, real.stdout, real.stderr) == (commands.OK, oldest + b"\n", "")
     assert json.loads(oldest)["trigger"] == "startup"
 
 
@@ -236,7 +237,7 @@ def test_preview_with_nothing_pending_exits_3_with_one_line(
 
     run = run_cli(["preview", "--data-dir", str(data)], tmp_path, cli_env)
 
-    assert run.code == cli.NOTHING
+    assert run.code == commands.NOTHING
     assert run.stdout == b""
     assert len(run.stderr.splitlines()) == 1 and "Traceback" not in run.stderr
 
@@ -261,7 +262,7 @@ def test_preview_is_byte_for_byte_the_body_the_receiver_gets_next(
         host.tick(180)
         settle(host)
 
-    assert preview.code == cli.OK, preview.stderr
+    assert preview.code == commands.OK, preview.stderr
     held = json.loads(status.stdout)
     assert held["failures"] == "1 failed send series in a row"
     assert held["next_retry"] >= "2026-03-02T08:02:00Z", "Retry-After 120 s is honoured"
@@ -278,7 +279,7 @@ def test_history_readable_and_json(installation: Installation) -> None:
     code, text = call("history", "--data-dir", str(installation.data))
     code_json, raw = call("history", "--json", "--data-dir", str(installation.data))
 
-    assert (code, code_json) == (cli.OK, cli.OK)
+    assert (code, code_json) == (commands.OK, commands.OK)
     assert text == "#1 startup at 2026-03-02T08:00:00Z: sent (HTTP 202)\n"
     [event] = json.loads(raw)
     sent = json.loads(installation.sent[0])
@@ -310,7 +311,7 @@ def test_history_is_newest_first_and_limited(
     events = json.loads(everything)
     assert [e["sequence"] for e in events] == sorted((e["sequence"] for e in events), reverse=True)
     assert [e["trigger"] for e in events][-2:] == ["first_user", "startup"]
-    assert code == cli.OK and json.loads(latest) == events[:2]
+    assert code == commands.OK and json.loads(latest) == events[:2]
 
 
 def test_history_of_an_installation_that_sent_nothing(
@@ -322,8 +323,8 @@ def test_history_of_an_installation_that_sent_nothing(
         host.tick()
         settle(host)
 
-    assert call("history", "--data-dir", str(data)) == (cli.OK, "nothing sent yet\n")
-    assert call("history", "--json", "--data-dir", str(data)) == (cli.OK, "[]\n")
+    assert call("history", "--data-dir", str(data)) == (commands.OK, "nothing sent yet\n")
+    assert call("history", "--json", "--data-dir", str(data)) == (commands.OK, "[]\n")
 
 
 # export -------------------------------------------------------------------------------
@@ -338,7 +339,7 @@ def test_export_writes_the_exact_pending_bodies_as_json_lines(
     code, text = call("export", str(readable_file), "--data-dir", str(installation.data))
     code_json, raw = call("export", str(json_file), "--json", "--data-dir", str(installation.data))
 
-    assert (code, code_json) == (cli.OK, cli.OK)
+    assert (code, code_json) == (commands.OK, commands.OK)
     assert len(bodies) == 2
     assert readable_file.read_bytes() == b"".join(body + b"\n" for body in bodies)
     assert json_file.read_bytes() == readable_file.read_bytes()
@@ -357,7 +358,7 @@ def test_export_with_nothing_pending_writes_an_empty_file(
     target = tmp_path / "none.jsonl"
 
     assert call("export", str(target), "--json", "--data-dir", str(data)) == (
-        cli.OK,
+        commands.OK,
         json.dumps({"exported": 0, "file": str(target)}) + "\n",
     )
     assert target.read_bytes() == b""
@@ -369,18 +370,18 @@ def test_export_with_nothing_pending_writes_an_empty_file(
 def test_schema_prints_the_shipped_schema_file() -> None:
     code, text = call("schema")
     shipped = Path(schema.__file__).with_name("report.schema.json").read_text("utf-8")
-    assert code == cli.OK
+    assert code == commands.OK
     assert text == shipped
     assert json.loads(text) == schema.load()
 
 
 def test_docs_prints_the_generated_documentation() -> None:
-    assert call("docs") == (cli.OK, telemetry_doc.render())
+    assert call("docs") == (commands.OK, telemetry_doc.render())
 
 
 def test_demo_runs_a_simulated_host_against_a_loopback_receiver() -> None:
     code, text = call("demo", "--hours", "1")
-    assert code == cli.OK, text
+    assert code == commands.OK, text
     assert "startup" in text and "first_user" in text and "periodic" in text
     assert "reports received" in text
 
@@ -400,12 +401,12 @@ def test_demo_runs_a_simulated_host_against_a_loopback_receiver() -> None:
     ],
 )
 def test_wrong_usage_returns_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(argv, out=io.StringIO()) == cli.USAGE
+    assert commands.main(argv, out=io.StringIO()) == commands.USAGE
     assert "usage: phonehome" in capsys.readouterr().err
 
 
 def test_help_documents_the_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(["--help"], out=io.StringIO()) == cli.OK
+    assert commands.main(["--help"], out=io.StringIO()) == commands.OK
     text = " ".join(capsys.readouterr().out.split())
     for code in ("0 done", "1 a problem", "2 wrong usage", "3 nothing to show"):
         assert code in text
@@ -413,7 +414,7 @@ def test_help_documents_the_exit_codes(capsys: pytest.CaptureFixture[str]) -> No
 
 def test_wrong_usage_of_the_real_command(tmp_path: Path, cli_env: dict[str, str]) -> None:
     run = run_cli([], tmp_path, cli_env)
-    assert run.code == cli.USAGE
+    assert run.code == commands.USAGE
     assert "Traceback" not in run.stderr
 
 
@@ -452,7 +453,7 @@ def test_the_config_path_comes_from_maestrohub_config(
         tmp_path,
         {**cli_env, "MAESTROHUB_CONFIG": str(config)},
     )
-    assert run.code == cli.OK
+    assert run.code == commands.OK
     assert json.loads(run.stdout)["reason"] == (
         "off: modules.phonehome.enabled is false in config.yaml"
     )
@@ -539,8 +540,8 @@ def test_looking_at_a_running_installation_changes_nothing(
         settle(host)
         files = listing(data)
         for command in ("status", "preview", "history"):
-            assert call(command, "--data-dir", str(data))[0] == cli.OK
-        assert call("export", str(tmp_path / "x.jsonl"), "--data-dir", str(data))[0] == cli.OK
+            assert call(command, "--data-dir", str(data))[0] == commands.OK
+        assert call("export", str(tmp_path / "x.jsonl"), "--data-dir", str(data))[0] == commands.OK
         assert listing(data) == files
         host.create_user("admin@example.com")
         settle(host)
@@ -564,7 +565,7 @@ def test_the_commands_read_an_installation_kept_in_postgresql(
     assert not (data / FILENAME).exists(), "the state lives in PostgreSQL, not the data dir"
 
     code, raw = call("status", "--json", "--config", str(config), "--data-dir", str(data))
-    assert code == cli.OK
+    assert code == commands.OK
     info = json.loads(raw)
     assert info["instance_id"] and info["outbox"].startswith("1 report(s)")
     out = tmp_path / "pending.jsonl"
@@ -578,7 +579,7 @@ def test_an_unreachable_state_url_is_one_line_not_a_traceback(tmp_path: Path) ->
     url = "postgresql://phonehome:s3cret@127.0.0.1:9/phonehome"
     config.write_text(yaml.safe_dump({"modules": {"phonehome": {"state_url": url}}}), "utf-8")
     done = run_cli(["history", "--config", str(config)], tmp_path)
-    assert done.code == cli.PROBLEM
+    assert done.code == commands.PROBLEM
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert "s3cret" not in done.stderr and "127.0.0.1:9" in done.stderr
 
@@ -615,12 +616,12 @@ def test_an_alias_bomb_config_is_one_short_line_in_bounded_work(
     for levels in range(1, 11):  # 10 levels of 9: 3.5 billion leaves, in 400 bytes
         config.write_text(alias_bomb(levels, at=at), "utf-8")
         code, peak = traced(
-            cli.main,
+            commands.main,
             [command, "--config", str(config), "--data-dir", str(tmp_path)],
             io.StringIO(),
         )
         err = capsys.readouterr().err
-        assert code == cli.PROBLEM, err
+        assert code == commands.PROBLEM, err
         [line] = err.splitlines()
         assert line.startswith(f"phonehome: {config}: modules.phonehome.")
         assert len(line) <= 200 + len(str(config)), (levels, line[:300])
@@ -658,7 +659,7 @@ def test_a_yaml_error_is_quoted_by_its_first_line_cut_short(
     # PyYAML quotes the undefined alias's name: as long as the file, here 1 MB.
     config = tmp_path / "config.yaml"
     config.write_text("modules: *" + "a" * 1_000_000 + "\n")
-    assert cli.main(["status", "--config", str(config)], io.StringIO()) == cli.PROBLEM
+    assert commands.main(["status", "--config", str(config)], io.StringIO()) == commands.PROBLEM
     [line] = capsys.readouterr().err.splitlines()
     assert line.startswith(f"phonehome: cannot read {config}: found undefined alias")
-    assert len(line) <= len(f"phonehome: cannot read {config}: ") + cli.LINE_MAX
+    assert len(line) <= len(f"phonehome: cannot read {config}: ") + commands.LINE_MAX

@@ -1,4 +1,5 @@
-"""Tests for :mod:`phonehome_plugin.collectors`: third-party collectors cost only their section."""
+"""Tests for :mod:`phonehome_plugin.counting.collectors`: third-party collectors cost
+only their section."""
 
 from __future__ import annotations
 
@@ -13,10 +14,11 @@ import pytest
 from test_bounded import Hostile, HostileStr
 
 from hookspecs import signals
-from phonehome_plugin import collectors, privacy
-from phonehome_plugin.collectors import Registry
-from phonehome_plugin.privacy import DropCounter
-from phonehome_plugin.tally import ExecutionTally
+from phonehome_plugin.counting import collectors
+from phonehome_plugin.counting.collectors import Registry
+from phonehome_plugin.counting.tally import ExecutionTally
+from phonehome_plugin.guard import privacy
+from phonehome_plugin.guard.privacy import DropCounter
 
 SECRET = "hunter2-secret-value"
 TIMEOUT = 0.05

@@ -1,4 +1,5 @@
-"""Tests for :mod:`phonehome_plugin.config`: reading ``modules.phonehome`` into Settings."""
+"""Tests for :mod:`phonehome_plugin.config.settings`: reading ``modules.phonehome`` into
+Settings."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from test_bounded import PEAK_MAX, growing_bombs, traced
 
-from phonehome_plugin import config
-from phonehome_plugin.config import ConfigError, OutboxLimits, Settings, parse, section_of
+from phonehome_plugin.config import settings as config
+from phonehome_plugin.config.settings import ConfigError, OutboxLimits, Settings, parse, section_of
 
 
 def _error_of(section: dict[Any, Any]) -> str:

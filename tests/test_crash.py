@@ -33,12 +33,13 @@ from typing import Any
 import pytest
 from faultservers import START, FaultServer, Host, Reply, Silent
 
-from phonehome_plugin.config import OutboxLimits, Settings
-from phonehome_plugin.outbox import Entry, Outbox
-from phonehome_plugin.policy import Policy
-from phonehome_plugin.sender import Sender
-from phonehome_plugin.store import FILENAME, open_store
-from phonehome_plugin.transport import Transport
+from phonehome_plugin.config.settings import OutboxLimits, Settings
+from phonehome_plugin.delivery.retry import RetryPolicy
+from phonehome_plugin.delivery.sender import Sender
+from phonehome_plugin.delivery.transport import Transport
+from phonehome_plugin.state.backends import open_store
+from phonehome_plugin.state.outbox import Entry, Outbox
+from phonehome_plugin.state.store import FILENAME
 
 FORK = multiprocessing.get_context("fork")
 NOW = 1_772_438_400.0
@@ -46,8 +47,8 @@ UNBOUNDED = OutboxLimits(max_reports=10**9, max_bytes=10**12, max_age_days=10**5
 # A child's POST must still be waiting when the parent kills it mid-send, however
 # slowly the machine runs: every other answer in these tests comes at once, so a
 # long deadline costs nothing.
-CHILD_POLICY = Policy(deadline=120.0, max_attempts=3, wait_base=0.01, wait_max=0.02)
-FAST = Policy(deadline=1.0, max_attempts=4, wait_base=0.01, wait_max=0.05)
+CHILD_POLICY = RetryPolicy(deadline=120.0, max_attempts=3, wait_base=0.01, wait_max=0.02)
+FAST = RetryPolicy(deadline=1.0, max_attempts=4, wait_base=0.01, wait_max=0.05)
 KILLS = 240
 STOP_CHANCE = 0.2
 """Per statement of the aimed-at phase, the chance that the child stops there."""

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 from faultservers import FaultServer, Silent
 
-from phonehome_plugin.cutoff import Exchange, adapter
+from phonehome_plugin.delivery.cutoff import Exchange, adapter
 
 WAIT = 5.0  # seconds a blocked read may take before the test calls it hung
 

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from phonehome_plugin import demo
-from phonehome_plugin.demo import MISSING, render, run_demo
-from phonehome_plugin.simhost import SECRET_MARKER
+from phonehome_plugin.testing import demo
+from phonehome_plugin.testing.demo import MISSING, render, run_demo
+from phonehome_plugin.testing.vocabulary import SECRET_MARKER
 
 HEADER = re.compile(
     r"#(?P<seq>\d+) (?P<trigger>startup|first_user|periodic) +"

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from e2e_support import GEOIP, Endpoint, make_host, phonehome_config, settle, tick
 
-from phonehome_plugin import schema
-from phonehome_plugin.simhost import SimHost
+from phonehome_plugin.reports import schema
+from phonehome_plugin.testing.simhost import SimHost
 
 
 def _populate(host: SimHost) -> None:

@@ -15,10 +15,13 @@ from e2e_support import START, Endpoint, phonehome_config, settle, tick
 import hookspecs.host
 import hookspecs.phonehome
 from hookspecs import PROJECT_NAME, signals
-from phonehome_plugin import privacy, schema
-from phonehome_plugin.examples import historian
-from phonehome_plugin.examples.historian import HistorianCollector
-from phonehome_plugin.simhost import SECRET_MARKER, SimClock, SimHost
+from phonehome_plugin.guard import privacy
+from phonehome_plugin.reports import schema
+from phonehome_plugin.testing.examples import historian
+from phonehome_plugin.testing.examples.historian import HistorianCollector
+from phonehome_plugin.testing.simclock import SimClock
+from phonehome_plugin.testing.simhost import SimHost
+from phonehome_plugin.testing.vocabulary import SECRET_MARKER
 
 
 @pytest.fixture

@@ -38,12 +38,14 @@ from faultservers import (
     make_tls,
 )
 
-from phonehome_plugin import history, schedule
-from phonehome_plugin.outbox import Entry
-from phonehome_plugin.policy import Policy
-from phonehome_plugin.store import FILENAME, open_store
+from phonehome_plugin.delivery.retry import RetryPolicy
+from phonehome_plugin.reports import schedule
+from phonehome_plugin.state import history
+from phonehome_plugin.state.backends import open_store
+from phonehome_plugin.state.outbox import Entry
+from phonehome_plugin.state.store import FILENAME
 
-FAST = Policy(deadline=1.0, max_attempts=4, wait_base=0.01, wait_max=0.05)
+FAST = RetryPolicy(deadline=1.0, max_attempts=4, wait_base=0.01, wait_max=0.05)
 TICK = timedelta(seconds=10)
 HOUR = timedelta(hours=1)
 TICK_BUDGET = 0.001  # CPU seconds of the host's thread per on_tick
@@ -274,7 +276,7 @@ def test_a_final_4xx_drops_the_report_and_says_so_in_the_next(
 
 STORM_ID = "00000000-0000-4000-8000-000000000503"
 """The storm's installation id. An id sets where in each hour its slots start and how
-long each report waits after its slot's start (:mod:`phonehome_plugin.schedule`); with
+long each report waits after its slot's start (:mod:`phonehome_plugin.reports.schedule`); with
 a random id the day's 24th periodic report fell due after the day's end for about 1
 id in 40 (24 of 25 waiting). This one's slots start 38 minutes into the hour."""
 
@@ -306,7 +308,7 @@ def test_a_day_long_503_storm_costs_one_probe_per_interval_and_loses_nothing(
     server = servers(then=Reply(503))
     # Every answer comes at once: a series ends after max_attempts, never by its
     # wall-clock deadline, however slowly the machine runs.
-    policy = Policy(deadline=60.0, max_attempts=3, wait_base=0.005, wait_max=0.01)
+    policy = RetryPolicy(deadline=60.0, max_attempts=3, wait_base=0.005, wait_max=0.01)
     host = hosts(section(server), policy=policy)
     drive = Drive(host, server)
     drive.tick(START)
@@ -446,8 +448,8 @@ def test_a_black_holed_endpoint_costs_the_host_nothing(
 
     # What was not sent is on disk, due at once...
     store = open_store(tmp_path / "data")
-    from phonehome_plugin.config import OutboxLimits
-    from phonehome_plugin.outbox import Outbox
+    from phonehome_plugin.config.settings import OutboxLimits
+    from phonehome_plugin.state.outbox import Outbox
 
     [waiting] = Outbox(store, OutboxLimits()).pending()
     store.close()
@@ -485,7 +487,7 @@ def test_a_data_dir_that_cannot_be_used_costs_durability_not_reports(
     store_warnings = [
         r
         for r in caplog.records
-        if r.name == "phonehome_plugin.store" and r.levelno == logging.WARNING
+        if r.name == "phonehome_plugin.state.store" and r.levelno == logging.WARNING
     ]
     assert len(store_warnings) == 1
     assert not any(r.levelno >= logging.ERROR for r in caplog.records)

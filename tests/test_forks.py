@@ -29,10 +29,12 @@ import pytest
 from faultservers import START, FaultServer, Host, Linger, Reply
 
 from hookspecs import signals
-from phonehome_plugin import location, sqliteopen, sqlitestore
-from phonehome_plugin.policy import Policy
-from phonehome_plugin.store import FILENAME, open_store
-from phonehome_plugin.transport import Transport
+from phonehome_plugin.delivery.retry import RetryPolicy
+from phonehome_plugin.delivery.transport import Transport
+from phonehome_plugin.reports import location
+from phonehome_plugin.state import sqlite
+from phonehome_plugin.state.backends import open_store
+from phonehome_plugin.state.store import FILENAME
 
 FORK = multiprocessing.get_context("fork")
 FORKS = 200
@@ -42,7 +44,7 @@ beyond what any step takes on a loaded machine (the test never races a clock).""
 POINTS = ("open", "statement", "post", "lookup")
 PARENT_RUNS = 3
 CHILD_RUNS = 2
-FAST = Policy(deadline=2.0, max_attempts=2, wait_base=0.01, wait_max=0.02)
+FAST = RetryPolicy(deadline=2.0, max_attempts=2, wait_base=0.01, wait_max=0.02)
 GEO = (
     b'{"status": "success", "query": "203.0.113.9", "country": "Nowhere", '
     b'"regionName": "Test", "city": "Loopback", "isp": "Test"}'
@@ -80,9 +82,9 @@ class Gates:
 
     def install(self) -> None:
         """Patch the entries of the four points (in this host process only)."""
-        sqliteopen._file_store = self.wrap("open", sqliteopen._file_store)
-        sqlitestore.SqliteStore.session = self.wrap(  # type: ignore[method-assign]
-            "statement", sqlitestore.SqliteStore.session
+        sqlite._file_store = self.wrap("open", sqlite._file_store)
+        sqlite.SqliteStore.session = self.wrap(  # type: ignore[method-assign]
+            "statement", sqlite.SqliteStore.session
         )
         Transport.post = self.wrap("post", Transport.post)  # type: ignore[method-assign]
         location._fetch = self.wrap("lookup", location._fetch)

@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 from sqlite_support import FORK, integrity
 
-from phonehome_plugin import forksafe
-from phonehome_plugin import store as store_module
-from phonehome_plugin.store import Store, open_store
+from phonehome_plugin.state import forksafe
+from phonehome_plugin.state import store as store_module
+from phonehome_plugin.state.backends import open_store
+from phonehome_plugin.state.store import Store
 
 
 @contextmanager

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from phonehome_plugin import history
-from phonehome_plugin.history import KEEP, Event
-from phonehome_plugin.store import Store, open_store
+from phonehome_plugin.state import history
+from phonehome_plugin.state.backends import open_store
+from phonehome_plugin.state.history import KEEP, Event
+from phonehome_plugin.state.store import Store
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Tests for :mod:`phonehome_plugin.inventory`: the installation's current entities."""
+"""Tests for :mod:`phonehome_plugin.counting.inventory`: the installation's current entities."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from state_walk import strings_in
 
-from phonehome_plugin.inventory import (
+from phonehome_plugin.counting.inventory import (
     NODES_MAX,
     Entities,
     Inventory,
@@ -21,7 +21,7 @@ from phonehome_plugin.inventory import (
     pipeline_value,
     user_value,
 )
-from phonehome_plugin.privacy import _identifier
+from phonehome_plugin.guard.privacy import _identifier
 
 T0 = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
 SECRET = "s3cr3t-Passw0rd-do-not-keep"

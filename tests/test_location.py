@@ -13,8 +13,9 @@ from faultservers import Endless, FaultServer, Linger
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
-from phonehome_plugin import location
-from phonehome_plugin.store import Store, open_store
+from phonehome_plugin.reports import location
+from phonehome_plugin.state.backends import open_store
+from phonehome_plugin.state.store import Store
 
 ANSWER = {
     "status": "success",

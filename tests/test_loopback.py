@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from phonehome_plugin import loopback
+from phonehome_plugin.testing import loopback
 
 
 @pytest.mark.parametrize(

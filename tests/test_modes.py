@@ -41,10 +41,11 @@ from operator_support import (
 )
 
 from hookspecs import signals
-from phonehome_plugin import cli, schema
-from phonehome_plugin.simhost import SimHost
-from phonehome_plugin.state_view import StateView
-from phonehome_plugin.store import FILENAME
+from phonehome_plugin.cli import commands
+from phonehome_plugin.cli.state_view import StateView
+from phonehome_plugin.reports import schema
+from phonehome_plugin.state.store import FILENAME
+from phonehome_plugin.testing.simhost import SimHost
 
 acme_distribution = e2e_support.acme_distribution  # fixture
 counting_server = operator_support.counting_server  # fixture
@@ -307,9 +308,9 @@ def test_offline_mode_keeps_every_report_for_export_and_sends_nothing(
         short_life(host)
     exported = tmp_path / "pending.jsonl"
 
-    code = cli.main(["export", str(exported), "--data-dir", str(data)], out=io.StringIO())
+    code = commands.main(["export", str(exported), "--data-dir", str(data)], out=io.StringIO())
 
-    assert code == cli.OK
+    assert code == commands.OK
     lines = exported.read_bytes().splitlines()
     reports = [json.loads(line) for line in lines]
     assert [r["trigger"] for r in reports][:2] == ["startup", "first_user"]

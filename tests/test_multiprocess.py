@@ -23,9 +23,10 @@ from typing import Any
 import pytest
 from faultservers import FaultServer, Reply, Silent
 
-from phonehome_plugin import schedule
 from phonehome_plugin.plugin import RUNTIME_NAME
-from phonehome_plugin.simhost import SimClock, SimHost
+from phonehome_plugin.reports import schedule
+from phonehome_plugin.testing.simclock import SimClock
+from phonehome_plugin.testing.simhost import SimHost
 
 FORK = multiprocessing.get_context("fork")
 START = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)

@@ -8,8 +8,8 @@ import textwrap
 from hypothesis import given
 from hypothesis import strategies as st
 
-from phonehome_plugin import notice as notice_module
-from phonehome_plugin.notice import WIDTH, notice
+from phonehome_plugin.config import notice as notice_module
+from phonehome_plugin.config.notice import WIDTH, notice
 
 ENDPOINT = "https://telemetry.example.com/v1/reports"
 

@@ -12,10 +12,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from phonehome_plugin import history
-from phonehome_plugin.config import OutboxLimits
-from phonehome_plugin.outbox import DAY, FAILURES_KEY, GATE_KEY, Entry, Outbox
-from phonehome_plugin.store import Store, open_store
+from phonehome_plugin.config.settings import OutboxLimits
+from phonehome_plugin.state import history
+from phonehome_plugin.state.backends import open_store
+from phonehome_plugin.state.outbox import DAY, FAILURES_KEY, GATE_KEY, Entry, Outbox
+from phonehome_plugin.state.store import Store
 
 NOW = 1_772_438_400.0  # 2026-03-02T08:00:00Z
 

@@ -21,14 +21,16 @@ from typing import Any
 
 import pytest
 
-from phonehome_plugin import config, history
-from phonehome_plugin.collectors import Registry
-from phonehome_plugin.config import OutboxLimits
-from phonehome_plugin.inventory import Inventory
-from phonehome_plugin.outbox import FAILURES_KEY, GATE_KEY, Entry, Outbox
-from phonehome_plugin.pgstore import PgStore, ddl, translate
-from phonehome_plugin.store import Store, open_store
-from phonehome_plugin.tally import ExecutionTally
+from phonehome_plugin.config import settings as config
+from phonehome_plugin.config.settings import OutboxLimits
+from phonehome_plugin.counting.collectors import Registry
+from phonehome_plugin.counting.inventory import Inventory
+from phonehome_plugin.counting.tally import ExecutionTally
+from phonehome_plugin.state import history
+from phonehome_plugin.state.backends import open_store
+from phonehome_plugin.state.outbox import FAILURES_KEY, GATE_KEY, Entry, Outbox
+from phonehome_plugin.state.postgres import PgStore, ddl, translate
+from phonehome_plugin.state.store import Store
 from phonehome_plugin.worker import Worker
 
 FORK = multiprocessing.get_context("fork")

@@ -1,4 +1,4 @@
-"""Tests for :mod:`phonehome_plugin.privacy`: which values may enter a report."""
+"""Tests for :mod:`phonehome_plugin.guard.privacy`: which values may enter a report."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_bounded import PEAK_MAX, traced
 
-from phonehome_plugin import privacy
-from phonehome_plugin.privacy import DropCounter
+from phonehome_plugin.guard import privacy
+from phonehome_plugin.guard.privacy import DropCounter
 
 # Strategies -----------------------------------------------------------------------------
 

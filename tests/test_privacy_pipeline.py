@@ -38,7 +38,9 @@ from operator_support import (
 
 import phonehome_plugin.plugin
 from hookspecs import hookimpl, signals
-from phonehome_plugin.simhost import SECRET_MARKER, SimClock, SimHost
+from phonehome_plugin.testing.simclock import SimClock
+from phonehome_plugin.testing.simhost import SimHost
+from phonehome_plugin.testing.vocabulary import SECRET_MARKER
 
 counting_server = operator_support.counting_server  # fixture
 

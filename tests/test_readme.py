@@ -13,7 +13,8 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-from phonehome_plugin import cli, config
+from phonehome_plugin.cli import commands
+from phonehome_plugin.config import settings
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text("utf-8")
@@ -59,8 +60,8 @@ def test_the_first_quick_start_command_ends_by_running_the_demo() -> None:
     first = _quick_start()[0]
     steps = [shlex.split(step) for step in first.split("&&")]
     assert steps[-1] == ["python3", "-m", "phonehome_plugin", "demo"]
-    args = cli._parser().parse_args(steps[-1][3:])
-    assert args.run is cli.demo
+    args = commands._parser().parse_args(steps[-1][3:])
+    assert args.run is commands.demo
     assert steps[0][:4] == ["python3", "-m", "pip", "install"], "it starts from a fresh clone"
 
 
@@ -77,7 +78,7 @@ def _mentioned_subcommands() -> set[str]:
 def _exit_code(argv: list[str]) -> object:
     """What ``phonehome ARGV`` exits with, whether ``main`` returns or raises it."""
     try:
-        return cli.main(argv)
+        return commands.main(argv)
     except SystemExit as exited:
         return exited.code
 
@@ -86,14 +87,14 @@ def test_every_subcommand_the_readme_mentions_exists(capsys: pytest.CaptureFixtu
     mentioned = _mentioned_subcommands()
     assert {"status", "preview", "history", "export", "schema", "demo"} <= mentioned
     for name in sorted(mentioned):
-        assert _exit_code([name, "--help"]) == cli.OK, f"`phonehome {name}` is not a command"
-    assert _exit_code(["no-such-command", "--help"]) == cli.USAGE, "the check above can fail"
+        assert _exit_code([name, "--help"]) == commands.OK, f"`phonehome {name}` is not a command"
+    assert _exit_code(["no-such-command", "--help"]) == commands.USAGE, "the check above can fail"
     capsys.readouterr()
 
 
 def test_the_operator_examples_parse() -> None:
     [block] = _code_blocks(_section("Operators: seeing what telemetry does"))
-    parser = cli._parser()
+    parser = commands._parser()
     for line in _commands(block):
         words = shlex.split(line, comments=True)
         assert words[0] == "phonehome"
@@ -109,11 +110,11 @@ def _documented_keys() -> list[str]:
 def test_every_documented_key_is_accepted() -> None:
     documented = _documented_keys()
     assert len(documented) == len(set(documented)), "a key is listed twice"
-    assert set(documented) <= set(config._PARSERS)
+    assert set(documented) <= set(settings._PARSERS)
 
 
 def test_every_accepted_key_is_documented() -> None:
-    assert set(config._PARSERS) <= set(_documented_keys())
+    assert set(settings._PARSERS) <= set(_documented_keys())
 
 
 # tox.ini and pyproject.toml: the versions CI tests are the versions declared ------------

@@ -1,4 +1,5 @@
-"""Tests for :mod:`phonehome_plugin.receivers`, driven through the real blinker signals."""
+"""Tests for :mod:`phonehome_plugin.counting.receivers`, driven through the real blinker
+signals."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ import pytest
 from state_walk import strings_in
 
 from hookspecs import signals
-from phonehome_plugin import receivers
-from phonehome_plugin.inventory import NODES_MAX, Inventory
-from phonehome_plugin.tally import ExecutionTally
+from phonehome_plugin.counting import receivers
+from phonehome_plugin.counting.inventory import NODES_MAX, Inventory
+from phonehome_plugin.counting.tally import ExecutionTally
 
 T0 = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
 SECRET = "Zq9-very-secret-passw0rd"

@@ -21,27 +21,26 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from phonehome_plugin import retry
-from phonehome_plugin.policy import Policy
-from phonehome_plugin.retry import (
+from phonehome_plugin.delivery import retry
+from phonehome_plugin.delivery.answer import Answer, retry_after
+from phonehome_plugin.delivery.retry import (
     BACKOFF_BASE,
     RETRY_AFTER_MAX,
     RETRY_STATUSES,
+    RetryPolicy,
     not_before,
-    retry_after,
     send_series,
     verdict,
 )
-from phonehome_plugin.transport import Answer
 
 NOW = 1_772_438_400.0
 HOUR = 3600.0
-QUICK = Policy(deadline=2.0, max_attempts=4, wait_base=0.01, wait_max=0.02)
+QUICK = RetryPolicy(deadline=2.0, max_attempts=4, wait_base=0.01, wait_max=0.02)
 EPSILON = 1e-9  # float rounding of the clock's sums, nothing more
 
 
 class Clock:
-    """Stands in for the ``time`` module in :mod:`phonehome_plugin.retry`: ``monotonic()``
+    """Stands in for the ``time`` module in :mod:`phonehome_plugin.delivery.retry`: ``monotonic()``
     moves only when the series waits or a post takes time (:meth:`spend`)."""
 
     def __init__(self) -> None:
@@ -232,7 +231,7 @@ def test_a_final_answer_ends_the_series_at_once(
 
 def test_the_series_stops_after_max_attempts(clock: Clock, cancel: Cancel) -> None:
     post = Script(clock, then=Answer(503))
-    outcome = send_series(post, Policy(deadline=5, max_attempts=3, wait_base=0.01), cancel)
+    outcome = send_series(post, RetryPolicy(deadline=5, max_attempts=3, wait_base=0.01), cancel)
     assert outcome == retry.Outcome(Answer(503), 3)
 
 
@@ -249,7 +248,7 @@ def seeded() -> Iterator[None]:
 def test_waits_are_exponential_with_full_jitter_up_to_wait_max(
     clock: Clock, cancel: Cancel
 ) -> None:
-    policy = Policy(deadline=5, max_attempts=4, wait_base=0.02, wait_max=0.05)
+    policy = RetryPolicy(deadline=5, max_attempts=4, wait_base=0.02, wait_max=0.05)
     gaps: list[list[float]] = []
     for _ in range(15):
         post = Script(clock, then=Answer(503))
@@ -269,7 +268,7 @@ def test_waits_are_exponential_with_full_jitter_up_to_wait_max(
 def test_the_whole_series_keeps_one_deadline(clock: Clock, cancel: Cancel) -> None:
     # Waits as long as the deadline itself: a series that checked the deadline with
     # one random draw and slept another would overrun it now and then.
-    policy = Policy(deadline=0.2, max_attempts=50, wait_base=0.15, wait_max=0.15)
+    policy = RetryPolicy(deadline=0.2, max_attempts=50, wait_base=0.15, wait_max=0.15)
     for _ in range(50):
         post = Script(clock, then=Answer(503))
         began = clock.now
@@ -290,7 +289,7 @@ def test_each_post_gets_what_is_left_of_the_deadline(clock: Clock, cancel: Cance
 
     got: list[float] = []
     send_series(
-        slow, Policy(deadline=0.35, max_attempts=10, wait_base=0.001, wait_max=0.001), cancel
+        slow, RetryPolicy(deadline=0.35, max_attempts=10, wait_base=0.001, wait_max=0.001), cancel
     )
     # 0.35 s, then 0.1 s less per POST (and the waits of at most 1 ms between them).
     assert len(got) == 4
@@ -301,7 +300,7 @@ def test_each_post_gets_what_is_left_of_the_deadline(clock: Clock, cancel: Cance
 
 def test_retry_after_is_a_minimum_wait_inside_the_series(clock: Clock, cancel: Cancel) -> None:
     post = Script(clock, Answer(429, retry_after=0.3))
-    outcome = send_series(post, Policy(deadline=2, wait_base=0.001, wait_max=0.001), cancel)
+    outcome = send_series(post, RetryPolicy(deadline=2, wait_base=0.001, wait_max=0.001), cancel)
     assert outcome == retry.Outcome(Answer(200), 2)
     assert post.calls[1][0] - post.calls[0][0] == pytest.approx(0.3)
 
@@ -311,7 +310,7 @@ def test_retry_after_beyond_the_deadline_ends_the_series_without_waiting(
 ) -> None:
     post = Script(clock, Answer(503, retry_after=120.0))
     began = clock.now
-    outcome = send_series(post, Policy(deadline=1.0), cancel)
+    outcome = send_series(post, RetryPolicy(deadline=1.0), cancel)
     assert outcome == retry.Outcome(Answer(503, retry_after=120.0), 1)
     assert cancel.waits == [] and clock.now == began
 
@@ -322,7 +321,7 @@ def test_cancel_ends_a_series_waiting_between_attempts(clock: Clock, cancel: Can
     began = clock.now
     cancel.at = began + 0.1
     outcome = send_series(
-        post, Policy(deadline=30, max_attempts=100, wait_base=5, wait_max=5), cancel
+        post, RetryPolicy(deadline=30, max_attempts=100, wait_base=5, wait_max=5), cancel
     )
     assert clock.now - began == pytest.approx(0.1), "the wait ended at the cancel"
     assert outcome.answer == Answer(None, "cancelled")

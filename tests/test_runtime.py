@@ -11,7 +11,7 @@ import pytest
 from e2e_support import NEXT_SLOT, Endpoint, make_host, phonehome_config, settle, tick
 
 from phonehome_plugin.runtime import Runtime
-from phonehome_plugin.simhost import SimHost
+from phonehome_plugin.testing.simhost import SimHost
 
 
 @pytest.fixture

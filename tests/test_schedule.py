@@ -1,4 +1,5 @@
-"""Tests for :mod:`phonehome_plugin.schedule`: when reports fall due, on the host's clock."""
+"""Tests for :mod:`phonehome_plugin.reports.schedule`: when reports fall due, on the host's
+clock."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from phonehome_plugin import schedule
+from phonehome_plugin.reports import schedule
 
 HOUR = 3600
 DAY = 86_400

@@ -1,7 +1,7 @@
 """The report's JSON Schema, shipped in the package, and the check every report passes
 before it is stored.
 
-The plugin's own checker (:func:`phonehome_plugin.schema.errors`, no dependency at
+The plugin's own checker (:func:`phonehome_plugin.reports.schema.errors`, no dependency at
 run time) is held to agree with ``jsonschema``'s Draft 2020-12 validator: on every
 report the plugin builds, and on reports mutated by hypothesis.
 """
@@ -32,8 +32,9 @@ from operator_support import (
 )
 
 from hookspecs import hookimpl
-from phonehome_plugin import report, schema
-from phonehome_plugin.simhost import Activity, SimHost
+from phonehome_plugin.reports import schema, shape
+from phonehome_plugin.testing.activity import Activity
+from phonehome_plugin.testing.simhost import SimHost
 
 acme_distribution = e2e_support.acme_distribution  # fixture
 counting_server = operator_support.counting_server  # fixture
@@ -170,9 +171,9 @@ def test_the_schema_is_shipped_as_package_data() -> None:
     import tomllib
 
     pyproject = tomllib.loads(Path(__file__).parents[1].joinpath("pyproject.toml").read_text())
-    patterns = pyproject["tool"]["setuptools"]["package-data"]["phonehome_plugin"]
+    patterns = pyproject["tool"]["setuptools"]["package-data"]["phonehome_plugin.reports"]
     assert "*.json" in patterns
-    assert Path(schema.__file__).with_name("report.schema.json").is_file()
+    assert Path(schema.__file__).with_name(schema.SCHEMA_FILE).is_file()
 
 
 def test_the_checker_fails_closed_on_a_keyword_it_does_not_know() -> None:
@@ -188,7 +189,7 @@ def test_the_checker_fails_closed_on_a_keyword_it_does_not_know() -> None:
 @pytest.fixture(scope="module")
 def base_reports(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     """Reports of every trigger, built by the plugin (offline mode: nothing sent)."""
-    from phonehome_plugin.state_view import StateView
+    from phonehome_plugin.cli.state_view import StateView
 
     data = tmp_path_factory.mktemp("schema") / "data"
     section = {"endpoint": "http://127.0.0.1:9/v1/reports", "mode": "offline"}
@@ -373,15 +374,15 @@ MARKER = "Zq7-forced-invalid-value"
 
 
 def _force_invalid(monkeypatch: pytest.MonkeyPatch, triggers: set[str]) -> None:
-    original = report.build
+    original = shape.build
 
-    def build(inputs: report.Inputs) -> dict[str, Any]:
+    def build(inputs: shape.Inputs) -> dict[str, Any]:
         built: dict[str, Any] = original(inputs)
         if built["trigger"] in triggers:
             built["collectors"]["acme.forced"] = {"bad key": MARKER}
         return built
 
-    monkeypatch.setattr(report, "build", build)
+    monkeypatch.setattr(shape, "build", build)
 
 
 def test_an_invalid_report_is_never_stored_or_sent_and_the_next_report_counts_it(

@@ -10,21 +10,20 @@ from pathlib import Path
 import pytest
 from faultservers import Behaviour, FaultServer, Reply, Silent
 
-from phonehome_plugin import history
-from phonehome_plugin.config import OutboxLimits, Settings
-from phonehome_plugin.outbox import FAILURES_KEY, Entry, Outbox
-from phonehome_plugin.policy import Policy
-from phonehome_plugin.retry import BACKOFF_BASE
-from phonehome_plugin.sender import LEASE, Sender
-from phonehome_plugin.store import open_store
-from phonehome_plugin.transport import Transport
+from phonehome_plugin.config.settings import OutboxLimits, Settings
+from phonehome_plugin.delivery.retry import BACKOFF_BASE, RetryPolicy
+from phonehome_plugin.delivery.sender import LEASE, Sender
+from phonehome_plugin.delivery.transport import Transport
+from phonehome_plugin.state import history
+from phonehome_plugin.state.backends import open_store
+from phonehome_plugin.state.outbox import FAILURES_KEY, Entry, Outbox
 
 NOW = 1_772_438_400.0
 HOUR = 3600.0
 # Every answer here comes at once, so the series' wall-clock deadline never decides an
 # outcome: a series ends by its answers and max_attempts alone, however loaded the
 # machine (with a 1 s deadline, a stalled machine could end one early).
-QUICK = Policy(deadline=60.0, max_attempts=4, wait_base=0.01, wait_max=0.05)
+QUICK = RetryPolicy(deadline=60.0, max_attempts=4, wait_base=0.01, wait_max=0.05)
 
 
 class Rig:
@@ -39,7 +38,7 @@ class Rig:
         self._sequence = 0
         self._closing: list[Callable[[], None]] = [self.store.close]
 
-    def sender(self, policy: Policy = QUICK, fresh_store: bool = False) -> Sender:
+    def sender(self, policy: RetryPolicy = QUICK, fresh_store: bool = False) -> Sender:
         outbox = self.outbox
         if fresh_store:
             store = open_store(self.data_dir)
@@ -168,7 +167,7 @@ def test_retry_after_longer_than_the_deadline_becomes_the_not_before_time(rig: R
 def test_the_backoff_grows_to_one_probe_per_interval(rig: Rig) -> None:
     script(rig.server, then=Reply(503))
     rig.report()
-    sender = rig.sender(Policy(deadline=60.0, max_attempts=1))
+    sender = rig.sender(RetryPolicy(deadline=60.0, max_attempts=1))
     now, gaps = NOW, []
     for _ in range(10):
         sender.deliver_due(now)
@@ -202,7 +201,7 @@ def cancel_once_held(server: FaultServer, cancel: threading.Event) -> None:
 def test_a_cancelled_series_leaves_the_report_due_at_once(rig: Rig) -> None:
     script(rig.server, Silent())
     entry = rig.report()
-    sender = rig.sender(Policy(deadline=60.0))
+    sender = rig.sender(RetryPolicy(deadline=60.0))
     # Shutdown comes while the endpoint holds the POST (not after some wall time).
     cancelling = threading.Thread(target=cancel_once_held, args=(rig.server, rig.cancel))
     cancelling.start()

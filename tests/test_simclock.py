@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from e2e_support import START
 
-from phonehome_plugin import simclock
-from phonehome_plugin.simclock import SimClock
+from phonehome_plugin.testing import simclock
+from phonehome_plugin.testing.simclock import SimClock
 
 
 def test_a_clock_without_a_start_reads_wall_time_once(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -18,8 +18,10 @@ from simhost_support import OFF, Recorder
 
 import hookspecs
 from hookspecs import hookimpl, signals
-from phonehome_plugin import activity, plugin, simclock, simhost
-from phonehome_plugin.simhost import MODULES, SECRET_MARKER, SimClock, SimHost
+from phonehome_plugin import plugin
+from phonehome_plugin.testing.simclock import SimClock
+from phonehome_plugin.testing.simhost import MODULES, SimHost
+from phonehome_plugin.testing.vocabulary import SECRET_MARKER
 
 SECRET_KEYS = {"workflow", "credentials", "actor"}
 
@@ -478,13 +480,3 @@ def test_a_hook_that_raises_propagates_out_of_the_host(
     if hook == "on_shutdown":
         assert not host.running
         host.shutdown()  # once: not called again
-
-
-# Compatibility ------------------------------------------------------------------------------
-
-
-def test_activity_its_vocabulary_and_the_clock_are_still_importable_from_simhost() -> None:
-    for name in ("Activity", "CONNECTION_TYPES", "TRIGGER_NODES", "WORK_NODES", "STATUSES"):
-        assert getattr(simhost, name) is getattr(activity, name)
-    assert simhost.SECRET_MARKER == activity.SECRET_MARKER
-    assert simhost.SimClock is simclock.SimClock

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from simhost_support import Recorder
 
-from phonehome_plugin.simhost import SimHost
+from phonehome_plugin.testing.simhost import SimHost
 
 
 def test_saves_are_idempotent_and_unknown_deletes_are_still_sent(

@@ -16,10 +16,11 @@ from typing import Any
 import pytest
 from sqlite_support import FORK, integrity, run_child, warnings_of
 
-from phonehome_plugin import sqliteopen, sqlitestore
-from phonehome_plugin.config import OutboxLimits
-from phonehome_plugin.outbox import Entry, Outbox
-from phonehome_plugin.store import FILENAME, Store, open_store
+from phonehome_plugin.config.settings import OutboxLimits
+from phonehome_plugin.state import sqlite
+from phonehome_plugin.state.backends import open_store
+from phonehome_plugin.state.outbox import Entry, Outbox
+from phonehome_plugin.state.store import FILENAME, Store
 
 # Opening ---------------------------------------------------------------------------------
 
@@ -197,7 +198,7 @@ def test_a_new_file_locked_by_another_process_is_waited_for_not_left_for_memory(
         if other.in_transaction:
             other.execute("COMMIT")
 
-    monkeypatch.setattr(sqlitestore, "BUSY_TIMEOUT", 0.05)
+    monkeypatch.setattr(sqlite, "BUSY_TIMEOUT", 0.05)
     monkeypatch.setattr(time, "sleep", pause)  # where tenacity waits
     opened = open_store(tmp_path)
     other.close()
@@ -222,8 +223,8 @@ def test_a_file_locked_past_patience_means_memory_without_hanging(
     other.execute("PRAGMA journal_mode=DELETE")
     other.execute("BEGIN EXCLUSIVE")
     other.execute("INSERT INTO kv (key, value) VALUES ('x', 'y')")
-    monkeypatch.setattr(sqlitestore, "BUSY_TIMEOUT", 0.02)
-    monkeypatch.setattr(sqliteopen, "_OPEN_PATIENCE", 0.0)
+    monkeypatch.setattr(sqlite, "BUSY_TIMEOUT", 0.02)
+    monkeypatch.setattr(sqlite, "_OPEN_PATIENCE", 0.0)
     try:
         opened = open_store(tmp_path)
     finally:

@@ -13,10 +13,11 @@ from typing import Any
 import pytest
 from sqlite_support import integrity, run_child, warnings_of
 
-from phonehome_plugin import forksafe, sqlitestore
-from phonehome_plugin.config import OutboxLimits
-from phonehome_plugin.outbox import Entry, Outbox
-from phonehome_plugin.store import FILENAME, Conn, Store, open_store
+from phonehome_plugin.config.settings import OutboxLimits
+from phonehome_plugin.state import forksafe, sqlite
+from phonehome_plugin.state.backends import open_store
+from phonehome_plugin.state.outbox import Entry, Outbox
+from phonehome_plugin.state.store import FILENAME, Conn, Store
 
 # A disk that fills up ---------------------------------------------------------------
 
@@ -63,7 +64,7 @@ def test_a_disk_that_fills_up_moves_the_store_to_memory_without_losing_the_write
 def test_a_busy_database_is_an_error_for_the_caller_not_a_move_to_memory(
     tmp_path: Path, store: Store, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sqlitestore, "BUSY_PATIENCE", 0.05)
+    monkeypatch.setattr(sqlite, "BUSY_PATIENCE", 0.05)
     other = sqlite3.connect(tmp_path / FILENAME, isolation_level=None)
     other.execute("BEGIN IMMEDIATE")
     with pytest.raises(sqlite3.OperationalError, match="locked"):

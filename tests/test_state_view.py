@@ -27,15 +27,15 @@ from operator_support import (
     running,
 )
 
-from phonehome_plugin import store as store_module
-from phonehome_plugin.state_view import (
+from phonehome_plugin.cli.state_view import (
     BrokenStateError,
     NoDataDirError,
     NoStateError,
     StateView,
     stamp,
 )
-from phonehome_plugin.store import FILENAME
+from phonehome_plugin.state import backends
+from phonehome_plugin.state.store import FILENAME
 
 counting_server = operator_support.counting_server  # fixture
 installation = operator_support.installation  # fixture
@@ -185,7 +185,7 @@ def test_a_database_of_another_program(tmp_path: Path) -> None:
 
 def test_a_state_file_damaged_where_the_outbox_lives(tmp_path: Path) -> None:
     """Readable enough to open, broken in the outbox's pages: still a clean error."""
-    store = store_module.open_store(tmp_path)
+    store = backends.open_store(tmp_path)
     for n in range(10):
         body = f'{{"n":{n},"pad":"{"x" * 3000}"}}'.encode()
         store.run(
@@ -213,7 +213,7 @@ def test_a_state_file_damaged_where_the_outbox_lives(tmp_path: Path) -> None:
 
 
 def test_a_stored_slot_that_is_not_a_number_gives_no_next_periodic(tmp_path: Path) -> None:
-    store = store_module.open_store(tmp_path)
+    store = backends.open_store(tmp_path)
     store.instance_id()
     store.set("periodic.last_slot", "not a slot")
     store.close()

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from phonehome_plugin.store import Store, open_store
+from phonehome_plugin.state.backends import open_store
+from phonehome_plugin.state.store import Store
 
 # Claims and counters ---------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""Tests for :mod:`phonehome_plugin.switch`: any "off" wins, nothing turns on what is off."""
+"""Tests for :mod:`phonehome_plugin.config.switch`: any "off" wins, nothing turns on what
+is off."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ import pytest
 from test_bounded import PEAK_MAX, growing_bombs, traced
 
 import hookspecs.host
-from phonehome_plugin import plugin, switch
-from phonehome_plugin.config import Settings
+from phonehome_plugin import plugin
+from phonehome_plugin.config import switch
+from phonehome_plugin.config.settings import Settings
 
 UNSET = None
 ABSENT = "<absent>"

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import platform
 
-from phonehome_plugin import __version__, system
+from phonehome_plugin import __version__
+from phonehome_plugin.reports import system
 
 
 def test_machine_facts_describe_this_machine() -> None:

@@ -1,4 +1,4 @@
-"""Tests for :mod:`phonehome_plugin.tally`: exact execution counts from many threads."""
+"""Tests for :mod:`phonehome_plugin.counting.tally`: exact execution counts from many threads."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from state_walk import strings_in
 
 from hookspecs import signals
-from phonehome_plugin.tally import STATUSES, UNKNOWN, ExecutionTally
+from phonehome_plugin.counting.tally import STATUSES, UNKNOWN, ExecutionTally
 
 THREADS = 8
 SENDS = 12_500

@@ -3,7 +3,7 @@
 The committed page must be exactly what ``phonehome docs`` renders; its field table
 must list every field path of the schema and no other (found here by walking the
 schema independently, not with the generator's own walker); and it must name every
-way to turn telemetry off that :mod:`phonehome_plugin.switch` implements, each of
+way to turn telemetry off that :mod:`phonehome_plugin.config.switch` implements, each of
 which must really turn it off.
 """
 
@@ -17,7 +17,9 @@ from typing import Any
 import pytest
 import yaml
 
-from phonehome_plugin import schema, switch, telemetry_doc
+from phonehome_plugin.cli import telemetry_doc
+from phonehome_plugin.config import switch
+from phonehome_plugin.reports import schema
 
 DOCS = Path(__file__).parents[1] / "docs" / "telemetry.md"
 REGENERATE = "python -m phonehome_plugin docs > docs/telemetry.md"
@@ -126,7 +128,7 @@ def test_the_documented_dnt_values_that_leave_telemetry_on(page: str) -> None:
 
 
 def test_the_page_says_where_reports_go_and_how_to_check_them(page: str) -> None:
-    from phonehome_plugin.config import DEFAULT_ENDPOINT, DEFAULT_GEOIP_URL
+    from phonehome_plugin.config.settings import DEFAULT_ENDPOINT, DEFAULT_GEOIP_URL
 
     assert DEFAULT_ENDPOINT in page and DEFAULT_GEOIP_URL in page
     assert "Idempotency-Key" in page

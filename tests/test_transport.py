@@ -29,10 +29,12 @@ from faultservers import (
     make_tls,
 )
 
-from phonehome_plugin import __version__, retry
-from phonehome_plugin.config import Settings
-from phonehome_plugin.policy import Policy
-from phonehome_plugin.transport import ANSWER_LIMIT, GZIP_ABOVE, Answer, Transport
+from phonehome_plugin import __version__
+from phonehome_plugin.config.settings import Settings
+from phonehome_plugin.delivery import retry
+from phonehome_plugin.delivery.answer import Answer
+from phonehome_plugin.delivery.retry import RetryPolicy
+from phonehome_plugin.delivery.transport import ANSWER_LIMIT, GZIP_ABOVE, Transport
 
 NEVER = threading.Event()
 REPORT_ID = "01890a5d-ac96-774b-bcce-b302099a8057"
@@ -292,7 +294,7 @@ def test_the_server_sees_exactly_the_attempts_tenacity_made(
 ) -> None:
     server = serve(then=behaviour)
     sender = transport(server.url)
-    policy = Policy(deadline=5, max_attempts=3, wait_base=0.01, wait_max=0.02)
+    policy = RetryPolicy(deadline=5, max_attempts=3, wait_base=0.01, wait_max=0.02)
     outcome = retry.send_series(
         lambda left: sender.post(b"{}", REPORT_ID, left, NEVER), policy, threading.Event()
     )

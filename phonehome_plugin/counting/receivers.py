@@ -1,0 +1,167 @@
+"""Built-in signal receivers: they keep :class:`~.inventory.Inventory` and the tally current.
+
+Each receiver reads only the keyword arguments the contract names and takes
+``**extra`` for the rest, which it never looks at: the host passes whole objects
+along, and nothing in them may reach a report.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from hookspecs import signals
+from phonehome_plugin.counting.inventory import (
+    Entities,
+    Inventory,
+    entity_id,
+    pipeline_value,
+    user_value,
+)
+from phonehome_plugin.counting.tally import ExecutionTally
+from phonehome_plugin.guard import privacy
+
+Receiver = Callable[..., None]
+Pair = tuple[Any, Receiver]
+
+UNS_MODES = ("embedded", "external")
+LICENSE_STATUSES = ("trial", "active", "expired")
+
+
+def builtin_receivers(inventory: Inventory, tally: ExecutionTally) -> list[Pair]:
+    """Every ``(signal, receiver)`` pair the plugin connects while telemetry is on."""
+    inv = inventory
+    return [
+        (signals.inventory_synced, _synced(inv)),
+        (signals.user_deleted, _deleter(inv.users)),
+        (signals.connection_saved, _connection_saved(inv)),
+        (signals.connection_deleted, _deleter(inv.connections)),
+        (signals.pipeline_saved, _pipeline_saved(inv)),
+        (signals.pipeline_deleted, _deleter(inv.pipelines)),
+        (signals.execution_finished, tally.receiver),
+        (signals.organization_saved, _saver(inv.organizations)),
+        (signals.organization_deleted, _deleter(inv.organizations)),
+        (signals.data_model_saved, _saver(inv.data_models)),
+        (signals.data_model_deleted, _deleter(inv.data_models)),
+        (signals.uns_state_changed, _uns_changed(inv)),
+        (signals.license_changed, _license_changed(inv)),
+    ]
+
+
+def record_user(inventory: Inventory, user: Any) -> None:
+    """Add a user from ``on_user_created`` (a mapping with id, email, created_at)."""
+    try:
+        key = entity_id(user.get("id"))
+        value = user_value(user.get("created_at"), user.get("email"))
+    except AttributeError:
+        return
+    if key is not None:
+        inventory.users.save(key, value)
+
+
+def _synced(inv: Inventory) -> Receiver:
+    def on_inventory_synced(
+        sender: Any, module: Any = None, items: Any = None, **extra: Any
+    ) -> None:
+        inv.sync(module, items)
+
+    return on_inventory_synced
+
+
+def _saver(entities: Entities) -> Receiver:
+    def on_saved(sender: Any, id: Any = None, **extra: Any) -> None:
+        key = entity_id(id)
+        if key is not None:
+            entities.save(key)
+
+    return on_saved
+
+
+def _deleter(entities: Entities) -> Receiver:
+    def on_deleted(sender: Any, id: Any = None, **extra: Any) -> None:
+        key = entity_id(id)
+        if key is not None:
+            entities.delete(key)
+
+    return on_deleted
+
+
+def _connection_saved(inv: Inventory) -> Receiver:
+    def on_connection_saved(sender: Any, id: Any = None, type: Any = None, **extra: Any) -> None:
+        key = entity_id(id)
+        if key is not None:
+            inv.connections.save(key, privacy.bucket(type))
+
+    return on_connection_saved
+
+
+def _pipeline_saved(inv: Inventory) -> Receiver:
+    def on_pipeline_saved(
+        sender: Any,
+        id: Any = None,
+        enabled: Any = None,
+        node_types: Any = None,
+        **extra: Any,
+    ) -> None:
+        key = entity_id(id)
+        if key is not None:
+            inv.pipelines.save(key, pipeline_value(enabled, node_types))
+
+    return on_pipeline_saved
+
+
+def _uns_changed(inv: Inventory) -> Receiver:
+    def on_uns_state_changed(
+        sender: Any,
+        topic_count: Any = None,
+        client_count: Any = None,
+        mqtt_mode: Any = None,
+        storage_mode: Any = None,
+        **extra: Any,
+    ) -> None:
+        inv.uns = {
+            "topic_count": privacy.count(topic_count),
+            "client_count": privacy.count(client_count),
+            "mqtt_mode": mqtt_mode if mqtt_mode in UNS_MODES else _unknown(mqtt_mode),
+            "storage_mode": _known(storage_mode),
+        }
+
+    return on_uns_state_changed
+
+
+def _license_changed(inv: Inventory) -> Receiver:
+    def on_license_changed(
+        sender: Any, license_id: Any = None, status: Any = None, **extra: Any
+    ) -> None:
+        inv.license = {
+            "id": privacy.identifier(license_id),
+            "status": status if status in LICENSE_STATUSES else _unknown(status),
+        }
+
+    return on_license_changed
+
+
+def _known(value: Any) -> str | None:
+    return None if value is None else privacy.bucket(value)
+
+
+def _unknown(value: Any) -> str | None:
+    return None if value is None else privacy.OTHER
+
+
+def connect_all(pairs: list[Pair], sender: Any) -> Iterator[Pair]:
+    """Connect each pair strongly for ``sender``; yields what was connected."""
+    for signal, receiver in pairs:
+        signal.connect(receiver, sender=sender, weak=False)
+        yield signal, receiver
+
+
+def disconnect_all(pairs: list[Pair]) -> None:
+    """Undo :func:`connect_all`; safe to call twice.
+
+    Disconnected from every sender: blinker's per-sender disconnect leaves the
+    receiver in ``signal.receivers``, which would keep it (and its inventory)
+    alive and keep the signal's dispatch off its no-receiver fast path.
+    """
+    for signal, receiver in pairs:
+        signal.disconnect(receiver)

@@ -1,0 +1,107 @@
+"""Fork safety of the state stores: a child never inherits a SQLite call in progress.
+
+A host may fork at any moment, from any thread, while the plugin's worker is
+inside the state store. SQLite keeps per-process state that a fork copies as it
+is (its mutexes, and its record of which file locks this process holds), so a
+child that touches a connection, or even opens a new one, while a parent thread
+was inside a SQLite call can crash or hang. The rules, enforced by construction:
+
+1. Every SQLite call of the plugin, on any thread, holds :data:`GUARD`: the
+   SQLite store keeps its connection where only :meth:`~.sqlite.SqliteStore.session`
+   reaches it, and that takes the guard. The guard is never held while waiting
+   for anything outside this process (a busy file is retried with the guard
+   released), so it is held for microseconds at a time.
+2. ``os.fork()`` takes the guard for the instant of the fork, so no thread of
+   the plugin is inside SQLite when the child is made. It does not close or
+   flush anything: the fork costs the host no more than without the plugin.
+   Should the guard not come free within :data:`FORK_WAIT` (a disk that stalls a
+   commit), the fork goes on without it and the child makes no SQLite call at
+   all, ever (:data:`poisoned`; one log line): telemetry is off in that child
+   rather than risk a hang.
+3. In the child, each store drops what it inherited before any other thread
+   exists (:meth:`~.store.Store._after_fork_in_child`): a SQLite store closes the
+   idle file connection it inherited (safe: no call was in progress, and the
+   parent still holds its own locks on the file) and opens its own on next use;
+   a PostgreSQL store never touches the session it shares with the parent and
+   connects anew.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import weakref
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from phonehome_plugin.state.store import Store
+
+log = logging.getLogger("phonehome_plugin.state.store")  # one logger name for every backend
+
+FORK_WAIT = 0.5
+"""Seconds ``os.fork()`` waits for a SQLite call in progress: a backstop for a
+stalled disk, never reached in normal operation (calls take microseconds)."""
+
+GUARD = threading.Lock()
+"""Held by every SQLite call of the plugin in this process, and across each fork."""
+
+poisoned = False
+"""True in a child forked while a SQLite call may have been in progress: SQLite's
+process-wide mutexes may be held by a thread that is gone, so no store here may
+call into it again (see :class:`ForkedMidCallError`)."""
+
+_live: weakref.WeakSet[Store] = weakref.WeakSet()
+_held = False
+_inherited: list[object] = []
+"""Connections a child shares with its parent: never used, closed or collected."""
+
+
+class ForkedMidCallError(RuntimeError):
+    """This process was forked while a thread of its parent may have been inside SQLite."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "forked while the parent was inside the state store; telemetry is off in this process"
+        )
+
+
+def track(store: Store) -> None:
+    """Take part in fork safety for as long as ``store`` lives."""
+    _live.add(store)
+
+
+def abandon(connection: object) -> None:
+    """Keep an inherited ``connection`` alive, untouched, for the life of this process
+    (collecting it would close it, which may talk to a server it shares)."""
+    _inherited.append(connection)
+
+
+def _before_fork() -> None:
+    global _held  # noqa: PLW0603  (one flag for the instant of the fork)
+    _held = GUARD.acquire(timeout=FORK_WAIT)
+
+
+def _after_fork_in_parent() -> None:
+    global _held  # noqa: PLW0603
+    if _held:
+        _held = False
+        GUARD.release()
+
+
+def _after_fork_in_child() -> None:
+    global GUARD, _held, poisoned  # noqa: PLW0603  (the child's copies)
+    clean, _held = _held, False
+    GUARD = threading.Lock()  # the child's copy may be held by a thread that is gone
+    if not clean and not poisoned:
+        poisoned = True
+        log.warning("phonehome: %s", ForkedMidCallError())
+    for store in list(_live):
+        store._after_fork_in_child(clean)
+
+
+os.register_at_fork(
+    before=_before_fork,
+    after_in_parent=_after_fork_in_parent,
+    after_in_child=_after_fork_in_child,
+)

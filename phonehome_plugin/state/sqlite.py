@@ -1,0 +1,359 @@
+"""The embedded backend of :class:`~.store.Store`: one SQLite file under ``app.data_dir``.
+
+Every process of the installation on this machine opens the same file; SQLite's
+locking (WAL mode, ``BEGIN IMMEDIATE``) makes claims and counters atomic across them.
+
+Opening (:func:`open_sqlite_store`). Processes of one start open the file together
+and wait out each other's locks for a while. A read-only, missing or full data dir
+means a store in memory, with one warning, starting from a copy of the file when it
+can be read; a corrupt file is moved aside (``<name>.corrupt-<hex>``), never
+deleted, and a fresh file takes its place.
+
+In use (:class:`SqliteStore`). The connection is reachable only through
+:meth:`SqliteStore.session`, which holds :data:`.forksafe.GUARD` for as long as the
+connection is in use: that is what makes a fork at any moment safe (see
+:mod:`.forksafe`). For the same reason a statement never waits inside SQLite for
+another process's lock (``busy_timeout`` is 0): a busy file is retried here, with
+the guard released between attempts, for up to :data:`BUSY_PATIENCE` seconds, and
+then the error reaches the caller (a busy file is not a broken one: the next
+attempt uses the file again).
+
+When the file fails in use (a full disk, an I/O error) the store moves, with one
+warning, to an in-memory database of the same shape, starting from a copy of
+the file: telemetry loses durability, the host loses nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import TypeVar
+
+import tenacity
+
+from phonehome_plugin.state import forksafe
+from phonehome_plugin.state.store import FILENAME, SCHEMA, UPSERT_KV, Conn, Store, statements
+
+log = logging.getLogger("phonehome_plugin.state.store")  # one logger name for every backend
+
+T = TypeVar("T")
+
+# Primary SQLite result codes that mean "this file cannot be used" (as opposed to
+# busy, a constraint, or a bug in a statement): permission, read-only, I/O error,
+# corrupt, full, cannot open, large-file support, not a database.
+_FILE_FAILURES = frozenset({3, 8, 10, 11, 13, 14, 22, 26})
+
+BUSY_PATIENCE = 5.0
+"""Seconds a transaction keeps retrying a file another process holds."""
+
+BUSY_TIMEOUT = 5.0
+"""Seconds copying a busy file into memory keeps trying (see :func:`memory_store`)."""
+
+
+# Seconds opening the file keeps trying while other processes hold it (see _open_file).
+_OPEN_PATIENCE = 30.0
+
+
+def open_sqlite_store(data_dir: Path | None) -> Store:
+    """The store under ``data_dir``, or a memory store when the file cannot be used.
+
+    A missing ``data_dir`` is created when its parent allows; otherwise, like a
+    read-only directory or a full disk, it means memory. In memory the store
+    starts from a copy of an existing (readable) state file, so a read-only
+    install keeps its instance id and its outbox for the life of the process.
+    """
+    if data_dir is None:
+        return memory_store()
+    path = Path(data_dir) / FILENAME
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return _open_file(path)
+    except sqlite3.DatabaseError as error:
+        if (
+            primary_code(error) in (11, 26)
+            or "not a database" in str(error)
+            or "malformed" in str(error)
+        ):
+            return _recover_corrupt(path, error)
+        log.warning("phonehome: cannot use %s (%s); keeping state in memory", path, error)
+    except OSError as error:
+        log.warning("phonehome: cannot use %s (%s); keeping state in memory", path, error)
+    return memory_store(copy_of=path)
+
+
+def _open_file(path: Path) -> SqliteStore:
+    """The file store, waiting out other processes that hold the file meanwhile.
+
+    Processes of one start open the file together, and switching a new file to WAL
+    answers "database is locked" at once, without calling the busy handler. A
+    process that gave up and kept its state in memory would report as a second
+    installation, so busy is retried here, on the worker thread, for a while
+    (each attempt under the fork guard, the waits between them outside it).
+    """
+    return retrying_busy(_OPEN_PATIENCE)(_file_store, path)
+
+
+def _file_store(path: Path) -> SqliteStore:
+    store = SqliteStore(path)
+    try:
+        with store.session() as conn:
+            conn.execute("PRAGMA journal_mode=WAL")
+            result = conn.execute("PRAGMA quick_check").fetchone()
+            if result[0] != "ok":
+                raise sqlite3.DatabaseError(f"database disk image is malformed: {result[0]}")
+            # Creating the tables proves the file takes writes now (a read-only file
+            # opens fine), not at the first report; the caller decides what a failure means.
+            with immediate(conn):
+                prepare(conn)
+                conn.execute(UPSERT_KV, ("store.schema", "2"))
+    except BaseException:
+        store.close()
+        raise
+    return store
+
+
+def _recover_corrupt(path: Path, error: Exception) -> Store:
+    aside = path.with_name(f"{path.name}.corrupt-{uuid.uuid4().hex[:8]}")
+    try:
+        path.rename(aside)
+        for suffix in ("-wal", "-shm"):
+            sidecar = path.with_name(path.name + suffix)
+            if sidecar.exists():
+                sidecar.rename(aside.with_name(aside.name + suffix))
+        log.warning("phonehome: %s was corrupt (%s); moved it to %s", path, error, aside.name)
+    except OSError as again:
+        log.warning(
+            "phonehome: %s is corrupt (%s) and cannot be moved aside (%s); keeping "
+            "state in memory",
+            path,
+            error,
+            again,
+        )
+        return memory_store()
+    try:
+        return _open_file(path)
+    except (OSError, sqlite3.DatabaseError) as again:
+        log.warning("phonehome: cannot create %s (%s); keeping state in memory", path, again)
+        return memory_store()
+
+
+def memory_store(copy_of: Path | None = None) -> SqliteStore:
+    """A store in this process's memory, starting from a copy of ``copy_of`` if readable."""
+    store = SqliteStore(None)
+    if copy_of is not None and copy_of.is_file():
+        # Read-only first; a WAL file in a read-only directory opens only as
+        # immutable (no locks, last checkpoint): a best-effort copy either way.
+        for mode in ("mode=ro", "immutable=1"):
+            try:
+                retrying_busy(BUSY_TIMEOUT)(_copy_file, copy_of, mode, store)
+                break
+            except sqlite3.Error:
+                continue
+    with store.session() as conn:
+        prepare(conn)
+    return store
+
+
+def _copy_file(path: Path, mode: str, store: SqliteStore) -> None:
+    """One attempt at copying the file at ``path`` into ``store`` (under the guard)."""
+    with store.session() as memory:  # the guard covers the source's calls too
+        source = connect(f"{path.resolve().as_uri()}?{mode}", uri=True)
+        try:
+            copy_into(memory, source)
+        finally:
+            source.close()
+
+
+def primary_code(error: sqlite3.Error) -> int | None:
+    """SQLite's primary result code of ``error`` (extended codes folded), if it has one."""
+    code = getattr(error, "sqlite_errorcode", None)
+    return None if code is None else code & 0xFF
+
+
+def busy(error: BaseException) -> bool:
+    """Another connection holds the file (SQLITE_BUSY or SQLITE_LOCKED)."""
+    return isinstance(error, sqlite3.OperationalError) and primary_code(error) in (5, 6)
+
+
+def file_failed(error: sqlite3.Error) -> bool:
+    """True when ``error`` says the database file itself is unusable."""
+    code = primary_code(error)
+    if code is None:
+        text = str(error).lower()
+        return any(
+            word in text
+            for word in ("readonly", "read-only", "disk", "malformed", "not a database", "open")
+        )
+    return code in _FILE_FAILURES
+
+
+def retrying_busy(patience: float) -> tenacity.Retrying:
+    """Retry a busy file for ``patience`` seconds, jittered, then let its error through."""
+    return tenacity.Retrying(
+        retry=tenacity.retry_if_exception(busy),
+        wait=tenacity.wait_random_exponential(multiplier=0.005, max=0.25),
+        stop=tenacity.stop_after_delay(patience),
+        reraise=True,
+    )
+
+
+class SqliteStore(Store):
+    """The state file at ``path`` (None: memory only), through one connection.
+
+    Use :meth:`run` for every access: it wraps the work in an immediate
+    transaction, retries a busy file and moves to memory if the file fails.
+    """
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.memory = path is None
+        self._conn: sqlite3.Connection | None = None
+        self._closed = False
+        self._opened = False
+        forksafe.track(self)
+        with self.session():
+            pass  # opens the connection, under the guard like every SQLite call
+        self._opened = True
+
+    @contextmanager
+    def session(self) -> Iterator[sqlite3.Connection]:
+        """The connection, with :data:`.forksafe.GUARD` held until the block ends.
+
+        The only way to the connection: a fork can never find a thread of the
+        plugin inside it. Opens it (again, after a fork) when needed.
+        """
+        with forksafe.GUARD:
+            if forksafe.poisoned:
+                raise forksafe.ForkedMidCallError()
+            if self._closed:
+                raise RuntimeError("the state store is closed")
+            if self._conn is None:
+                self._conn = self._connect()
+            yield self._conn
+
+    def _connect(self) -> sqlite3.Connection:
+        if self.path is None:
+            conn = connect(":memory:")
+            prepare(conn)
+            return conn
+        try:
+            return connect(str(self.path))
+        except sqlite3.Error as error:
+            if not self._opened:
+                raise  # the first open: open_sqlite_store decides what the failure means
+            self._warn_memory(f"cannot reopen it after a fork ({error})")
+            conn = connect(":memory:")
+            prepare(conn)
+            return conn
+
+    def run(self, work: Callable[[Conn], T]) -> T:
+        """Run ``work(conn)`` in one immediate transaction (atomic across processes).
+
+        ``work`` may run more than once: when the file is busy it is rolled back and
+        run again, so it must do nothing but statements on ``conn``.
+        """
+        try:
+            return self._attempt(work)
+        except sqlite3.OperationalError as error:
+            if not busy(error):
+                raise
+        result: T = retrying_busy(BUSY_PATIENCE)(self._attempt, work)
+        return result
+
+    def _attempt(self, work: Callable[[Conn], T]) -> T:
+        with self.session() as conn:
+            try:
+                with immediate(conn):
+                    return work(conn)
+            except sqlite3.DatabaseError as error:
+                if self.memory or not file_failed(error):
+                    raise
+                self._fall_back(conn, f"{type(error).__name__}: {error}")
+            assert self._conn is not None
+            with immediate(self._conn):
+                return work(self._conn)
+
+    def _fall_back(self, conn: sqlite3.Connection, why: str) -> None:
+        """Move to memory, from a copy of ``conn``'s file (the guard is held)."""
+        self._warn_memory(f"it failed ({why})")
+        memory = connect(":memory:")
+        with suppress(sqlite3.Error):
+            copy_into(memory, conn)
+        prepare(memory)
+        close_quietly(conn)
+        self._conn = memory
+
+    def _warn_memory(self, why: str) -> None:
+        if not self.memory:
+            self.memory = True
+            log.warning("phonehome: state file %s: %s; keeping state in memory", self.path, why)
+
+    def _after_fork_in_child(self, clean: bool) -> None:
+        if not clean:
+            return  # forksafe.poisoned: this process never calls into SQLite again
+        if self.path is not None and not self.memory and self._conn is not None:
+            # Idle (no call was in progress), and the parent still holds its own
+            # locks on the file, so closing our copy cannot checkpoint or delete
+            # anything; the next use opens this process's own connection.
+            close_quietly(self._conn)
+            self._conn = None
+
+    def close(self) -> None:
+        with forksafe.GUARD:
+            self._closed = True
+            conn, self._conn = self._conn, None
+            if conn is not None and not forksafe.poisoned:
+                close_quietly(conn)
+
+
+def prepare(conn: sqlite3.Connection) -> None:
+    """Create the tables, inside the transaction open on ``conn`` (or, outside
+    one, statement by statement)."""
+    for statement in statements(SCHEMA):
+        conn.execute(statement)
+
+
+def copy_into(memory: sqlite3.Connection, source: sqlite3.Connection) -> None:
+    """Replace the database of ``memory`` by a copy of ``source``'s.
+
+    Not ``Connection.backup``: it retries a source locked by another process
+    forever, where reading an image gives up after the busy timeout.
+    """
+    image = bytearray(source.serialize())
+    if len(image) > 19 and image[18] == 2:
+        # A WAL file's header; memory has no WAL, so mark the copy as a journal one.
+        image[18] = image[19] = 1
+    memory.deserialize(bytes(image))
+
+
+def connect(target: str, uri: bool = False) -> sqlite3.Connection:
+    """A connection in autocommit mode, on which a busy file fails at once (waiting
+    happens between attempts, outside the fork guard: see the module docstring).
+    The caller holds :data:`.forksafe.GUARD`."""
+    conn = sqlite3.connect(
+        target, timeout=0.0, uri=uri, isolation_level=None, check_same_thread=False
+    )
+    conn.execute("PRAGMA busy_timeout=0")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    return conn
+
+
+@contextmanager
+def immediate(conn: sqlite3.Connection) -> Iterator[None]:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def close_quietly(conn: sqlite3.Connection) -> None:
+    with suppress(sqlite3.Error):
+        conn.close()

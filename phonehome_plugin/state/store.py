@@ -1,0 +1,203 @@
+"""The installation's durable state, behind one small interface: :class:`Store`.
+
+It holds the instance id, counters that outlive a restart (lifetime execution
+totals, the report sequence, delivery counts), claims that make a trigger fire
+once per installation, the outbox and the history of what was sent. Every
+process of the installation, on every node, uses the same state:
+
+- by default an embedded SQLite file under ``app.data_dir`` (one machine, many
+  processes; :mod:`.sqlite`), with an in-memory fallback when the file
+  cannot be used;
+- a PostgreSQL database when ``modules.phonehome.state_url`` names one (many
+  nodes; :mod:`.postgres`, needing the ``maestrohub-phonehome[postgres]`` extra).
+
+Every access is :meth:`Store.run`: one transaction, serialised against every
+other writer of the installation (SQLite: ``BEGIN IMMEDIATE``; PostgreSQL: a
+transaction-scoped advisory lock), so claims, counters and leases are atomic
+across processes and nodes. The SQL of the plugin is written once, in the
+portable subset both speak (``?`` placeholders, ``INSERT ... ON CONFLICT``, no
+``rowid``); the PostgreSQL backend translates placeholders and column types.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+log = logging.getLogger(__name__)
+
+FILENAME = "phonehome.sqlite3"
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS claims (
+    key TEXT PRIMARY KEY, owner TEXT NOT NULL, claimed_at REAL NOT NULL, done INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    report_id TEXT PRIMARY KEY, sequence INTEGER NOT NULL, trigger TEXT NOT NULL,
+    created_at REAL NOT NULL, body BLOB NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+    not_before REAL NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS history (
+    id INTEGER PRIMARY KEY, report_id TEXT NOT NULL, sequence INTEGER NOT NULL,
+    trigger TEXT NOT NULL, at REAL NOT NULL, result TEXT NOT NULL, detail TEXT NOT NULL
+);
+"""
+"""The tables, in SQLite's dialect (:mod:`.postgres` maps the types for PostgreSQL)."""
+
+
+def statements(script: str) -> list[str]:
+    """The statements of ``script`` (no semicolons inside string literals, by design)."""
+    return [part.strip() for part in script.split(";") if part.strip()]
+
+
+class Cursor(Protocol):
+    """What the plugin uses of a DB-API cursor."""
+
+    @property
+    def rowcount(self) -> int: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+
+class Conn(Protocol):
+    """What :meth:`Store.run` hands to its work: ``execute`` with ``?`` placeholders."""
+
+    def execute(self, sql: str, parameters: Sequence[Any] = ..., /) -> Cursor: ...
+
+    def executemany(self, sql: str, seq_of_parameters: Iterable[Sequence[Any]], /) -> Any: ...
+
+
+class Store:
+    """The state of one installation, shared by the threads of one process.
+
+    Backends implement :meth:`run` and :meth:`close`; everything else is written
+    on top of :meth:`run` in portable SQL. ``memory`` is True when the state lives
+    only in this process (a fallback); ``path`` is the SQLite file, if any.
+    """
+
+    path: Path | None = None
+    memory: bool = False
+
+    def run(self, work: Callable[[Conn], T]) -> T:
+        """Run ``work(conn)`` in one transaction, atomic across the installation."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def _after_fork_in_child(self, clean: bool) -> None:
+        """Called in a forked child before any other thread exists (see .forksafe);
+        ``clean`` when no SQLite call of the parent was in progress at the fork."""
+
+    # Small helpers used by every part of the plugin -------------------------------
+
+    def get(self, key: str) -> str | None:
+        row = self.run(lambda c: c.execute("SELECT value FROM kv WHERE key=?", (key,)).fetchone())
+        return None if row is None else str(row[0])
+
+    def set(self, key: str, value: str) -> None:
+        self.run(lambda c: c.execute(UPSERT_KV, (key, value)))
+
+    def setdefault(self, key: str, make: Callable[[], str]) -> str:
+        """The value at ``key``; the first process to ask stores ``make()``."""
+
+        def work(c: Conn) -> str:
+            c.execute(
+                "INSERT INTO kv (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
+                (key, make()),
+            )
+            return str(c.execute("SELECT value FROM kv WHERE key=?", (key,)).fetchone()[0])
+
+        return self.run(work)
+
+    def instance_id(self) -> str:
+        return self.setdefault("instance_id", lambda: str(uuid.uuid4()))
+
+    def add(self, deltas: Mapping[str, int]) -> None:
+        """Add to named counters (created at zero)."""
+        if any(deltas.values()):
+            self.run(lambda c: add_counters(c, deltas))
+
+    def counters(self, prefix: str) -> dict[str, int]:
+        """Counters whose name starts with ``prefix``, keyed by the rest of the name."""
+        rows = self.run(
+            lambda c: c.execute(
+                "SELECT name, value FROM counters WHERE substr(name, 1, ?) = ?",
+                (len(prefix), prefix),
+            ).fetchall()
+        )
+        return {str(name)[len(prefix) :]: int(value) for name, value in rows}
+
+    def take(self, prefix: str) -> dict[str, int]:
+        """Counters under ``prefix``, reset to zero in the same transaction."""
+
+        def work(c: Conn) -> dict[str, int]:
+            rows = c.execute(
+                "SELECT name, value FROM counters WHERE substr(name, 1, ?) = ?",
+                (len(prefix), prefix),
+            ).fetchall()
+            c.execute("DELETE FROM counters WHERE substr(name, 1, ?) = ?", (len(prefix), prefix))
+            return {str(name)[len(prefix) :]: int(value) for name, value in rows if value}
+
+        return self.run(work)
+
+    def next_sequence(self) -> int:
+        def work(c: Conn) -> int:
+            c.execute(_UPSERT_ADD, ("sequence", 1))
+            return int(c.execute("SELECT value FROM counters WHERE name='sequence'").fetchone()[0])
+
+        return self.run(work)
+
+    def claim(self, key: str, owner: str, now: float, lease: float) -> bool:
+        """Take the claim ``key`` unless it is done or another owner's lease is live."""
+
+        def work(c: Conn) -> bool:
+            row = c.execute(
+                "SELECT owner, claimed_at, done FROM claims WHERE key=?", (key,)
+            ).fetchone()
+            if row is not None and (row[2] or (row[0] != owner and row[1] + lease > now)):
+                return False
+            c.execute(
+                "INSERT INTO claims (key, owner, claimed_at, done) VALUES (?, ?, ?, 0) "
+                "ON CONFLICT (key) DO UPDATE SET owner = excluded.owner, "
+                "claimed_at = excluded.claimed_at, done = 0",
+                (key, owner, now),
+            )
+            return True
+
+        return self.run(work)
+
+    def finish_claim(self, key: str) -> None:
+        self.run(lambda c: c.execute("UPDATE claims SET done=1 WHERE key=?", (key,)))
+
+    def is_done(self, key: str) -> bool:
+        row = self.run(
+            lambda c: c.execute("SELECT done FROM claims WHERE key=?", (key,)).fetchone()
+        )
+        return bool(row and row[0])
+
+
+UPSERT_KV = (
+    "INSERT INTO kv (key, value) VALUES (?, ?) "
+    "ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+)
+"""Set one key (several, with more ``(?, ?)`` rows appended)."""
+_UPSERT_ADD = (
+    "INSERT INTO counters (name, value) VALUES (?, ?) "
+    "ON CONFLICT (name) DO UPDATE SET value = counters.value + excluded.value"
+)
+
+
+def add_counters(c: Conn, deltas: Mapping[str, int]) -> None:
+    """Add to named counters inside a transaction already open on ``c``."""
+    rows = [(name, value) for name, value in sorted(deltas.items()) if value]
+    if rows:
+        c.executemany(_UPSERT_ADD, rows)

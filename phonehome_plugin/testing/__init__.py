@@ -1,0 +1,18 @@
+"""Simulation and demo tooling, public and opt-in: for module authors' tests, this
+project's tests and benchmarks, and the demo.
+
+- :mod:`.simhost`: :class:`~.simhost.SimHost`, a simulated MaestroHub on a clock
+  the caller drives (:mod:`.simclock`), speaking MaestroHub's vocabulary
+  (:mod:`.vocabulary`); :mod:`.activity` drives it plausibly;
+- :mod:`.endpoint`: a telemetry endpoint and GeoIP service on 127.0.0.1;
+- :mod:`.loopback`: ``socket.connect`` for loopback only, the guard that keeps a
+  test on the machine;
+- :mod:`.demo`: the whole life of a host, printed; :mod:`.examples`: a third-party
+  collector to copy.
+
+Never imported by a production module (anything else under ``phonehome_plugin/``):
+``tests/test_layout.py`` fails when one does. The one exception is the ``phonehome
+demo`` command, which imports :mod:`.demo` inside its own function.
+
+May import: config, plugin, reports.
+"""

@@ -1,0 +1,383 @@
+"""Tests for :mod:`phonehome_plugin.reports.shape`: ids, times, execution summaries,
+privacy, bytes."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+
+from phonehome_plugin.counting.inventory import Inventory, pipeline_value
+from phonehome_plugin.guard import privacy
+from phonehome_plugin.reports import shape
+from phonehome_plugin.reports.shape import Inputs
+
+T0 = datetime(2024, 6, 1, 12, 0, 0, tzinfo=UTC)
+SALT = bytes(range(32))
+
+
+def _zeros() -> dict[str, int]:
+    return dict.fromkeys(
+        ("completed", "failed", "completed_with_errors", "cancelled", "unknown"), 0
+    )
+
+
+@pytest.fixture
+def inventory() -> Inventory:
+    inv = Inventory()
+    inv.connections.save("c1", "mqtt")
+    inv.connections.save("c2", "opcua")
+    inv.pipelines.save("p1", pipeline_value(True, ["trigger.manual", "action.http"]))
+    inv.users.save("u1", (T0, "alice@example.com"))
+    inv.organizations.save("o1")
+    inv.data_models.save("d1")
+    inv.data_models.save("d2")
+    inv.uns = {
+        "topic_count": 10,
+        "client_count": 2,
+        "mqtt_mode": "embedded",
+        "storage_mode": "pebble",
+    }
+    inv.license = {"id": "LIC-1", "status": "trial"}
+    return inv
+
+
+def _inputs(inventory: Inventory, **overrides: Any) -> Inputs:
+    values: dict[str, Any] = {
+        "instance_id": "inst-1",
+        "sequence": 7,
+        "trigger": "periodic",
+        "now": T0 + timedelta(hours=5, milliseconds=250),
+        "started_at": T0,
+        "system": {"version": "2.3.0", "hostname": "plant-7", "public_ip": "203.0.113.5"},
+        "location": {"country": "DE", "city": "Berlin", "region": "BE", "isp": "ISP", "lat": 52.5},
+        "inventory": inventory,
+        "first_email": "alice@example.com",
+        "executions": {},
+        "executions_before": {},
+    }
+    values.update(overrides)
+    return Inputs(**values)
+
+
+# report_id ------------------------------------------------------------------------------
+
+
+def test_report_id_is_a_uuid_version_7() -> None:
+    value = shape.report_id(T0)
+    parsed = uuid.UUID(value)
+    assert str(parsed) == value  # canonical, lower-case, hyphenated
+    assert parsed.version == 7
+    assert parsed.variant == uuid.RFC_4122
+
+
+@pytest.mark.parametrize(
+    "moment",
+    [
+        T0,
+        T0 + timedelta(milliseconds=1),
+        T0 + timedelta(microseconds=999_999),
+        datetime(1970, 1, 1, 0, 0, 0, 1000, tzinfo=UTC),
+        datetime(2099, 12, 31, 23, 59, 59, 999_000, tzinfo=UTC),
+        datetime(2024, 6, 1, 14, 0, tzinfo=timezone(timedelta(hours=2))),
+    ],
+)
+def test_report_id_carries_the_unix_millisecond_of_now(moment: datetime) -> None:
+    millis = (moment - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)
+    assert uuid.UUID(shape.report_id(moment)).int >> 80 == millis
+
+
+def test_report_ids_sort_by_time() -> None:
+    moments = [T0 + timedelta(milliseconds=ms) for ms in (0, 1, 2, 999, 1000, 60_000, 86_400_000)]
+    for _ in range(20):
+        ids = [shape.report_id(moment) for moment in moments]
+        assert ids == sorted(ids)
+
+
+def test_report_ids_are_unique_even_in_one_millisecond() -> None:
+    ids = {shape.report_id(T0) for _ in range(20_000)}
+    assert len(ids) == 20_000
+
+
+def test_report_id_random_bits_vary() -> None:
+    values = [uuid.UUID(shape.report_id(T0)).int for _ in range(200)]
+    rand_a = {(v >> 64) & 0xFFF for v in values}
+    rand_b = {v & (2**62 - 1) for v in values}
+    assert len(rand_a) > 100
+    assert len(rand_b) == 200
+
+
+# iso ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("moment", "expected"),
+    [
+        (T0, "2024-06-01T12:00:00.000Z"),
+        (T0 + timedelta(microseconds=123_999), "2024-06-01T12:00:00.123Z"),
+        (
+            datetime(2024, 6, 1, 14, 30, tzinfo=timezone(timedelta(hours=2))),
+            "2024-06-01T12:30:00.000Z",
+        ),
+        (
+            datetime(2024, 1, 1, 0, 0, tzinfo=timezone(timedelta(hours=-5))),
+            "2024-01-01T05:00:00.000Z",
+        ),
+    ],
+)
+def test_iso_is_utc_with_z_to_the_millisecond(moment: datetime, expected: str) -> None:
+    assert shape.iso(moment) == expected
+
+
+# executions -----------------------------------------------------------------------------
+
+
+def test_success_counts_completed_and_failure_counts_failed_and_partial(
+    inventory: Inventory,
+) -> None:
+    totals = {
+        "completed": 6,
+        "failed": 2,
+        "completed_with_errors": 1,
+        "cancelled": 5,
+        "unknown": 3,
+    }
+    section = shape.executions(_inputs(inventory, executions=totals))
+    assert section["total"] == 17
+    assert section["success"] == 6
+    assert section["failure"] == 3
+    assert section["success_rate"] == round(6 / 9, 6)
+    assert section["by_status"] == totals
+
+
+def test_cancelled_counts_only_in_the_total(inventory: Inventory) -> None:
+    base = {"completed": 3, "failed": 1}
+    plain = shape.executions(_inputs(inventory, executions=base))
+    cancelled = shape.executions(_inputs(inventory, executions={**base, "cancelled": 50}))
+    assert cancelled["total"] == plain["total"] + 50
+    for key in ("success", "failure", "success_rate"):
+        assert cancelled[key] == plain[key]
+    assert cancelled["success_rate"] == 0.75
+
+
+@pytest.mark.parametrize(
+    "totals", [{}, {"cancelled": 4}, {"unknown": 2}, {"cancelled": 1, "unknown": 1}]
+)
+def test_success_rate_is_none_when_nothing_was_decided(
+    inventory: Inventory, totals: dict[str, int]
+) -> None:
+    section = shape.executions(_inputs(inventory, executions=totals))
+    assert section["success_rate"] is None
+    assert section["success"] == section["failure"] == 0
+    assert section["total"] == sum(totals.values())
+
+
+@pytest.mark.parametrize(
+    ("totals", "rate"),
+    [
+        ({"completed": 5}, 1.0),
+        ({"failed": 5}, 0.0),
+        ({"completed_with_errors": 1}, 0.0),
+        ({"completed": 1, "failed": 2}, 0.333333),
+        ({"completed": 2, "failed": 1}, 0.666667),
+    ],
+)
+def test_success_rate_values(inventory: Inventory, totals: dict[str, int], rate: float) -> None:
+    assert shape.executions(_inputs(inventory, executions=totals))["success_rate"] == rate
+
+
+def test_since_previous_report_is_the_difference_never_negative(inventory: Inventory) -> None:
+    section = shape.executions(
+        _inputs(
+            inventory,
+            executions={"completed": 10, "failed": 4, "cancelled": 2},
+            executions_before={"completed": 7, "failed": 5, "cancelled": 2, "other": 9},
+        )
+    )
+    assert section["since_previous_report"] == {
+        "total": 3,
+        "success": 3,
+        "failure": 0,
+        "success_rate": 1.0,
+    }
+    assert section["by_status"] == {**_zeros(), "completed": 10, "failed": 4, "cancelled": 2}
+
+
+def test_by_status_lists_every_status_and_ignores_unknown_keys(inventory: Inventory) -> None:
+    section = shape.executions(_inputs(inventory, executions={"bogus": 9, "failed": 1}))
+    assert section["by_status"] == {**_zeros(), "failed": 1}
+    assert section["total"] == 1
+
+
+def test_uptime_is_whole_seconds_since_start_and_never_negative(inventory: Inventory) -> None:
+    section = shape.executions(_inputs(inventory))
+    assert section["uptime_seconds"] == 5 * 3600
+    early = shape.executions(_inputs(inventory, now=T0 - timedelta(seconds=30)))
+    assert early["uptime_seconds"] == 0
+
+
+def test_summary_directly() -> None:
+    assert shape.summary(_zeros()) == {
+        "total": 0,
+        "success": 0,
+        "failure": 0,
+        "success_rate": None,
+    }
+
+
+# build ----------------------------------------------------------------------------------
+
+
+def test_build_fills_every_top_level_field_from_its_source(inventory: Inventory) -> None:
+    inputs = _inputs(
+        inventory,
+        executions={"completed": 2},
+        collectors={"acme.historian": {"series": 1}},
+        diagnostics={"collector_errors": {}},
+    )
+    built = shape.build(inputs)
+    assert list(built) == [
+        "schema_version",
+        "report_id",
+        "instance_id",
+        "sequence",
+        "trigger",
+        "generated_at",
+        "system",
+        "license",
+        "users",
+        "location",
+        "connections",
+        "pipelines",
+        "uns",
+        "executions",
+        "other",
+        "collectors",
+        "diagnostics",
+    ]
+    assert built["schema_version"] == shape.SCHEMA_VERSION
+    assert uuid.UUID(built["report_id"]).int >> 80 == int(inputs.now.timestamp() * 1000)
+    assert (built["instance_id"], built["sequence"], built["trigger"]) == ("inst-1", 7, "periodic")
+    assert built["generated_at"] == "2024-06-01T17:00:00.250Z"
+    assert built["system"] == inputs.system
+    assert built["license"] == {"id": "LIC-1", "status": "trial"}
+    assert built["users"] == {"total": 1, "first_email": "alice@example.com"}
+    # Only the allowlisted location keys, not everything the lookup returned.
+    assert built["location"] == {"country": "DE", "city": "Berlin", "region": "BE", "isp": "ISP"}
+    assert built["connections"] == {"total": 2, "by_type": {"mqtt": 1, "opcua": 1}}
+    assert built["pipelines"] == {
+        "total": 1,
+        "enabled": 1,
+        "nodes_by_type": {"action.http": 1, "trigger.manual": 1},
+    }
+    assert built["uns"] == inventory.uns
+    assert built["executions"]["success"] == 2
+    assert built["other"] == {"organizations": 1, "data_models": 2}
+    assert built["collectors"] == {"acme.historian": {"series": 1}}
+    assert built["diagnostics"] == {"collector_errors": {}}
+
+
+def test_build_copies_rather_than_shares_its_inputs(inventory: Inventory) -> None:
+    inputs = _inputs(inventory)
+    built = shape.build(inputs)
+    built["system"]["hostname"] = "changed"
+    assert inputs.system["hostname"] == "plant-7"
+
+
+def test_build_of_an_empty_inventory_has_nulls_not_gaps() -> None:
+    built = shape.build(_inputs(Inventory(), first_email=None, location={}))
+    assert built["license"] == {"id": None, "status": None}
+    assert built["uns"] == dict.fromkeys(
+        ("topic_count", "client_count", "mqtt_mode", "storage_mode")
+    )
+    assert built["location"] == dict.fromkeys(("country", "city", "region", "isp"))
+    assert built["users"] == {"total": 0, "first_email": None}
+
+
+def test_every_trigger_is_listed() -> None:
+    assert shape.TRIGGERS == ("startup", "first_user", "periodic")
+
+
+# apply_privacy --------------------------------------------------------------------------
+
+
+def _identifying() -> dict[str, Any]:
+    return {
+        "users": {"total": 1, "first_email": "alice@example.com"},
+        "system": {"hostname": "plant-7", "public_ip": "203.0.113.5", "os": "Linux"},
+    }
+
+
+def test_apply_privacy_send_leaves_values_alone() -> None:
+    built = _identifying()
+    shape.apply_privacy(built, {"email": "send", "hostname": "send", "public_ip": "send"}, SALT)
+    assert built == _identifying()
+
+
+def test_apply_privacy_defaults_to_send_for_missing_choices() -> None:
+    built = _identifying()
+    shape.apply_privacy(built, {}, SALT)
+    assert built == _identifying()
+
+
+def test_apply_privacy_hash_replaces_with_the_keyed_hash() -> None:
+    built = _identifying()
+    shape.apply_privacy(built, {"email": "hash", "hostname": "hash", "public_ip": "hash"}, SALT)
+    assert built["users"]["first_email"] == privacy.pseudonym("alice@example.com", SALT)
+    assert built["system"]["hostname"] == privacy.pseudonym("plant-7", SALT)
+    assert built["system"]["public_ip"] == privacy.pseudonym("203.0.113.5", SALT)
+    assert built["system"]["os"] == "Linux"
+    assert built["users"]["total"] == 1
+    assert "alice" not in json.dumps(built)
+
+
+def test_apply_privacy_omit_nulls_the_field() -> None:
+    built = _identifying()
+    shape.apply_privacy(built, {"email": "omit", "hostname": "send", "public_ip": "omit"}, SALT)
+    assert built == {
+        "users": {"total": 1, "first_email": None},
+        "system": {"hostname": "plant-7", "public_ip": None, "os": "Linux"},
+    }
+
+
+def test_apply_privacy_leaves_missing_values_missing() -> None:
+    built = {"users": {"first_email": None}, "system": {}}
+    shape.apply_privacy(built, {"email": "hash", "hostname": "hash", "public_ip": "omit"}, SALT)
+    assert built == {"users": {"first_email": None}, "system": {}}
+
+
+def test_apply_privacy_on_a_built_report(inventory: Inventory) -> None:
+    built = shape.build(_inputs(inventory))
+    shape.apply_privacy(built, {"email": "hash", "hostname": "omit", "public_ip": "send"}, SALT)
+    assert built["users"]["first_email"].startswith("hmac-sha256:")
+    assert built["system"]["hostname"] is None
+    assert built["system"]["public_ip"] == "203.0.113.5"
+
+
+# encode ---------------------------------------------------------------------------------
+
+
+def test_encode_is_compact_utf8_json_in_built_order() -> None:
+    value = {"b": 1, "a": [1, 2], "c": {"z": None, "y": True}, "city": "Zürich"}
+    body = shape.encode(value)
+    assert body == '{"b":1,"a":[1,2],"c":{"z":null,"y":true},"city":"Zürich"}'.encode()
+    assert json.loads(body) == value
+
+
+def test_encode_refuses_nan_and_infinity() -> None:
+    with pytest.raises(ValueError, match="JSON compliant"):
+        shape.encode({"rate": float("nan")})
+    with pytest.raises(ValueError, match="JSON compliant"):
+        shape.encode({"rate": float("inf")})
+
+
+def test_encode_round_trips_a_built_report(inventory: Inventory) -> None:
+    built = shape.build(_inputs(inventory, executions={"completed": 1}))
+    body = shape.encode(built)
+    assert json.loads(body) == built
+    assert b": " not in body
+    assert b", " not in body
+    assert b"\n" not in body
