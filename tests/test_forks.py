@@ -150,14 +150,16 @@ def _host_process(
         if point == "open":
             # A new host start of the same installation: its first job opens the file.
             host.shutdown()
-            host = Host(data_dir, config, started_at=START + timedelta(days=n), policy=FAST)
+            host = Host(data_dir, config, started_at=START + timedelta(days=2 * n), policy=FAST)
             host.start()
         gates.clear()
         _execute(host, PARENT_RUNS)
         counted += PARENT_RUNS
-        # Each round moves into a new day: a new slot (claim, build, store, POST)
-        # and an expired location cache (a lookup).
-        now = START + timedelta(days=n, minutes=10)
+        # Each round moves two days on: a new slot (claim, build, store, POST) and
+        # an expired location cache (a lookup). Two days, not one, because a child of
+        # the round before may itself have looked the location up, minutes after its
+        # parent (when it won that round's slot); a day later that answer is fresh.
+        now = START + timedelta(days=2 * n, minutes=10)
         host.tick(now, idle=0)
         reached = _reached(gates.events[point], host)
         gates.hits[point if reached else "missed"] += 1
