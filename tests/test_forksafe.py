@@ -7,11 +7,11 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlite_support import FORK, integrity
@@ -44,35 +44,58 @@ def _inside_a_transaction(store: Store) -> Iterator[threading.Event]:
 
 
 def _child_after_fork(store: Store, data_dir: Path, out: Connection) -> None:
-    began = time.monotonic()
     inherited = store.next_sequence()
     own = open_store(data_dir)
     fresh = own.next_sequence()
-    out.send(
-        {
-            "inherited": inherited,
-            "fresh": fresh,
-            "memory": store.memory or own.memory,
-            "seconds": time.monotonic() - began,
-        }
-    )
+    out.send({"inherited": inherited, "fresh": fresh, "memory": store.memory or own.memory})
+
+
+class _ForkWaits:
+    """Stands in for :data:`.forksafe.GUARD` (the same lock underneath) and says when
+    the fork starts waiting for it: the before-fork handler is the only caller that
+    passes a timeout."""
+
+    def __init__(self, lock: Any) -> None:
+        self.lock = lock
+        self.waiting = threading.Event()
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        if timeout >= 0:
+            self.waiting.set()
+        return bool(self.lock.acquire(blocking, timeout))
+
+    def release(self) -> None:
+        self.lock.release()
+
+    def __enter__(self) -> bool:
+        return bool(self.lock.__enter__())
+
+    def __exit__(self, *exc: object) -> None:
+        self.lock.__exit__(*exc)
 
 
 def test_a_fork_during_a_transaction_hands_the_child_no_held_lock(
-    tmp_path: Path, store: Store
+    tmp_path: Path, store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     assert store.next_sequence() == 1
+    guard = _ForkWaits(forksafe.GUARD)
+    monkeypatch.setattr(forksafe, "GUARD", guard)
+    # The transaction ends only once the fork waits for it, however long that takes
+    # (the backstop is raised out of reach: this test is about the wait, not about it).
+    monkeypatch.setattr(forksafe, "FORK_WAIT", 300.0)
     with _inside_a_transaction(store) as release:
-        threading.Timer(0.2, release.set).start()
+        ender = threading.Thread(target=lambda: guard.waiting.wait(60) and release.set())
+        ender.start()
         reader, sender = FORK.Pipe(duplex=False)
         child = FORK.Process(target=_child_after_fork, args=(store, tmp_path, sender))
         child.start()  # waits in os.fork() until the transaction has ended
-        assert reader.poll(10), "the child hung on a lock it inherited"
+        ender.join()
+        assert guard.waiting.is_set(), "the fork did not wait for the transaction"
+        assert reader.poll(60), "the child hung on a lock it inherited"
         found = reader.recv()
-        child.join(5)
+        child.join(30)
     assert child.exitcode == 0
     assert found["memory"] is False
-    assert found["seconds"] < 2.0
     # The parent's transaction committed before the fork; the child counted on from it.
     assert (found["inherited"], found["fresh"]) == (3, 4)
     # The parent is unharmed and sees the child's writes.

@@ -7,7 +7,6 @@ import gzip
 import json
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -70,6 +69,41 @@ def proxy() -> Iterator[Proxy]:
 
 def transport(url: str, **options: Any) -> Transport:
     return Transport(Settings(endpoint=url, geoip_url="", **options))
+
+
+class Moved:
+    """The deadline's clock, moved only by the test: a deadline falls exactly when the
+    test moves past it, never because the machine was slow."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+HANG = 30.0
+"""Seconds after which a POST that should have ended counts as hung (a hang detector)."""
+
+
+class Posting:
+    """One :meth:`Transport.post` on a thread of its own, so that the test can move the
+    clock or set the cancel while it is in flight."""
+
+    def __init__(self, sender: Transport, report_id: str, deadline: float, cancel: Any) -> None:
+        self.answer: Answer | None = None
+        self._thread = threading.Thread(
+            target=self._run, args=(sender, report_id, deadline, cancel), daemon=True
+        )
+        self._thread.start()
+
+    def _run(self, sender: Transport, report_id: str, deadline: float, cancel: Any) -> None:
+        self.answer = sender.post(b"{}", report_id, deadline, cancel)
+
+    def result(self) -> Answer | None:
+        self._thread.join(HANG)
+        assert not self._thread.is_alive(), "the POST did not end"
+        return self.answer
 
 
 def body_of(size: int) -> bytes:
@@ -172,11 +206,26 @@ def test_an_endless_answer_is_cut_at_the_limit_well_within_the_deadline(
 
 
 def test_a_body_that_never_comes_costs_the_deadline_and_the_answer_stands(
-    serve: Serve,
+    serve: Serve, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     server = serve(Hang(202, length=10**9))
-    sender = transport(server.url)
-    assert sender.post(b"{}", REPORT_ID, 1.0, NEVER) == Answer(202)
+    clock = Moved()
+    sender = Transport(Settings(endpoint=server.url, geoip_url=""), clock=clock)
+    head = threading.Event()
+    request = sender._request
+
+    def heard_the_head(body: bytes, report_id: str, deadline: float, answered: Any) -> None:
+        def answer(value: Answer) -> None:
+            answered(value)
+            head.set()
+
+        request(body, report_id, deadline, answer)
+
+    monkeypatch.setattr(sender, "_request", heard_the_head)
+    posting = Posting(sender, REPORT_ID, 5.0, NEVER)
+    assert head.wait(HANG)
+    clock.now = 5.0  # the deadline falls while the body is still to come
+    assert posting.result() == Answer(202)
     assert sender.abandoned == 1, "cut off at the deadline while reading the body"
     assert server.wait_for(lambda s: len(s.hangups) == 1), "and the connection closed"
 
@@ -206,34 +255,44 @@ def test_plain_http_to_localhost_is_allowed(serve: Serve) -> None:
 
 def test_a_server_that_never_answers_costs_the_deadline_and_no_more(serve: Serve) -> None:
     server = serve(Silent())
-    began = time.monotonic()
-    answer = transport(server.url).post(b"{}", REPORT_ID, 0.3, NEVER)
-    took = time.monotonic() - began
-    assert answer == Answer(None, "deadline")
-    assert 0.3 <= took < 0.6
+    clock = Moved()
+    sender = Transport(Settings(endpoint=server.url, geoip_url=""), clock=clock)
+    posting = Posting(sender, REPORT_ID, 5.0, NEVER)
+    assert server.wait_for(lambda s: len(s.requests) == 1, HANG)
+    clock.now = 4.9  # just before the deadline: still waiting
+    assert posting.answer is None
+    clock.now = 5.0
+    assert posting.result() == Answer(None, "deadline")
     # The abandoned exchange was cut off, not left hanging.
-    assert server.wait_for(lambda s: len(s.hangups) == 1, 2)
-    assert server.hangups[0] - began < 0.6
+    assert sender.abandoned == 1
+    assert server.wait_for(lambda s: len(s.hangups) == 1, HANG)
 
 
 def test_cancel_ends_a_post_at_once(serve: Serve) -> None:
     server = serve(Silent())
     cancel = threading.Event()
-    threading.Timer(0.1, cancel.set).start()
-    began = time.monotonic()
-    assert transport(server.url).post(b"{}", REPORT_ID, 30, cancel) == Answer(None, "cancelled")
-    assert time.monotonic() - began < 0.5
+    # The clock never moves: only the cancel can end this POST.
+    sender = Transport(Settings(endpoint=server.url, geoip_url=""), clock=Moved())
+    posting = Posting(sender, REPORT_ID, 5.0, cancel)
+    assert server.wait_for(lambda s: len(s.requests) == 1, HANG)
+    cancel.set()
+    assert posting.result() == Answer(None, "cancelled")
+    assert server.wait_for(lambda s: len(s.hangups) == 1, HANG)
 
 
 def test_a_trickling_server_is_cut_off_and_does_not_wedge_later_sends(serve: Serve) -> None:
     # A byte every 50 ms keeps every per-read timeout happy: only the deadline ends it.
     server = serve(*[Trickle(202, every=0.05)] * 6)
-    sender = transport(server.url)
+    clock = Moved()
+    sender = Transport(Settings(endpoint=server.url, geoip_url=""), clock=clock)
     for n in range(6):
-        assert sender.post(b"{}", f"trickled-{n}", 0.2, NEVER) == Answer(None, "deadline")
-    assert server.wait_for(lambda s: len(s.hangups) == 6, 2)
+        posting = Posting(sender, f"trickled-{n}", 5.0, NEVER)
+        assert server.wait_for(lambda s, n=n: len(s.requests) == n + 1, HANG)
+        clock.now += 5.0
+        assert posting.result() == Answer(None, "deadline")
+    assert server.wait_for(lambda s: len(s.hangups) == 6, HANG)
     # Six abandoned exchanges later the transport still sends.
-    assert sender.post(b"{}", "after", 2, NEVER) == Answer(202)
+    assert sender.post(b"{}", "after", HANG, NEVER) == Answer(202)
 
 
 def test_a_hung_resolver_is_inside_the_deadline(
@@ -241,21 +300,27 @@ def test_a_hung_resolver_is_inside_the_deadline(
 ) -> None:
     server = serve()
     real = socket.getaddrinfo
-    release = threading.Event()
+    resolving, release = threading.Event(), threading.Event()
 
     def slow(host: Any, *args: Any, **kwargs: Any) -> Any:
         if host == "slow-dns.test":
-            release.wait(10)
+            resolving.set()
+            release.wait(HANG)
             host = "127.0.0.1"
         return real(host, *args, **kwargs)
 
     monkeypatch.setattr(socket, "getaddrinfo", slow)
     url = server.url.replace("http://127.0.0.1", "https://slow-dns.test")
-    began = time.monotonic()
-    answer = transport(url).post(b"{}", REPORT_ID, 0.3, NEVER)
-    release.set()
-    assert answer == Answer(None, "deadline")
-    assert time.monotonic() - began < 0.6
+    clock = Moved()
+    posting = Posting(
+        Transport(Settings(endpoint=url, geoip_url=""), clock=clock), REPORT_ID, 5.0, NEVER
+    )
+    try:
+        assert resolving.wait(HANG)
+        clock.now = 5.0
+        assert posting.result() == Answer(None, "deadline")
+    finally:
+        release.set()
 
 
 @pytest.mark.parametrize(
@@ -317,7 +382,7 @@ def test_tls_is_verified_and_an_untrusted_certificate_fails(serve: Serve, tls: T
     server = serve(tls=tls.server)
     assert server.url.startswith("https://127.0.0.1:")
     assert transport(server.url).post(b"{}", REPORT_ID, 5, NEVER) == Answer(None, "tls")
-    assert server.wait_for(lambda s: s.tls_failures == 1, 2)
+    assert server.wait_for(lambda s: s.tls_failures == 1, HANG)
     assert server.requests == []
 
 

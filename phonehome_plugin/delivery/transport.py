@@ -63,8 +63,11 @@ ANSWER_LIMIT = 64 * 1024
 class Transport:
     """POSTs report bodies to ``settings.endpoint``; safe to call from one thread at a time."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, clock: Callable[[], float] = time.monotonic) -> None:
+        """``clock`` (monotonic seconds) measures each POST's deadline; tests pass one
+        they move themselves, so that a deadline falls exactly where they put it."""
         self.settings = settings
+        self._clock = clock
         self._hanging: list[tuple[threading.Thread, Exchange]] = []
         self.abandoned = 0
         """Exchanges cut off at their deadline or on cancel so far (the rest ended by
@@ -99,11 +102,11 @@ class Transport:
             name="phonehome-post",
             daemon=True,
         )
-        end = time.monotonic() + deadline
+        end = self._clock() + deadline
         thread.start()
         # Poll for cancel rarely: each wake-up takes the GIL from the host's threads.
-        while not done.wait(min(CANCEL_POLL, max(0.0, end - time.monotonic()))):
-            if cancel.is_set() or time.monotonic() >= end:
+        while not done.wait(min(CANCEL_POLL, max(0.0, end - self._clock()))):
+            if cancel.is_set() or self._clock() >= end:
                 # Looked at before the cut-off, which makes the exchange fail at once:
                 # an answer in the box now is the server's, and only its body was
                 # still coming.
