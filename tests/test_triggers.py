@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+import pytest
 from e2e_support import NEXT_SLOT, Endpoint, make_host, phonehome_config, settle, tick
+
+from phonehome_plugin.config.settings import Settings
+from phonehome_plugin.counting.collectors import Registry
+from phonehome_plugin.counting.inventory import Inventory
+from phonehome_plugin.counting.tally import ExecutionTally
+from phonehome_plugin.reports.system import host_facts, machine_facts
+from phonehome_plugin.reports.triggers import LEASE, Reporter
+from phonehome_plugin.state.backends import open_store
+from phonehome_plugin.state.outbox import Outbox
+from phonehome_plugin.state.store import Store
 
 
 def test_first_email_outlives_the_first_user(endpoint: Endpoint, tmp_path: Path) -> None:
@@ -70,3 +84,135 @@ def test_delivery_counts_ride_along_once(endpoint: Endpoint, tmp_path: Path) -> 
     assert first_after["diagnostics"]["delivery"]["rejected"] == 1
     assert first_after["diagnostics"]["delivery"]["dropped"] == 1
     assert second_after["diagnostics"]["delivery"]["rejected"] == 0
+
+
+# One trigger, one report, whatever fails between its steps ----------------------------
+
+
+START = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
+
+
+def _reporter(store: Store, registry: Registry | None = None) -> Reporter:
+    settings = Settings(endpoint="http://127.0.0.1:9/v1/reports", geoip_url="")
+    return Reporter(
+        settings=settings,
+        store=store,
+        outbox=Outbox(store, settings.outbox),
+        inventory=Inventory(),
+        tally=ExecutionTally(),
+        registry=registry or Registry(),
+        host=host_facts("1.4.0", "core"),
+        started_at=START,
+        machine=machine_facts,
+    )
+
+
+class FaultError(Exception):
+    """Stands for the database failing at the point a test chose."""
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> Iterator[Store]:
+    store = open_store(tmp_path)
+    assert not store.memory
+    yield store
+    store.close()
+
+
+def _outbox(store: Store) -> list[tuple[str, int, str]]:
+    return [
+        (e.report_id, e.sequence, e.trigger) for e in Outbox(store, Settings().outbox).pending()
+    ]
+
+
+def test_a_fault_after_storing_leaves_nothing_and_the_rebuild_is_the_same_report(
+    state: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reporter = _reporter(state)
+    reporter.tally.receiver(None, status="completed")
+    stored = reporter.outbox.put_in
+
+    def then_fail(c: Any, entry: Any, now: float) -> int:
+        stored(c, entry, now)
+        raise FaultError  # after the report is in the outbox, before the transaction commits
+
+    monkeypatch.setattr(reporter.outbox, "put_in", then_fail)
+    with pytest.raises(FaultError):
+        reporter.startup(START)
+    # Nothing of the trigger committed: no report, no sequence used, no counts taken.
+    assert _outbox(state) == []
+    assert state.counters("exec_reported.") == {}
+    assert not reporter.startup_settled()
+    [(first_id,)] = state.run(lambda c: c.execute("SELECT report_id FROM claims").fetchall())
+
+    monkeypatch.setattr(reporter.outbox, "put_in", stored)
+    built = reporter.startup(START)
+    assert built is not None
+    assert _outbox(state) == [(first_id, 1, "startup")]
+    assert built["report_id"] == first_id and built["sequence"] == 1
+    assert state.counters("exec_reported.") == {"completed": 1}
+    assert reporter.startup_settled()
+
+
+def test_a_commit_whose_outcome_is_unknown_is_read_back_not_built_again(
+    state: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reporter = _reporter(state)
+    settle = state.settle
+
+    def committed_then_lost(*args: Any) -> Any:
+        settle(*args)
+        raise FaultError  # the COMMIT went through; the answer to it was lost
+
+    monkeypatch.setattr(state, "settle", committed_then_lost)
+    with pytest.raises(FaultError):
+        reporter.startup(START)
+    monkeypatch.setattr(state, "settle", settle)
+    assert reporter.startup(START) is None  # read back: done, so not built again
+    assert reporter.startup(START + timedelta(minutes=5)) is None
+    [(_, sequence, trigger)] = _outbox(state)
+    assert (sequence, trigger) == (1, "startup")
+
+
+class TakesOver:
+    """A collector of one process during whose ``collect()`` another process takes the
+    same trigger over (the first one's lease has run out: it stalled mid-build)."""
+
+    name = "acme.stall"
+
+    def __init__(self) -> None:
+        self.other: Reporter | None = None
+        self.claimed: str | None = None
+
+    def collect(self) -> dict[str, int]:
+        if self.other is not None:
+            # Claimed, not yet settled: the new owner is still building too.
+            self.claimed = self.other._claim(self.other._startup_key(), LATER)
+            self.other = None
+        return {"stalls": 1}
+
+
+LATER = START + timedelta(seconds=LEASE + 1)
+
+
+def test_a_process_whose_claim_was_taken_over_mid_build_stores_nothing(
+    state: Store, tmp_path: Path
+) -> None:
+    registry = Registry()
+    stall = TakesOver()
+    registry.register(stall)
+    slow = _reporter(state, registry)
+    other_store = open_store(tmp_path)
+    try:
+        other = stall.other = _reporter(other_store)
+        assert slow.startup(START) is None  # lost its claim while building: stores nothing
+        assert _outbox(state) == []
+        assert not slow.startup_settled()
+        # The new owner settles it: the one report, under the id the first claim fixed.
+        built = other.startup(LATER)
+        assert built is not None and built["report_id"] == stall.claimed
+        assert _outbox(state) == [(stall.claimed, 1, "startup")]
+        assert slow.startup_settled()
+    finally:
+        registry.disconnect()
+        other_store.close()

@@ -56,6 +56,8 @@ class Inputs:
     executions_before: Mapping[str, int]
     collectors: Mapping[str, Any] = field(default_factory=dict)
     diagnostics: Mapping[str, Any] = field(default_factory=dict)
+    report_id: str = ""
+    """The claim's report id; a new one when empty."""
 
 
 def build(inputs: Inputs) -> dict[str, Any]:
@@ -63,7 +65,7 @@ def build(inputs: Inputs) -> dict[str, Any]:
     inv = inputs.inventory
     return {
         "schema_version": SCHEMA_VERSION,
-        "report_id": report_id(inputs.now),
+        "report_id": inputs.report_id or report_id(inputs.now),
         "instance_id": inputs.instance_id,
         "sequence": inputs.sequence,
         "trigger": inputs.trigger,

@@ -24,7 +24,15 @@ from phonehome_plugin.counting.tally import ExecutionTally
 from phonehome_plugin.guard import privacy
 from phonehome_plugin.reports import location, schedule, schema, shape
 from phonehome_plugin.state.outbox import Entry, Outbox
-from phonehome_plugin.state.store import Store
+from phonehome_plugin.state.store import (
+    UPSERT_KV,
+    Conn,
+    Store,
+    add_counters,
+    get_in,
+    next_sequence,
+    take_counters,
+)
 
 log = logging.getLogger(__name__)
 
@@ -64,21 +72,31 @@ class Reporter:
     def startup(self, now: datetime) -> dict[str, Any] | None:
         """The startup report of this host start, unless another process made it."""
         key = self._startup_key()
-        if not self._claim(key, now):
+        report_id = self._claim(key, now)
+        if report_id is None:
             return None
-        recent = [
-            t for t in json.loads(self.store.get(STARTUPS) or "[]") if now.timestamp() - t < 3600
-        ]
-        if not schedule.startup_allowed(recent, now.timestamp()):
-            self.store.add({"startup.suppressed": 1})
-            self.store.finish_claim(key)
-            log.warning(
-                "phonehome: host restarted often; this startup report is counted, not sent"
+        moment = now.timestamp()
+        if not schedule.startup_allowed(_recent(self.store.get(STARTUPS), moment), moment):
+            settled, _ = self.store.settle(
+                key, self.owner, lambda c: add_counters(c, {"startup.suppressed": 1})
             )
+            if settled:
+                log.warning(
+                    "phonehome: host restarted often; this startup report is counted, not sent"
+                )
             return None
-        self.store.set(STARTUPS, json.dumps([*recent, now.timestamp()]))
-        self.store.setdefault(LAST_SLOT, lambda: str(self._current_slot(now)))
-        return self._build_and_store(key, "startup", now)
+        first_slot = str(self._current_slot(now))
+
+        def started(c: Conn) -> None:
+            # Read again inside the transaction: another start may have settled since.
+            recent = _recent(get_in(c, STARTUPS), moment)
+            c.execute(UPSERT_KV, (STARTUPS, json.dumps([*recent, moment])))
+            c.execute(
+                "INSERT INTO kv (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
+                (LAST_SLOT, first_slot),
+            )
+
+        return self._build_and_store(key, "startup", now, report_id, started)
 
     def _startup_key(self) -> str:
         return f"startup:{shape.iso(self.started_at)}"
@@ -106,9 +124,10 @@ class Reporter:
         earliest = self._earliest_user()
         if earliest is not None and earliest < user:
             return None
-        if not self._claim(FIRST_USER, now):
+        report_id = self._claim(FIRST_USER, now)
+        if report_id is None:
             return None
-        return self._build_and_store(FIRST_USER, "first_user", now)
+        return self._build_and_store(FIRST_USER, "first_user", now, report_id)
 
     def periodic(self, now: datetime) -> dict[str, Any] | None:
         """The periodic report of the current slot, when it is due."""
@@ -119,11 +138,12 @@ class Reporter:
         if slot is None:
             return None
         key = f"periodic:{slot}"
-        if not self._claim(key, now):
+        report_id = self._claim(key, now)
+        if report_id is None:
             return None
-        built = self._build_and_store(key, "periodic", now)
-        self.store.set(LAST_SLOT, str(slot))
-        return built
+        return self._build_and_store(
+            key, "periodic", now, report_id, lambda c: c.execute(UPSERT_KV, (LAST_SLOT, str(slot)))
+        )
 
     def next_periodic(self, now: datetime) -> float:
         """Host-clock epoch seconds when the next periodic report falls due."""
@@ -135,8 +155,11 @@ class Reporter:
         offset = schedule.offset(self.instance_id, interval)
         return schedule.slot_of(now.timestamp(), interval, offset)
 
-    def _claim(self, key: str, now: datetime) -> bool:
-        return self.store.claim(key, self.owner, now.timestamp(), LEASE)
+    def _claim(self, key: str, now: datetime) -> str | None:
+        """The report id of trigger ``key`` once this process holds its claim, else None."""
+        return self.store.claim_report(
+            key, self.owner, now.timestamp(), LEASE, shape.report_id(now)
+        )
 
     # Building ------------------------------------------------------------------
 
@@ -159,8 +182,11 @@ class Reporter:
         at, email = json.loads(raw)
         return datetime.fromisoformat(at).astimezone(UTC), str(email)
 
-    def build(self, trigger: str, now: datetime, sequence: int = 0) -> dict[str, Any]:
-        """A complete report for ``trigger``; neither stored nor counted as sent."""
+    def build(
+        self, trigger: str, now: datetime, sequence: int = 0, report_id: str = ""
+    ) -> dict[str, Any]:
+        """A complete report for ``trigger``; neither stored nor counted as sent.
+        ``report_id`` is the claim's (a new one when empty)."""
         self.fold()
         self.remember_earliest_user()
         located = self._location(now)
@@ -180,41 +206,62 @@ class Reporter:
             executions_before=self.store.counters(EXEC_REPORTED),
             collectors=sections,
             diagnostics=self._diagnostics(errors),
+            report_id=report_id,
         )
         built = shape.build(inputs)
         shape.apply_privacy(built, self.settings.privacy, self._salt())
         return built
 
-    def _build_and_store(self, key: str, trigger: str, now: datetime) -> dict[str, Any] | None:
-        """Settle the claimed trigger ``key``: build its report with the next sequence
-        number, check it against the schema, store it in the outbox with the counts it
-        carries taken, and finish the claim. A report the schema refuses is counted
-        instead (``schema.invalid``) and the claim finished all the same: None."""
-        built = self.build(trigger, now, self.store.next_sequence())
+    def _build_and_store(
+        self,
+        key: str,
+        trigger: str,
+        now: datetime,
+        report_id: str,
+        then: Callable[[Conn], object] | None = None,
+    ) -> dict[str, Any] | None:
+        """Settle the claimed trigger ``key``: build its report (outside any
+        transaction: the build may wait on a lookup or a collector), check it against
+        the schema, then in one transaction with the claim's end (:meth:`Store.settle`)
+        give it the next sequence number, store it in the outbox, take the counts it
+        carries and run ``then`` (the schedule moved on). A report the schema refuses
+        is counted instead (``schema.invalid``), ``then`` run all the same: None. None
+        too when the claim was lost meanwhile (its new owner settles it)."""
+        # Checked with a stand-in sequence: the real one is known only as it is stored.
+        built = self.build(trigger, now, 1, report_id)
         problems = schema.errors(built)
         if problems:
-            # Fail closed: a report the schema does not vouch for is never sent.
-            self.store.add({"schema.invalid": 1})
-            self.store.finish_claim(key)
-            log.error(
-                "phonehome: %s report failed its schema, not sent: %s",
-                trigger,
-                "; ".join(problems[:5]),
-            )
-            return None
-        entry = Entry(
-            built["report_id"], built["sequence"], trigger, now.timestamp(), shape.encode(built)
-        )
-        self.outbox.put(entry, now.timestamp())
-        self._commit_counts(built)
-        self._consume(built["diagnostics"])
-        self.store.finish_claim(key)
-        return built
 
-    def _commit_counts(self, built: dict[str, Any]) -> None:
-        """What was reported is no longer news: reset the counts that rode along."""
-        self.store.take(EXEC_REPORTED)
-        self.store.add({EXEC_REPORTED + s: n for s, n in built["executions"]["by_status"].items()})
+            def refused(c: Conn) -> None:
+                # Fail closed: a report the schema does not vouch for is never sent.
+                add_counters(c, {"schema.invalid": 1})
+                if then is not None:
+                    then(c)
+
+            if self.store.settle(key, self.owner, refused)[0]:
+                log.error(
+                    "phonehome: %s report failed its schema, not sent: %s",
+                    trigger,
+                    "; ".join(problems[:5]),
+                )
+            return None
+
+        def stored(c: Conn) -> None:
+            built["sequence"] = next_sequence(c)
+            entry = Entry(
+                report_id, built["sequence"], trigger, now.timestamp(), shape.encode(built)
+            )
+            self.outbox.put_in(c, entry, now.timestamp())
+            # What was reported is no longer news: the counts that rode along are taken.
+            take_counters(c, EXEC_REPORTED)
+            by_status = built["executions"]["by_status"]
+            add_counters(c, {EXEC_REPORTED + s: n for s, n in by_status.items()})
+            add_counters(c, _carried(built["diagnostics"]))
+            if then is not None:
+                then(c)
+
+        settled, _ = self.store.settle(key, self.owner, stored)
+        return built if settled else None
 
     def _diagnostics(self, errors: dict[str, str]) -> dict[str, Any]:
         self.store.add({f"privacy.{reason}": n for reason, n in self.drops.take().items()})
@@ -226,15 +273,6 @@ class Reporter:
             "suppressed_startups": self.store.counters("startup.").get("suppressed", 0),
             "invalid_reports": self.store.counters("schema.").get("invalid", 0),
         }
-
-    def _consume(self, diagnostics: dict[str, Any]) -> None:
-        """The stored report carries these counts now: subtract exactly what it carries,
-        so that anything counted meanwhile (by this or another process) rides next time."""
-        taken = {f"delivery.{k}": -n for k, n in diagnostics["delivery"].items()}
-        taken.update({f"privacy.{k}": -n for k, n in diagnostics["privacy_dropped"].items()})
-        taken["startup.suppressed"] = -diagnostics["suppressed_startups"]
-        taken["schema.invalid"] = -diagnostics["invalid_reports"]
-        self.store.add(taken)
 
     def _location(self, now: datetime) -> dict[str, Any]:
         if self.settings.mode != "send":
@@ -248,3 +286,18 @@ class Reporter:
 
     def _salt(self) -> bytes:
         return bytes.fromhex(self.store.setdefault("privacy.salt", lambda: os.urandom(32).hex()))
+
+
+def _recent(raw: str | None, now: float) -> list[float]:
+    """The startups of the last hour, from their stored list."""
+    return [t for t in json.loads(raw or "[]") if now - t < 3600]
+
+
+def _carried(diagnostics: dict[str, Any]) -> dict[str, int]:
+    """The stored report carries these counts now: subtract exactly what it carries,
+    so that anything counted meanwhile (by this or another process) rides next time."""
+    taken = {f"delivery.{k}": -n for k, n in diagnostics["delivery"].items()}
+    taken.update({f"privacy.{k}": -n for k, n in diagnostics["privacy_dropped"].items()})
+    taken["startup.suppressed"] = -diagnostics["suppressed_startups"]
+    taken["schema.invalid"] = -diagnostics["invalid_reports"]
+    return taken

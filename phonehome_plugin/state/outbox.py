@@ -80,24 +80,24 @@ class Outbox:
 
     def put(self, entry: Entry, now: float) -> int:
         """Store ``entry`` and enforce the bounds; returns how many reports were evicted."""
+        return self.store.run(lambda c: self.put_in(c, entry, now))
 
-        def work(c: Conn) -> int:
-            c.execute(
-                f"INSERT INTO outbox ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (report_id) DO NOTHING",
-                (
-                    entry.report_id,
-                    entry.sequence,
-                    entry.trigger,
-                    entry.created_at,
-                    entry.body,
-                    entry.attempts,
-                    entry.not_before,
-                ),
-            )
-            return self._evict(c, now)
-
-        return self.store.run(work)
+    def put_in(self, c: Conn, entry: Entry, now: float) -> int:
+        """:meth:`put`, inside a transaction already open on ``c``."""
+        c.execute(
+            f"INSERT INTO outbox ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (report_id) DO NOTHING",
+            (
+                entry.report_id,
+                entry.sequence,
+                entry.trigger,
+                entry.created_at,
+                entry.body,
+                entry.attempts,
+                entry.not_before,
+            ),
+        )
+        return self._evict(c, now)
 
     def _evict(self, c: Conn, now: float) -> int:
         """Enforce age, count and bytes; counts what went, in the caller's transaction."""

@@ -36,7 +36,8 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS claims (
-    key TEXT PRIMARY KEY, owner TEXT NOT NULL, claimed_at REAL NOT NULL, done INTEGER NOT NULL
+    key TEXT PRIMARY KEY, owner TEXT NOT NULL, claimed_at REAL NOT NULL, done INTEGER NOT NULL,
+    report_id TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS outbox (
     report_id TEXT PRIMARY KEY, sequence INTEGER NOT NULL, trigger TEXT NOT NULL,
@@ -139,41 +140,67 @@ class Store:
     def take(self, prefix: str) -> dict[str, int]:
         """Counters under ``prefix``, reset to zero in the same transaction."""
 
-        def work(c: Conn) -> dict[str, int]:
-            rows = c.execute(
-                "SELECT name, value FROM counters WHERE substr(name, 1, ?) = ?",
-                (len(prefix), prefix),
-            ).fetchall()
-            c.execute("DELETE FROM counters WHERE substr(name, 1, ?) = ?", (len(prefix), prefix))
-            return {str(name)[len(prefix) :]: int(value) for name, value in rows if value}
-
-        return self.run(work)
+        return self.run(lambda c: take_counters(c, prefix))
 
     def next_sequence(self) -> int:
-        def work(c: Conn) -> int:
-            c.execute(_UPSERT_ADD, ("sequence", 1))
-            return int(c.execute("SELECT value FROM counters WHERE name='sequence'").fetchone()[0])
-
-        return self.run(work)
+        return self.run(next_sequence)
 
     def claim(self, key: str, owner: str, now: float, lease: float) -> bool:
         """Take the claim ``key`` unless it is done or another owner's lease is live."""
+        return self.claim_report(key, owner, now, lease, "") is not None
 
-        def work(c: Conn) -> bool:
+    def claim_report(
+        self, key: str, owner: str, now: float, lease: float, report_id: str
+    ) -> str | None:
+        """Take the claim ``key`` as :meth:`claim` does; the claim's report id, or None
+        when not taken.
+
+        The report id is fixed by the first claim of ``key`` (``report_id``) and kept
+        by every later one, this owner's or another's after a lease ran out: however
+        often a trigger is built again after a fault, it is the same report under the
+        same ``Idempotency-Key``, and the receiver keeps it once.
+        """
+
+        def work(c: Conn) -> str | None:
             row = c.execute(
                 "SELECT owner, claimed_at, done FROM claims WHERE key=?", (key,)
             ).fetchone()
             if row is not None and (row[2] or (row[0] != owner and row[1] + lease > now)):
-                return False
+                return None
             c.execute(
-                "INSERT INTO claims (key, owner, claimed_at, done) VALUES (?, ?, ?, 0) "
+                "INSERT INTO claims (key, owner, claimed_at, done, report_id) "
+                "VALUES (?, ?, ?, 0, ?) "
                 "ON CONFLICT (key) DO UPDATE SET owner = excluded.owner, "
                 "claimed_at = excluded.claimed_at, done = 0",
-                (key, owner, now),
+                (key, owner, now, report_id),
             )
-            return True
+            found = c.execute("SELECT report_id FROM claims WHERE key=?", (key,)).fetchone()
+            return str(found[0])
 
         return self.run(work)
+
+    def settle(self, key: str, owner: str, work: Callable[[Conn], T]) -> tuple[bool, T | None]:
+        """Run ``work(conn)`` and finish the claim ``key``, in one transaction, if
+        ``owner`` still holds it: ``(True, work's result)``; ``(False, None)``, and
+        nothing done, when the claim is finished or another owner took it over.
+
+        Everything a trigger changes (its report in the outbox, the counts the
+        report carries taken, the schedule moved on) commits together with the
+        claim's end, or none of it does: a fault at any point leaves either the
+        settled trigger or the claim as it was, to be built again (same report id).
+        A commit whose outcome is unknown (the connection broke during ``COMMIT``)
+        is resolved by reading back: the next claim of ``key`` finds it done or not.
+        """
+
+        def txn(c: Conn) -> tuple[bool, T | None]:
+            row = c.execute("SELECT owner, done FROM claims WHERE key=?", (key,)).fetchone()
+            if row is None or row[1] or row[0] != owner:
+                return False, None
+            result = work(c)
+            c.execute("UPDATE claims SET done=1 WHERE key=?", (key,))
+            return True, result
+
+        return self.run(txn)
 
     def finish_claim(self, key: str) -> None:
         self.run(lambda c: c.execute("UPDATE claims SET done=1 WHERE key=?", (key,)))
@@ -201,3 +228,25 @@ def add_counters(c: Conn, deltas: Mapping[str, int]) -> None:
     rows = [(name, value) for name, value in sorted(deltas.items()) if value]
     if rows:
         c.executemany(_UPSERT_ADD, rows)
+
+
+def take_counters(c: Conn, prefix: str) -> dict[str, int]:
+    """:meth:`Store.take`, inside a transaction already open on ``c``."""
+    rows = c.execute(
+        "SELECT name, value FROM counters WHERE substr(name, 1, ?) = ?",
+        (len(prefix), prefix),
+    ).fetchall()
+    c.execute("DELETE FROM counters WHERE substr(name, 1, ?) = ?", (len(prefix), prefix))
+    return {str(name)[len(prefix) :]: int(value) for name, value in rows if value}
+
+
+def next_sequence(c: Conn) -> int:
+    """The installation's next report sequence number, inside a transaction on ``c``."""
+    c.execute(_UPSERT_ADD, ("sequence", 1))
+    return int(c.execute("SELECT value FROM counters WHERE name='sequence'").fetchone()[0])
+
+
+def get_in(c: Conn, key: str) -> str | None:
+    """:meth:`Store.get`, inside a transaction already open on ``c``."""
+    row = c.execute("SELECT value FROM kv WHERE key=?", (key,)).fetchone()
+    return None if row is None else str(row[0])

@@ -45,10 +45,12 @@ from phonehome_plugin.testing.examples import historian
 from phonehome_plugin.testing.simclock import SimClock
 from phonehome_plugin.testing.simhost import SimHost
 
-REPORT_WAIT = 10.0
-"""Real seconds to wait for the plugin to handle the ticks so far before moving on."""
-TOTAL_WAIT = 20.0
-"""Real seconds of waiting in all, so a plugin that sends nothing fails the demo quickly."""
+REPORT_WAIT = 60.0
+"""Most real seconds to wait for the plugin to handle the ticks so far before moving
+on. Only a hung worker costs this long: the wait ends as soon as it is idle (on a
+machine with every core busy its first job, imports included, took over 10 s)."""
+TOTAL_WAIT = 120.0
+"""Real seconds of waiting in all, so a plugin that hangs fails the demo in bounded time."""
 TICK = 600.0
 """Simulated seconds between ticks while the factory works."""
 HOUR = 3600.0
