@@ -20,6 +20,7 @@ what it may import; the arrows run one way, down this list:
 - ``guard/``: what a foreign value may become (privacy) and how it is quoted.
 
 This module holds the version only and imports nothing, so any module may use it.
+The version is written here once: pyproject.toml reads it (``dynamic``).
 The engine may import: config, counting, delivery, guard, reports, state.
 """
 
