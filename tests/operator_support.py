@@ -1,7 +1,7 @@
 """Shared parts of the operator-control tests (switches and modes, the ``phonehome``
-command, the state view, the privacy pipeline): a loopback server that counts the
-connections it accepts, readers of every byte in a data dir, and a host driven
-through a short life."""
+command, the read-only store, the privacy pipeline): a loopback server that counts
+the connections it accepts, readers of every byte in a data dir and of the state
+as the command reads it, and a host driven through a short life."""
 
 from __future__ import annotations
 
@@ -23,6 +23,10 @@ import pytest
 import yaml
 from e2e_support import GEOIP, START, settle
 
+from phonehome_plugin.config.settings import OutboxLimits
+from phonehome_plugin.state.backends import open_store
+from phonehome_plugin.state.outbox import Outbox
+from phonehome_plugin.state.store import Store
 from phonehome_plugin.testing.simclock import SimClock
 from phonehome_plugin.testing.simhost import SimHost
 
@@ -140,6 +144,22 @@ def stored_bytes(data_dir: Path) -> dict[str, bytes]:
 def listing(directory: Path) -> list[str] | None:
     """The names in ``directory``, sorted; None when it does not exist."""
     return sorted(p.name for p in directory.iterdir()) if directory.exists() else None
+
+
+@contextmanager
+def read_only(data_dir: Path) -> Iterator[Store]:
+    """The state under ``data_dir``, opened read-only as the ``phonehome`` command opens it."""
+    store = open_store(data_dir, read_only=True)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def pending_bodies(data_dir: Path) -> list[bytes]:
+    """The bodies in the outbox under ``data_dir``, oldest first, read read-only."""
+    with read_only(data_dir) as store:
+        return [entry.body for entry in Outbox(store, OutboxLimits()).pending()]
 
 
 def phonehome_threads() -> set[str]:

@@ -15,7 +15,7 @@ import os
 import re
 import sqlite3
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import operator_support
@@ -29,16 +29,18 @@ from operator_support import (
     config_of,
     listing,
     make,
+    pending_bodies,
     phonehome_section,
+    read_only,
     run_cli,
     running,
 )
 from test_bounded import PEAK_MAX, alias_bomb, traced
 
 from phonehome_plugin.cli import commands, telemetry_doc
-from phonehome_plugin.cli.state_view import StateView
 from phonehome_plugin.config.settings import DEFAULT_ENDPOINT
 from phonehome_plugin.reports import schema
+from phonehome_plugin.state import backends
 from phonehome_plugin.state.store import FILENAME
 
 counting_server = operator_support.counting_server  # fixture
@@ -71,14 +73,6 @@ def snapshot(directory: Path) -> dict[str, str] | None:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in directory.iterdir()}
 
 
-def pending_bodies(data: Path) -> list[bytes]:
-    view = StateView(data)
-    try:
-        return [p.body for p in view.pending()]
-    finally:
-        view.close()
-
-
 def assert_one_line_error(run: Run, *, naming: str) -> None:
     assert run.code == commands.PROBLEM, run
     assert "Traceback" not in run.stderr
@@ -95,9 +89,8 @@ def test_status_tells_on_mode_endpoint_instance_last_report_outbox_and_next_repo
     installation: Installation,
 ) -> None:
     bodies = pending_bodies(installation.data)
-    view = StateView(installation.data)
-    instance_id = view.kv("instance_id")
-    view.close()
+    with read_only(installation.data) as store:
+        instance_id = store.get("instance_id")
 
     code, text = call(
         "status", "--config", str(installation.config), "--data-dir", str(installation.data)
@@ -146,6 +139,45 @@ def test_status_json_carries_the_same_facts(installation: Installation) -> None:
     shown = readable(text)
     for key, value in info.items():
         assert shown[key.replace("_", " ")] == ("-" if value is None else str(value))
+
+
+def test_next_periodic_is_when_the_plugin_builds_its_next_periodic_report(
+    counting_server: CountingServer, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    offline = config_of(phonehome_section(counting_server, mode="offline"))
+    with running(make(offline, data)) as host:
+        host.tick()
+        settle(host)
+        code, raw = call("status", "--json", "--data-dir", str(data))
+        assert code == commands.OK
+        due = datetime.fromisoformat(json.loads(raw)["next_periodic"].replace("Z", "+00:00"))
+        assert START < due <= START + timedelta(hours=1, minutes=5)
+
+        host.tick((due - host.clock.now()).total_seconds() - 1)
+        settle(host)
+        assert json.loads(call("status", "--json", "--data-dir", str(data))[1])[
+            "outbox"
+        ].startswith("1 report(s)"), "not yet due"
+        host.tick(2)
+        settle(host)
+        assert json.loads(call("status", "--json", "--data-dir", str(data))[1])[
+            "outbox"
+        ].startswith("2 report(s)"), "the periodic report was built when status said"
+
+
+def test_a_stored_slot_that_is_not_a_number_gives_no_next_periodic(tmp_path: Path) -> None:
+    store = backends.open_store(tmp_path)
+    store.instance_id()
+    store.set("periodic.last_slot", "not a slot")
+    store.close()
+    code, text = call("status", "--data-dir", str(tmp_path))
+    assert code == commands.OK
+    assert readable(text)["next periodic"] == "-"
+
+
+def test_stamp_is_iso_8601_utc_to_the_second() -> None:
+    assert commands.stamp(START.timestamp() + 0.75) == "2026-03-02T08:00:00Z"
 
 
 def test_status_names_the_switch_that_turned_telemetry_off(

@@ -8,14 +8,21 @@ pending report for ``preview``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO, TypeVar
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
 from phonehome_plugin.config import switch
+
+if TYPE_CHECKING:
+    from phonehome_plugin.state.history import Event
+    from phonehome_plugin.state.outbox import Outbox
+    from phonehome_plugin.state.store import Store
 
 OK, PROBLEM, USAGE, NOTHING = 0, 1, 2, 3
 DEFAULT_CONFIG = "config.yaml"
@@ -116,18 +123,34 @@ def load_config(path: str) -> Mapping[str, Any]:
     return loaded
 
 
-def _read(args: argparse.Namespace, query: Callable[[Any], T]) -> T:
-    """Run ``query(view)`` on the state file; any failure to read it is a :class:`ProblemError`."""
-    from phonehome_plugin.cli.state_view import NoStateError, open_view
+def _open(args: argparse.Namespace) -> Store:
+    """The installation's store, opened read-only: nothing is created, written or
+    locked beyond one read at a time; no state to read raises a ``NoStateError``."""
+    from phonehome_plugin.state.backends import open_store
+
+    return open_store(Path(args.data_dir).expanduser(), _state_url(args), read_only=True)
+
+
+def _read(args: argparse.Namespace, query: Callable[[Store], T]) -> T:
+    """Run ``query(store)`` on the installation's state; any failure to read it is a
+    :class:`ProblemError`."""
+    from phonehome_plugin.state.store import NoStateError
 
     try:
-        view = open_view(Path(args.data_dir).expanduser(), _state_url(args))
+        store = _open(args)
         try:
-            return query(view)
+            return query(store)
         finally:
-            view.close()
+            store.close()
     except NoStateError as error:
         raise ProblemError(str(error)) from error
+
+
+def _outbox(store: Store) -> Outbox:
+    from phonehome_plugin.config.settings import OutboxLimits
+    from phonehome_plugin.state.outbox import Outbox
+
+    return Outbox(store, OutboxLimits())  # the limits bound writes only: none happen here
 
 
 def status(args: argparse.Namespace, out: TextIO) -> int:
@@ -161,27 +184,24 @@ def _state_status(args: argparse.Namespace, interval: int) -> tuple[dict[str, An
     A missing state file is no problem (telemetry never ran, or is off); a
     missing data dir (a wrong ``--data-dir``) or a broken state file is.
     """
-    from phonehome_plugin.cli.state_view import (
-        BrokenStateError,
-        NoDataDirError,
-        NoStateError,
-        open_view,
-    )
+    from phonehome_plugin.state import history
+    from phonehome_plugin.state.store import BrokenStateError, NoDataDirError, NoStateError
 
     try:
-        view = open_view(Path(args.data_dir).expanduser(), _state_url(args))
+        store = _open(args)
         try:
-            pending = view.pending()
-            last = view.history(1)
+            outbox = _outbox(store)
+            count, size = outbox.size()
+            last = history.recent(store, 1)
             return {
-                "instance_id": view.kv("instance_id"),
-                "last_report": _describe_event(last[0]) if last else None,
-                "outbox": f"{len(pending)} report(s), {sum(len(p.body) for p in pending)} bytes",
-                "next_periodic": view.next_periodic(interval),
-                **_delivery_status(view),
+                "instance_id": store.get("instance_id"),
+                "last_report": _describe_event(_event(last[0])) if last else None,
+                "outbox": f"{count} report(s), {size} bytes",
+                "next_periodic": _next_periodic(store, interval),
+                **_delivery_status(store, outbox),
             }, None
         finally:
-            view.close()
+            store.close()
     except (BrokenStateError, NoDataDirError) as error:
         return {"instance_id": None, "state": str(error)}, str(error)
     except NoStateError as error:
@@ -207,16 +227,36 @@ def _invalid(args: argparse.Namespace, error: str) -> ProblemError:
     return ProblemError(f"{Path(args.config).expanduser()}: {error}; telemetry is off")
 
 
-def _delivery_status(view: Any) -> dict[str, Any]:
-    """Whether sending is held back after failures, and until when (host clock)."""
-    from phonehome_plugin.cli.state_view import stamp
+def _next_periodic(store: Store, interval: int) -> str | None:
+    """When the plugin builds its next periodic report (host clock), if it can be known."""
+    from phonehome_plugin.reports import schedule, triggers
 
-    failures = int(view.kv("delivery.consecutive_failures") or 0)
-    not_before = float(view.kv("delivery.not_before") or 0)
+    instance_id, last = store.get("instance_id"), store.get(triggers.LAST_SLOT)
+    if instance_id is None or last is None or not last.lstrip("-").isdigit():
+        return None
+    return stamp(schedule.periodic_due_at(int(last), instance_id, interval))
+
+
+def _delivery_status(store: Store, outbox: Outbox) -> dict[str, Any]:
+    """Whether sending is held back after failures, and until when (host clock)."""
+    from phonehome_plugin.state.outbox import FAILURES_KEY
+
+    failures = int(store.get(FAILURES_KEY) or 0)
+    not_before = outbox.gate()
     return {
         "failures": f"{failures} failed send series in a row" if failures else None,
         "next_retry": stamp(not_before) if failures and not_before else None,
     }
+
+
+def _event(event: Event) -> dict[str, Any]:
+    """``event`` as shown: its fields, the time in ISO 8601."""
+    return {**dataclasses.asdict(event), "at": stamp(event.at)}
+
+
+def stamp(epoch: float) -> str:
+    """Host-clock epoch seconds as ISO 8601 UTC, to the second."""
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _describe_event(event: Mapping[str, Any]) -> str:
@@ -225,7 +265,7 @@ def _describe_event(event: Mapping[str, Any]) -> str:
 
 
 def preview(args: argparse.Namespace, out: TextIO) -> int:
-    pending = _read(args, lambda view: view.pending())
+    pending = _read(args, lambda store: _outbox(store).pending())
     if not pending:
         print(
             "phonehome: no report is waiting to be sent; the next one is built when due",
@@ -245,7 +285,9 @@ def preview(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def history(args: argparse.Namespace, out: TextIO) -> int:
-    events = _read(args, lambda view: view.history(args.limit))
+    from phonehome_plugin.state import history as recorded
+
+    events = _read(args, lambda store: [_event(e) for e in recorded.recent(store, args.limit)])
     if args.json:
         print(json.dumps(events, indent=2), file=out)
         return OK
@@ -257,7 +299,7 @@ def history(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def export(args: argparse.Namespace, out: TextIO) -> int:
-    pending = _read(args, lambda view: view.pending())
+    pending = _read(args, lambda store: _outbox(store).pending())
     target = Path(args.output)
     try:
         with target.open("wb") as file:

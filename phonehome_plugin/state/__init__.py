@@ -5,7 +5,8 @@ both), fork safety (:mod:`.forksafe`), the outbox (:mod:`.outbox`) and the histo
 of deliveries (:mod:`.history`).
 
 Nothing outside this folder names a backend: the rest of the plugin opens its state
-with :func:`.backends.open_store` and sees a :class:`~.store.Store`.
+with :func:`.backends.open_store` and sees a :class:`~.store.Store`; so does the
+``phonehome`` command, opening it read-only (nothing created, written or locked).
 
 May import: config.
 """

@@ -18,6 +18,12 @@ runs the operation again, once. An operation whose ``COMMIT`` was cut off is not
 run again (it may have committed); its error reaches the caller, and the next
 operation reconnects. If the server cannot be reached at startup, the plugin
 logs one line and keeps its state in memory, as with an unusable SQLite file.
+
+Read-only (:func:`open_pg_read_only`, for the ``phonehome`` command): every
+transaction is ``BEGIN READ ONLY`` and takes no advisory lock, so it waits for no
+writer and holds none back; no table is created; a write raises
+:class:`~.store.ReadOnlyError` (the server refuses it), and a database that cannot
+be read raises :class:`~.store.BrokenStateError`, never a store in memory.
 """
 
 from __future__ import annotations
@@ -33,7 +39,16 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from phonehome_plugin.config.switch import without_credentials
 from phonehome_plugin.state import forksafe
 from phonehome_plugin.state.sqlite import memory_store
-from phonehome_plugin.state.store import SCHEMA, UPSERT_KV, Conn, Cursor, Store, statements
+from phonehome_plugin.state.store import (
+    SCHEMA,
+    UPSERT_KV,
+    BrokenStateError,
+    Conn,
+    Cursor,
+    ReadOnlyError,
+    Store,
+    statements,
+)
 
 if TYPE_CHECKING:
     import psycopg
@@ -83,15 +98,20 @@ class PgConn:
 
 
 class PgStore(Store):
-    """One connection to the installation's PostgreSQL database, reconnecting as needed."""
+    """One connection to the installation's PostgreSQL database, reconnecting as needed.
 
-    def __init__(self, url: str) -> None:
+    ``read_only``: see :func:`open_pg_read_only`.
+    """
+
+    def __init__(self, url: str, read_only: bool = False) -> None:
         import psycopg  # only installations that configure state_url need it
 
         self._psycopg = psycopg
         self.url = url
+        self.where = masked_url(url)
         self.memory = False
         self.path = None
+        self.read_only = read_only
         self.lock = threading.Lock()
         self._conn: psycopg.Connection[Any] | None = None
         self._closed = False
@@ -107,6 +127,19 @@ class PgStore(Store):
         return self._conn
 
     def run(self, work: Callable[[Conn], T]) -> T:
+        if not self.read_only:
+            return self._run(work)
+        psycopg = self._psycopg
+        try:
+            return self._run(work)
+        except psycopg.errors.ReadOnlySqlTransaction as error:
+            raise ReadOnlyError(
+                f"the state database {self.where} is open read-only: {first_line(error)}"
+            ) from error
+        except psycopg.Error as error:
+            raise BrokenStateError(f"cannot read {self.where}: {first_line(error)}") from error
+
+    def _run(self, work: Callable[[Conn], T]) -> T:
         with self.lock:
             if self._closed:
                 raise RuntimeError("the state store is closed")
@@ -127,9 +160,10 @@ class PgStore(Store):
         committing = False
         try:
             raw = self._connection()
-            raw.execute("BEGIN")
+            raw.execute("BEGIN READ ONLY" if self.read_only else "BEGIN")
             try:
-                raw.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
+                if not self.read_only:  # readers need no lock: each sees a committed state
+                    raw.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
                 result = work(PgConn(raw))
             except BaseException:
                 if not raw.broken and not raw.closed:
@@ -179,10 +213,40 @@ class _BrokenError(Exception):
         self.error = error
 
 
+def masked_url(url: str) -> str:
+    """``url`` fit for a log line or a message: never its credentials."""
+    return without_credentials(url) if "://" in url else "the configured state_url"
+
+
+def open_pg_read_only(url: str) -> PgStore:
+    """The store at ``url``, read-only; creates nothing (see the module docstring).
+
+    Raises :class:`~.store.BrokenStateError` when it cannot be read: psycopg
+    missing, server unreachable, no access, no tables of the plugin.
+    """
+    try:
+        import psycopg
+    except ImportError as error:
+        raise BrokenStateError(
+            "state_url is set but psycopg is not installed: "
+            "pip install 'maestrohub-phonehome[postgres]'"
+        ) from error
+    try:
+        store = PgStore(url, read_only=True)
+    except psycopg.Error as error:
+        raise BrokenStateError(f"cannot read {masked_url(url)}: {first_line(error)}") from error
+    try:
+        store.run(lambda c: c.execute("SELECT count(*) FROM kv").fetchone())
+    except BaseException:
+        store.close()
+        raise
+    return store
+
+
 def open_pg_store(url: str) -> Store:
     """The store at ``url``, with its tables; a memory store (one warning) when the
     database cannot be used now: psycopg missing, server unreachable, no access."""
-    where = without_credentials(url) if "://" in url else "the configured state_url"
+    where = masked_url(url)
     try:
         store = PgStore(url)
     except ImportError as error:
@@ -216,6 +280,12 @@ def _prepare(c: Conn) -> None:
     for statement in ddl(SCHEMA):
         c.execute(statement)
     c.execute(UPSERT_KV, ("store.schema", "2"))
+
+
+def first_line(error: Exception) -> str:
+    """PostgreSQL errors carry hints on further lines; an operator's message takes one."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _one_line(error: Exception) -> str:

@@ -21,6 +21,20 @@ attempt uses the file again).
 When the file fails in use (a full disk, an I/O error) the store moves, with one
 warning, to an in-memory database of the same shape, starting from a copy of
 the file: telemetry loses durability, the host loses nothing.
+
+Read-only (:func:`open_sqlite_read_only`, for the ``phonehome`` command). The same
+store over the same file, through the same guard, creating nothing: not the data
+dir, not the file, not its ``-wal`` or ``-shm``; no journal mode is set and no
+table made. While a process of the installation has the file open (or after a
+crash) its ``-wal`` exists, and the file is read live through SQLite's
+``mode=ro``. After every process closed it cleanly there is no ``-wal``, and
+``mode=ro`` would create one (with the ``-shm``) to read a WAL-mode file; then
+the file, complete in itself, is read whole into memory, unless a process
+starts writing it meanwhile (see :func:`_snapshot`), in which case it is read
+live after all. A read is a deferred transaction: it waits for no writer and
+holds no writer back. Every write raises :class:`~.store.ReadOnlyError`
+(``PRAGMA query_only`` on either connection); every failure to read is a
+:class:`~.store.BrokenStateError`, never a store in memory.
 """
 
 from __future__ import annotations
@@ -36,7 +50,18 @@ from typing import TypeVar
 import tenacity
 
 from phonehome_plugin.state import forksafe
-from phonehome_plugin.state.store import FILENAME, SCHEMA, UPSERT_KV, Conn, Store, statements
+from phonehome_plugin.state.store import (
+    FILENAME,
+    SCHEMA,
+    UPSERT_KV,
+    BrokenStateError,
+    Conn,
+    NoDataDirError,
+    NoStateError,
+    ReadOnlyError,
+    Store,
+    statements,
+)
 
 log = logging.getLogger("phonehome_plugin.state.store")  # one logger name for every backend
 
@@ -46,6 +71,8 @@ T = TypeVar("T")
 # busy, a constraint, or a bug in a statement): permission, read-only, I/O error,
 # corrupt, full, cannot open, large-file support, not a database.
 _FILE_FAILURES = frozenset({3, 8, 10, 11, 13, 14, 22, 26})
+
+_READONLY = 8  # SQLITE_READONLY, as an extended code: "attempt to write a readonly database"
 
 BUSY_PATIENCE = 5.0
 """Seconds a transaction keeps retrying a file another process holds."""
@@ -95,6 +122,38 @@ def _open_file(path: Path) -> SqliteStore:
     (each attempt under the fork guard, the waits between them outside it).
     """
     return retrying_busy(_OPEN_PATIENCE)(_file_store, path)
+
+
+def open_sqlite_read_only(data_dir: Path) -> SqliteStore:
+    """The state file under ``data_dir``, read-only; creates nothing (see the module docstring).
+
+    Raises :class:`~.store.NoDataDirError` when ``data_dir`` is no directory,
+    :class:`~.store.NoStateError` when the file is missing (telemetry never ran
+    here), :class:`~.store.BrokenStateError` when it is no state file of the plugin.
+    """
+    path = Path(data_dir) / FILENAME
+    if not path.parent.is_dir():
+        raise NoDataDirError(f"data dir {path.parent} does not exist or is not a directory")
+    if not path.is_file():
+        raise NoStateError(
+            f"no telemetry state at {path} (telemetry never ran with this data dir)"
+        )
+    try:
+        store: SqliteStore = retrying_busy(BUSY_PATIENCE)(SqliteStore, path, read_only=True)
+    except (OSError, sqlite3.Error) as error:
+        raise BrokenStateError(cannot_read(path, error)) from error
+    try:
+        store.run(lambda c: c.execute("SELECT count(*) FROM kv").fetchone())
+    except BaseException:
+        store.close()
+        raise
+    return store
+
+
+def cannot_read(path: Path | None, error: OSError | sqlite3.Error) -> str:
+    """The one line saying why the state file at ``path`` cannot be read."""
+    why = error.strerror if isinstance(error, OSError) and error.strerror else error
+    return f"cannot read {path}: {why}"
 
 
 def _file_store(path: Path) -> SqliteStore:
@@ -158,6 +217,48 @@ def memory_store(copy_of: Path | None = None) -> SqliteStore:
     return store
 
 
+def _read_only_connection(path: Path) -> sqlite3.Connection:
+    """A connection that reads the file at ``path`` and writes nothing (the caller
+    holds :data:`.forksafe.GUARD`): in memory from a snapshot when the file rests
+    complete, else live through ``mode=ro``."""
+    image = _snapshot(path)
+    conn = connect(":memory:" if image else f"{path.resolve().as_uri()}?mode=ro", uri=not image)
+    try:
+        if image:
+            load_image(conn, image)
+        conn.execute("PRAGMA query_only=1")
+    except BaseException:
+        close_quietly(conn)
+        raise
+    return conn
+
+
+def _snapshot(path: Path) -> bytes | None:
+    """The bytes of the WAL-mode file at ``path`` when no process has it open, or None
+    (read it live) when it has a ``-wal``, is no WAL-mode file, or changed while read.
+
+    A WAL-mode file is written only through its ``-wal`` (checkpoints included), which
+    exists from the first connection's open to the last one's close. So: no ``-wal``
+    before and after the read, and the file's identity, size, mtime and ctime alike
+    before and after, mean the bytes read are one consistent state. A file in rollback
+    mode may have a hot journal beside it: only SQLite reads that one right.
+    """
+    wal = path.with_name(path.name + "-wal")
+    before = _identity(path)
+    if wal.exists():
+        return None
+    image = path.read_bytes()
+    if wal.exists() or _identity(path) != before or image[18:20] != b"\x02\x02":
+        return None
+    return image
+
+
+def _identity(path: Path) -> tuple[int, ...]:
+    """What changes when the file at ``path`` is replaced or written."""
+    st = path.stat()
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
 def _copy_file(path: Path, mode: str, store: SqliteStore) -> None:
     """One attempt at copying the file at ``path`` into ``store`` (under the guard)."""
     with store.session() as memory:  # the guard covers the source's calls too
@@ -206,11 +307,13 @@ class SqliteStore(Store):
 
     Use :meth:`run` for every access: it wraps the work in an immediate
     transaction, retries a busy file and moves to memory if the file fails.
+    ``read_only`` (with a ``path``): see :func:`open_sqlite_read_only`.
     """
 
-    def __init__(self, path: Path | None) -> None:
+    def __init__(self, path: Path | None, read_only: bool = False) -> None:
         self.path = path
         self.memory = path is None
+        self.read_only = read_only and path is not None
         self._conn: sqlite3.Connection | None = None
         self._closed = False
         self._opened = False
@@ -240,6 +343,8 @@ class SqliteStore(Store):
             conn = connect(":memory:")
             prepare(conn)
             return conn
+        if self.read_only:
+            return _read_only_connection(self.path)  # its failure is the caller's, always
         try:
             return connect(str(self.path))
         except sqlite3.Error as error:
@@ -255,7 +360,13 @@ class SqliteStore(Store):
 
         ``work`` may run more than once: when the file is busy it is rolled back and
         run again, so it must do nothing but statements on ``conn``.
+
+        Read-only: a deferred transaction instead, retried while busy as above; a
+        write raises :class:`~.store.ReadOnlyError`, a failure to read (busy for
+        :data:`BUSY_PATIENCE` included) :class:`~.store.BrokenStateError`.
         """
+        if self.read_only:
+            return self._read(work)
         try:
             return self._attempt(work)
         except sqlite3.OperationalError as error:
@@ -276,6 +387,33 @@ class SqliteStore(Store):
             assert self._conn is not None
             with immediate(self._conn):
                 return work(self._conn)
+
+    def _read(self, work: Callable[[Conn], T]) -> T:
+        try:
+            result: T = retrying_busy(BUSY_PATIENCE)(self._read_once, work)
+        except sqlite3.Error as error:
+            # SQLITE_READONLY itself: a write; its extended codes say a read failed.
+            if getattr(error, "sqlite_errorcode", None) == _READONLY:
+                raise ReadOnlyError(
+                    f"the state file {self.path} is open read-only: {error}"
+                ) from error
+            raise BrokenStateError(cannot_read(self.path, error)) from error
+        except OSError as error:  # reading the snapshot, when reconnecting after a fork
+            raise BrokenStateError(cannot_read(self.path, error)) from error
+        return result
+
+    def _read_once(self, work: Callable[[Conn], T]) -> T:
+        with self.session() as conn:
+            conn.execute("BEGIN")  # deferred: a read lock from the first read to COMMIT only
+            try:
+                result = work(conn)
+            except BaseException:
+                if conn.in_transaction:
+                    with suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return result
 
     def _fall_back(self, conn: sqlite3.Connection, why: str) -> None:
         """Move to memory, from a copy of ``conn``'s file (the guard is held)."""
@@ -323,11 +461,16 @@ def copy_into(memory: sqlite3.Connection, source: sqlite3.Connection) -> None:
     Not ``Connection.backup``: it retries a source locked by another process
     forever, where reading an image gives up after the busy timeout.
     """
-    image = bytearray(source.serialize())
-    if len(image) > 19 and image[18] == 2:
+    load_image(memory, source.serialize())
+
+
+def load_image(memory: sqlite3.Connection, image: bytes) -> None:
+    """Replace the database of ``memory`` by the database file ``image``."""
+    copy = bytearray(image)
+    if len(copy) > 19 and copy[18] == 2:
         # A WAL file's header; memory has no WAL, so mark the copy as a journal one.
-        image[18] = image[19] = 1
-    memory.deserialize(bytes(image))
+        copy[18] = copy[19] = 1
+    memory.deserialize(bytes(copy))
 
 
 def connect(target: str, uri: bool = False) -> sqlite3.Connection:
@@ -337,8 +480,12 @@ def connect(target: str, uri: bool = False) -> sqlite3.Connection:
     conn = sqlite3.connect(
         target, timeout=0.0, uri=uri, isolation_level=None, check_same_thread=False
     )
-    conn.execute("PRAGMA busy_timeout=0")
-    conn.execute("PRAGMA synchronous=NORMAL")
+    try:
+        conn.execute("PRAGMA busy_timeout=0")
+        conn.execute("PRAGMA synchronous=NORMAL")  # loads the schema: may find the file busy
+    except BaseException:
+        close_quietly(conn)
+        raise
     return conn
 
 

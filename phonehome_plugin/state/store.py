@@ -17,6 +17,13 @@ transaction-scoped advisory lock), so claims, counters and leases are atomic
 across processes and nodes. The SQL of the plugin is written once, in the
 portable subset both speak (``?`` placeholders, ``INSERT ... ON CONFLICT``, no
 ``rowid``); the PostgreSQL backend translates placeholders and column types.
+
+A store opened read-only (``open_store(..., read_only=True)``, for the
+``phonehome`` command) runs the same code on the same state, but creates,
+migrates, writes and locks nothing: each :meth:`Store.run` is one read
+transaction that waits for no writer and holds no writer back, a write raises
+:class:`ReadOnlyError`, and state that cannot be read raises a
+:class:`NoStateError` saying why (never a store in memory instead).
 """
 
 from __future__ import annotations
@@ -57,6 +64,22 @@ def statements(script: str) -> list[str]:
     return [part.strip() for part in script.split(";") if part.strip()]
 
 
+class NoStateError(Exception):
+    """A store opened read-only finds no state to read; the message says why, in one line."""
+
+
+class NoDataDirError(NoStateError):
+    """The data dir itself is missing: most likely a wrong ``--data-dir``."""
+
+
+class BrokenStateError(NoStateError):
+    """The state exists but cannot be read (corrupt, not the plugin's, unreachable)."""
+
+
+class ReadOnlyError(Exception):
+    """A write was attempted through a store opened read-only; nothing was written."""
+
+
 class Cursor(Protocol):
     """What the plugin uses of a DB-API cursor."""
 
@@ -81,14 +104,20 @@ class Store:
 
     Backends implement :meth:`run` and :meth:`close`; everything else is written
     on top of :meth:`run` in portable SQL. ``memory`` is True when the state lives
-    only in this process (a fallback); ``path`` is the SQLite file, if any.
+    only in this process (a fallback); ``path`` is the SQLite file, if any;
+    ``read_only`` is True when every write raises :class:`ReadOnlyError`.
     """
 
     path: Path | None = None
     memory: bool = False
+    read_only: bool = False
 
     def run(self, work: Callable[[Conn], T]) -> T:
-        """Run ``work(conn)`` in one transaction, atomic across the installation."""
+        """Run ``work(conn)`` in one transaction, atomic across the installation.
+
+        Read-only: one read transaction; a write in ``work`` raises
+        :class:`ReadOnlyError`, a failure to read :class:`BrokenStateError`.
+        """
         raise NotImplementedError
 
     def close(self) -> None:
