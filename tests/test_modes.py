@@ -35,15 +35,18 @@ from operator_support import (
     config_of,
     listing,
     make,
+    pending_bodies,
     phonehome_section,
+    read_only,
     running,
     short_life,
 )
 
 from hookspecs import signals
 from phonehome_plugin.cli import commands
-from phonehome_plugin.cli.state_view import StateView
 from phonehome_plugin.reports import schema
+from phonehome_plugin.state import history
+from phonehome_plugin.state.outbox import Outbox, OutboxLimits
 from phonehome_plugin.state.store import FILENAME
 from phonehome_plugin.testing.simhost import SimHost
 
@@ -185,10 +188,10 @@ def _observe_running(
         files_running = listing(host.data_dir)
         instance_id, built = None, 0
         if (host.data_dir / FILENAME).exists():
-            view = StateView(host.data_dir)
-            instance_id = view.kv("instance_id")
-            built = len(view.pending()) + len(view.history(100))
-            view.close()
+            with read_only(host.data_dir) as view:
+                instance_id = view.get("instance_id")
+                pending = Outbox(view, OutboxLimits()).pending()
+                built = len(pending) + len(history.recent(view, 100))
     assert not any(list(s.receivers_for(host.app)) for s in signals.ALL), (
         "a receiver outlived shutdown"
     )
@@ -281,9 +284,9 @@ def test_log_mode_logs_every_report_records_it_as_logged_and_sends_nothing(
     data = tmp_path / "data"
     with running(make(config_of(phonehome_section(counting_server, mode="log")), data)) as host:
         short_life(host)
-        view = StateView(data)
-        history, pending = view.history(100), view.pending()
-        view.close()
+        with read_only(data) as view:
+            events = history.recent(view, 100)
+            pending = Outbox(view, OutboxLimits()).pending()
 
     prefix = "phonehome: mode log, report not sent: "
     logged = [json.loads(line[len(prefix) :]) for line in watcher.lines if line.startswith(prefix)]
@@ -293,9 +296,9 @@ def test_log_mode_logs_every_report_records_it_as_logged_and_sends_nothing(
         assert schema.errors(report) == []
         assert report["location"] == dict.fromkeys(("country", "city", "region", "isp"))
     assert pending == []
-    by_id = {event["report_id"]: event for event in history}
+    by_id = {event.report_id: event for event in events}
     assert sorted(by_id) == sorted(r["report_id"] for r in logged)
-    assert {event["result"] for event in history} == {"logged"}
+    assert {event.result for event in events} == {"logged"}
     assert counting_server.traffic.accepted == 0
 
 
@@ -316,10 +319,9 @@ def test_offline_mode_keeps_every_report_for_export_and_sends_nothing(
     assert [r["trigger"] for r in reports][:2] == ["startup", "first_user"]
     assert [r["sequence"] for r in reports] == list(range(1, len(reports) + 1))
     assert all(schema.errors(r) == [] for r in reports)
-    view = StateView(data)
-    assert [p.body for p in view.pending()] == lines, "export leaves them in the outbox"
-    assert view.history(10) == []
-    view.close()
+    assert pending_bodies(data) == lines, "export leaves them in the outbox"
+    with read_only(data) as view:
+        assert history.recent(view, 10) == []
     assert counting_server.traffic.accepted == 0
 
     # Back to send mode: what offline mode kept is delivered, oldest first.

@@ -26,6 +26,7 @@ from operator_support import (
     CountingServer,
     config_of,
     make,
+    pending_bodies,
     phonehome_section,
     running,
     stored_bytes,
@@ -189,16 +190,10 @@ def test_the_checker_fails_closed_on_a_keyword_it_does_not_know() -> None:
 @pytest.fixture(scope="module")
 def base_reports(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     """Reports of every trigger, built by the plugin (offline mode: nothing sent)."""
-    from phonehome_plugin.cli.state_view import StateView
-
     data = tmp_path_factory.mktemp("schema") / "data"
     section = {"endpoint": "http://127.0.0.1:9/v1/reports", "mode": "offline"}
     life(make(config_of(section), data, extra_plugins=[RichPlugin()]), hours=1)
-    view = StateView(data)
-    try:
-        return [json.loads(p.body) for p in view.pending()]
-    finally:
-        view.close()
+    return [json.loads(body) for body in pending_bodies(data)]
 
 
 JSON_SCALARS = (
