@@ -1,4 +1,5 @@
-"""The MaestroHub host contract: hook markers, host hooks, the ``app`` protocol, signals.
+"""The MaestroHub host contract: hook markers, host hooks, the ``app`` protocol, signals,
+and the ``Collector`` protocol of the phonehome plugin's hook.
 
 Hosts and plugins import the markers from here::
 
@@ -8,12 +9,15 @@ Hosts and plugins import the markers from here::
     def on_startup(app): ...
 
 The pluggy project name, the marker name and the entry-point group are all
-``maestrohub`` (:data:`PROJECT_NAME`).
+``maestrohub`` (:data:`PROJECT_NAME`). The two protocols are exported here for
+type annotations: :class:`App` (what every hook gets as ``app``) and
+:class:`Collector` (what a third-party module hands to ``register``).
 """
 
 from __future__ import annotations
 
 from hookspecs.host import App
 from hookspecs.markers import PROJECT_NAME, hookimpl, hookspec
+from hookspecs.phonehome import Collector, CollectorWithReceivers
 
-__all__ = ["PROJECT_NAME", "App", "hookimpl", "hookspec"]
+__all__ = ["PROJECT_NAME", "App", "Collector", "CollectorWithReceivers", "hookimpl", "hookspec"]

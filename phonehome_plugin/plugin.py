@@ -14,10 +14,9 @@ against it either way.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import hookspecs.phonehome
-from hookspecs import hookimpl
+from hookspecs import App, hookimpl
 from phonehome_plugin.config import switch
 
 log = logging.getLogger("phonehome_plugin")
@@ -26,7 +25,7 @@ RUNTIME_NAME = "phonehome-runtime"
 
 
 @hookimpl
-def on_startup(app: Any) -> None:
+def on_startup(app: App) -> None:
     """Start telemetry for this host start, if it is on; never raises."""
     try:
         _start(app)
@@ -34,7 +33,7 @@ def on_startup(app: Any) -> None:
         log.exception("phonehome: could not start; telemetry is off for this run")
 
 
-def _start(app: Any) -> None:
+def _start(app: App) -> None:
     pm = app.plugin_manager
     if (
         not hasattr(pm.hook, "phonehome_register_collectors")

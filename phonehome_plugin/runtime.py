@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from hookspecs import hookimpl
+from hookspecs import App, hookimpl
 from phonehome_plugin.config.settings import Settings
 from phonehome_plugin.counting import receivers
 from phonehome_plugin.counting.collectors import Registry
@@ -34,7 +34,7 @@ SHUTDOWN_WAIT = 1.5
 class Runtime:
     """Telemetry for one host start: create, register with the plugin manager, :meth:`start`."""
 
-    def __init__(self, app: Any, settings: Settings, policy: RetryPolicy | None = None) -> None:
+    def __init__(self, app: App, settings: Settings, policy: RetryPolicy | None = None) -> None:
         self.app = app
         self.settings = settings
         self.policy = policy
@@ -71,7 +71,7 @@ class Runtime:
         _watch_forks(self)
 
     @hookimpl
-    def on_user_created(self, app: Any, user: Mapping[str, Any]) -> None:
+    def on_user_created(self, app: App, user: Mapping[str, Any]) -> None:
         """Count the user and, if it may be the first, wake the worker."""
         try:
             receivers.record_user(self.inventory, user)
@@ -83,7 +83,7 @@ class Runtime:
             log.exception("phonehome: on_user_created failed")
 
     @hookimpl
-    def on_tick(self, app: Any, now: datetime) -> None:
+    def on_tick(self, app: App, now: datetime) -> None:
         """Hand ``now`` to the worker, unless nothing can be due before ``wake_at``."""
         try:
             if now < self.worker.wake_at:
@@ -99,7 +99,7 @@ class Runtime:
             log.exception("phonehome: on_tick failed")
 
     @hookimpl
-    def on_shutdown(self, app: Any) -> None:
+    def on_shutdown(self, app: App) -> None:
         """Disconnect everything and give the worker up to 1.5 s to save its counts."""
         if self._stopped:
             return

@@ -37,13 +37,13 @@ from collections import deque
 from collections.abc import Callable
 from contextlib import suppress
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import psutil  # noqa: F401
 import requests
 import requests.adapters  # noqa: F401
 import tenacity  # noqa: F401
 
+from hookspecs import App
 from phonehome_plugin.config.notice import notice
 from phonehome_plugin.config.settings import Settings
 from phonehome_plugin.config.switch import without_credentials
@@ -53,7 +53,7 @@ from phonehome_plugin.counting.tally import ExecutionTally
 from phonehome_plugin.delivery.retry import RetryPolicy
 from phonehome_plugin.delivery.sender import Sender
 from phonehome_plugin.delivery.transport import Transport
-from phonehome_plugin.reports.system import host_facts, machine_facts
+from phonehome_plugin.reports.system import MachineFacts, host_facts, machine_facts
 from phonehome_plugin.reports.triggers import Reporter
 from phonehome_plugin.state import forksafe, history, sqlite  # noqa: F401
 from phonehome_plugin.state.backends import open_store
@@ -83,12 +83,12 @@ class Worker:
     def __init__(
         self,
         settings: Settings,
-        app: Any,
+        app: App,
         inventory: Inventory,
         tally: ExecutionTally,
         registry: Registry,
         policy: RetryPolicy | None = None,
-        machine: Callable[[], dict[str, Any]] | None = None,
+        machine: Callable[[], MachineFacts] | None = None,
     ) -> None:
         self.settings = settings
         self.app = app

@@ -12,12 +12,14 @@ from typing import Any
 import pytest
 from test_bounded import Hostile, HostileStr
 
+import hookspecs
 from hookspecs import signals
 from phonehome_plugin.counting import collectors
 from phonehome_plugin.counting.collectors import Registry
 from phonehome_plugin.counting.tally import ExecutionTally
 from phonehome_plugin.guard import privacy
 from phonehome_plugin.guard.privacy import DropCounter
+from phonehome_plugin.testing.examples.historian import HistorianCollector
 
 SECRET = "hunter2-secret-value"
 TIMEOUT = 0.05
@@ -240,7 +242,34 @@ def test_register_rejects_objects_without_name_or_collect(registry: Registry) ->
     with pytest.raises(TypeError):
         registry.register(SimpleNamespace(name="acme.x", collect={"a": 1}))
     with pytest.raises(TypeError):
-        registry.register(None)
+        registry.register(None)  # type: ignore[arg-type]  # deliberately no collector
+    assert registry.collectors == {}
+
+
+def test_the_collectors_here_are_collectors_of_the_contract() -> None:
+    assert isinstance(Collector("acme.x"), hookspecs.Collector)
+    assert not isinstance(Collector("acme.x"), hookspecs.CollectorWithReceivers)
+    assert isinstance(Collector("acme.x", pairs=[]), hookspecs.CollectorWithReceivers)
+    assert isinstance(Counting(), hookspecs.CollectorWithReceivers)
+    assert isinstance(HistorianCollector(), hookspecs.CollectorWithReceivers)
+
+
+@pytest.mark.parametrize(
+    "candidate",
+    [
+        SimpleNamespace(name=3, collect=lambda: {}),
+        SimpleNamespace(name="Not.Dotted", collect=lambda: {}),
+        SimpleNamespace(name="acme.x", collect={"a": 1}),
+    ],
+)
+def test_register_checks_more_than_the_protocol_does(
+    registry: Registry, candidate: SimpleNamespace
+) -> None:
+    """``isinstance(..., Collector)`` sees only that the members are there; the registry
+    checks what they are, as it must with objects of untrusted code."""
+    assert isinstance(candidate, hookspecs.Collector)
+    with pytest.raises(TypeError):
+        registry.register(candidate)
     assert registry.collectors == {}
 
 
@@ -604,7 +633,8 @@ def test_register_quotes_a_huge_name_by_a_short_prefix(registry: Registry) -> No
 
 def test_register_runs_no_method_of_the_object_or_name_it_is_given(registry: Registry) -> None:
     with pytest.raises(TypeError) as caught:
-        registry.register(Hostile())  # its __repr__ and __str__ raise AssertionError
+        # Deliberately no collector; its __repr__ and __str__ raise AssertionError.
+        registry.register(Hostile())  # type: ignore[arg-type]
     assert str(caught.value).endswith("`collect()`, got a Hostile object")
     # A str whose every method fails: its text is used, none of its methods.
     named = SimpleNamespace(name=HostileStr("acme.x"), collect=lambda: {"n": 1})

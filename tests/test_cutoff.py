@@ -79,14 +79,15 @@ def test_sockets_the_adapter_opens_inside_the_block_are_cut_off() -> None:
     try:
         with Exchange() as exchange, requests.Session() as session:
             session.mount("http://", adapter())
+
             # Abandoned once the server has the request, so the cut lands on a connected
             # socket blocked in its read: a connection error at once, not the read
             # timeout (``ReadTimeout`` is no ``ConnectionError``).
-            watcher = threading.Thread(
-                target=lambda: (
-                    server.wait_for(lambda s: len(s.requests) == 1, WAIT) and exchange.abandon()
-                )
-            )
+            def abandon_once_requested() -> None:
+                if server.wait_for(lambda s: len(s.requests) == 1, WAIT):
+                    exchange.abandon()
+
+            watcher = threading.Thread(target=abandon_once_requested)
             watcher.start()
             with pytest.raises(requests.exceptions.ConnectionError):
                 session.post(server.url, data=b"{}", timeout=WAIT)

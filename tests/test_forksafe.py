@@ -84,7 +84,12 @@ def test_a_fork_during_a_transaction_hands_the_child_no_held_lock(
     # (the backstop is raised out of reach: this test is about the wait, not about it).
     monkeypatch.setattr(forksafe, "FORK_WAIT", 300.0)
     with _inside_a_transaction(store) as release:
-        ender = threading.Thread(target=lambda: guard.waiting.wait(60) and release.set())
+
+        def end_once_the_fork_waits() -> None:
+            if guard.waiting.wait(60):
+                release.set()
+
+        ender = threading.Thread(target=end_once_the_fork_waits)
         ender.start()
         reader, sender = FORK.Pipe(duplex=False)
         child = FORK.Process(target=_child_after_fork, args=(store, tmp_path, sender))

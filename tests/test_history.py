@@ -11,7 +11,7 @@ import pytest
 from phonehome_plugin.state import history
 from phonehome_plugin.state.backends import open_store
 from phonehome_plugin.state.history import KEEP, Event
-from phonehome_plugin.state.store import Store
+from phonehome_plugin.state.store import Conn, Store
 
 
 @pytest.fixture
@@ -56,7 +56,7 @@ def test_the_history_survives_a_restart(tmp_path: Path, store: Store) -> None:
 
 
 def test_append_belongs_to_the_callers_transaction(store: Store) -> None:
-    def settle_then_fail(c: sqlite3.Connection) -> None:
+    def settle_then_fail(c: Conn) -> None:
         history.append(c, event(1))
         raise sqlite3.OperationalError("settlement failed after the history row")
 

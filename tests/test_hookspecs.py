@@ -171,7 +171,8 @@ def test_all_signals_live_in_one_namespace_of_their_own() -> None:
     assert sorted(space) == sorted(CONTRACT_SIGNALS)
     # Not blinker's default namespace (the one blinker.signal() fills), which any library
     # could share. blinker.default_namespace is only named so from 1.8 on.
-    assert space is not blinker.signal.__self__
+    # blinker types signal() as a protocol; at run time it is the namespace's bound method.
+    assert space is not blinker.signal.__self__  # type: ignore[attr-defined]
     for name in CONTRACT_SIGNALS:
         assert space[name] is getattr(signals, _attribute(name))
 
@@ -223,3 +224,43 @@ def test_app_protocol_has_exactly_the_seven_attributes() -> None:
         "started_at": "datetime",
         "plugin_manager": "pluggy.PluginManager",
     }
+
+
+# The types of the hook arguments ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", HOST_HOOKS)
+def test_every_host_hook_takes_the_app_protocol(name: str) -> None:
+    assert inspect.signature(getattr(host, name)).parameters["app"].annotation == "App"
+
+
+def test_register_takes_the_collector_protocol() -> None:
+    register = inspect.signature(phonehome.phonehome_register_collectors).parameters["register"]
+    assert register.annotation == "Callable[[Collector], None]"
+    assert hookspecs.Collector is phonehome.Collector
+    assert hookspecs.CollectorWithReceivers is phonehome.CollectorWithReceivers
+    assert phonehome.Collector in phonehome.CollectorWithReceivers.__mro__
+
+
+def test_the_collector_protocols_have_exactly_the_contract_members() -> None:
+    def members(protocol: type) -> set[str]:
+        return {
+            name
+            for name, value in vars(protocol).items()
+            if not name.startswith("_")
+            and (isinstance(value, property) or inspect.isfunction(value))
+        }
+
+    assert members(phonehome.Collector) == {"name", "collect"}
+    assert members(phonehome.CollectorWithReceivers) == {"receivers"}
+
+
+def test_the_readme_example_collector_is_a_collector() -> None:
+    class HistorianCollector:  # as README, "Module authors: adding a collector"
+        name = "acme.historian"
+
+        def collect(self) -> dict[str, int]:
+            return {"writes": 0}
+
+    assert isinstance(HistorianCollector(), hookspecs.Collector)
+    assert not isinstance(object(), hookspecs.Collector)

@@ -109,10 +109,12 @@ def _imports_of(source: str) -> Iterator[Import]:
                 and isinstance(child.args[0].value, str)
             ):
                 found = [(child.args[0].value, [])]
+            # Only statements (the imports) and expressions (the call) are found.
+            line = child.lineno if isinstance(child, ast.stmt | ast.expr) else 0
             for name, imported in found:
                 if name == PACKAGE or name.startswith(PACKAGE + "."):
                     for target in _targets(name, imported):
-                        yield Import(source, target, name, child.lineno, functions)
+                        yield Import(source, target, name, line, functions)
             yield from visit(child, inner)
 
     yield from visit(tree(modules()[source]), ())

@@ -44,9 +44,10 @@ from operator_support import (
 
 from hookspecs import signals
 from phonehome_plugin.cli import commands
+from phonehome_plugin.config.settings import OutboxLimits
 from phonehome_plugin.reports import schema
 from phonehome_plugin.state import history
-from phonehome_plugin.state.outbox import Outbox, OutboxLimits
+from phonehome_plugin.state.outbox import Outbox
 from phonehome_plugin.state.store import FILENAME
 from phonehome_plugin.testing.simhost import SimHost
 

@@ -7,7 +7,7 @@ import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 import pluggy
 import pytest
@@ -154,3 +154,10 @@ def test_on_startup_never_raises(
         setattr(app, key, value)
     plugin.on_startup(app=app)
     assert [r for r in caplog.records if r.levelno >= logging.ERROR], "the failure was not logged"
+
+
+def test_every_hook_implementation_takes_the_app_protocol() -> None:
+    hooks = [plugin.on_startup, Runtime.on_user_created, Runtime.on_tick, Runtime.on_shutdown]
+    for hook in hooks:
+        assert get_type_hints(hook)["app"] is hookspecs.host.App, hook.__qualname__
+    assert get_type_hints(Runtime.__init__)["app"] is hookspecs.host.App

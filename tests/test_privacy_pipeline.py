@@ -259,7 +259,7 @@ class ThirdParty:
     def __init__(self, section: dict[str, Any]) -> None:
         self.section = section
 
-    @hookimpl(optionalhook=True)  # type: ignore[untyped-decorator]
+    @hookimpl(optionalhook=True)
     def phonehome_register_collectors(self, register: Any) -> None:
         section = self.section
 

@@ -10,6 +10,7 @@ and live (a host running); PostgreSQL (marker ``postgres``) on a fresh database.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import sqlite3
@@ -301,16 +302,16 @@ def test_a_database_of_another_program(tmp_path: Path) -> None:
     assert listing(tmp_path) == [FILENAME], "no table was made, no journal mode set"
 
 
+def _insert_outbox_row(c: Conn, row: tuple[str, int, bytes]) -> None:
+    c.execute("INSERT INTO outbox VALUES (?, ?, 'periodic', 0, ?, 0, 0)", row)
+
+
 def test_a_state_file_damaged_where_the_outbox_lives(tmp_path: Path) -> None:
     """Readable enough to open, broken in the outbox's pages: still a clean error."""
     store = backends.open_store(tmp_path)
     for n in range(10):
         body = f'{{"n":{n},"pad":"{"x" * 3000}"}}'.encode()
-        store.run(
-            lambda c, n=n, body=body: c.execute(
-                "INSERT INTO outbox VALUES (?, ?, 'periodic', 0, ?, 0, 0)", (f"r{n}", n, body)
-            )
-        )
+        store.run(functools.partial(_insert_outbox_row, row=(f"r{n}", n, body)))
     root = store.run(
         lambda c: c.execute("SELECT rootpage FROM sqlite_master WHERE name='outbox'").fetchone()
     )[0]

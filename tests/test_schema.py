@@ -61,7 +61,7 @@ class RichCollector:
 
 
 class RichPlugin:
-    @hookimpl(optionalhook=True)  # type: ignore[untyped-decorator]
+    @hookimpl(optionalhook=True)
     def phonehome_register_collectors(self, register: Any) -> None:
         register(RichCollector())
 
@@ -371,8 +371,8 @@ MARKER = "Zq7-forced-invalid-value"
 def _force_invalid(monkeypatch: pytest.MonkeyPatch, triggers: set[str]) -> None:
     original = shape.build
 
-    def build(inputs: shape.Inputs) -> dict[str, Any]:
-        built: dict[str, Any] = original(inputs)
+    def build(inputs: shape.Inputs) -> shape.Report:
+        built = original(inputs)
         if built["trigger"] in triggers:
             built["collectors"]["acme.forced"] = {"bad key": MARKER}
         return built

@@ -1,28 +1,35 @@
 """Tests for :mod:`phonehome_plugin.reports.shape`: ids, times, execution summaries,
-privacy, bytes."""
+privacy, bytes, and its types held equal to the published schema."""
 
 from __future__ import annotations
 
 import json
+import types
 import uuid
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta, timezone
-from typing import Any
+from typing import Any, Literal, Union, cast, get_args, get_origin, get_type_hints, is_typeddict
 
 import pytest
 
+from phonehome_plugin.counting import inventory as inventory_module
 from phonehome_plugin.counting.inventory import Inventory, pipeline_value
+from phonehome_plugin.counting.tally import STATUSES
 from phonehome_plugin.guard import privacy
-from phonehome_plugin.reports import shape
+from phonehome_plugin.reports import schema, shape, system
 from phonehome_plugin.reports.shape import Inputs
 
 T0 = datetime(2024, 6, 1, 12, 0, 0, tzinfo=UTC)
 SALT = bytes(range(32))
+DIAGNOSTICS: shape.Diagnostics = {
+    **shape.no_diagnostics(),
+    "collector_errors": {"acme.broken": "collect() raised ValueError"},
+    "suppressed_startups": 2,
+}
 
 
-def _zeros() -> dict[str, int]:
-    return dict.fromkeys(
-        ("completed", "failed", "completed_with_errors", "cancelled", "unknown"), 0
-    )
+def _zeros() -> shape.ByStatus:
+    return {"completed": 0, "failed": 0, "completed_with_errors": 0, "cancelled": 0, "unknown": 0}
 
 
 @pytest.fixture
@@ -236,7 +243,7 @@ def test_build_fills_every_top_level_field_from_its_source(inventory: Inventory)
         inventory,
         executions={"completed": 2},
         collectors={"acme.historian": {"series": 1}},
-        diagnostics={"collector_errors": {}},
+        diagnostics=DIAGNOSTICS,
     )
     built = shape.build(inputs)
     assert list(built) == [
@@ -277,7 +284,8 @@ def test_build_fills_every_top_level_field_from_its_source(inventory: Inventory)
     assert built["executions"]["success"] == 2
     assert built["other"] == {"organizations": 1, "data_models": 2}
     assert built["collectors"] == {"acme.historian": {"series": 1}}
-    assert built["diagnostics"] == {"collector_errors": {}}
+    assert built["diagnostics"] == DIAGNOSTICS
+    assert built["diagnostics"] is not DIAGNOSTICS
 
 
 def test_build_copies_rather_than_shares_its_inputs(inventory: Inventory) -> None:
@@ -304,11 +312,16 @@ def test_every_trigger_is_listed() -> None:
 # apply_privacy --------------------------------------------------------------------------
 
 
-def _identifying() -> dict[str, Any]:
-    return {
-        "users": {"total": 1, "first_email": "alice@example.com"},
-        "system": {"hostname": "plant-7", "public_ip": "203.0.113.5", "os": "Linux"},
-    }
+def _identifying() -> shape.Report:
+    # Not a whole report: only the two sections apply_privacy works on, and of them
+    # only some fields, so that the tests show it touches nothing else.
+    return cast(
+        shape.Report,
+        {
+            "users": {"total": 1, "first_email": "alice@example.com"},
+            "system": {"hostname": "plant-7", "public_ip": "203.0.113.5", "os": "Linux"},
+        },
+    )
 
 
 def test_apply_privacy_send_leaves_values_alone() -> None:
@@ -344,15 +357,20 @@ def test_apply_privacy_omit_nulls_the_field() -> None:
 
 
 def test_apply_privacy_leaves_missing_values_missing() -> None:
-    built = {"users": {"first_email": None}, "system": {}}
-    shape.apply_privacy(built, {"email": "hash", "hostname": "hash", "public_ip": "omit"}, SALT)
-    assert built == {"users": {"first_email": None}, "system": {}}
+    partial: dict[str, Any] = {"users": {"first_email": None}, "system": {}}
+    shape.apply_privacy(
+        cast(shape.Report, partial),
+        {"email": "hash", "hostname": "hash", "public_ip": "omit"},
+        SALT,
+    )
+    assert partial == {"users": {"first_email": None}, "system": {}}
 
 
 def test_apply_privacy_on_a_built_report(inventory: Inventory) -> None:
     built = shape.build(_inputs(inventory))
     shape.apply_privacy(built, {"email": "hash", "hostname": "omit", "public_ip": "send"}, SALT)
-    assert built["users"]["first_email"].startswith("hmac-sha256:")
+    email = built["users"]["first_email"]
+    assert email is not None and email.startswith("hmac-sha256:")
     assert built["system"]["hostname"] is None
     assert built["system"]["public_ip"] == "203.0.113.5"
 
@@ -381,3 +399,144 @@ def test_encode_round_trips_a_built_report(inventory: Inventory) -> None:
     assert b": " not in body
     assert b", " not in body
     assert b"\n" not in body
+
+
+# The types and the published schema ------------------------------------------------------
+
+JSON_TYPES: dict[object, str] = {
+    bool: "boolean",
+    int: "integer",
+    float: "number",
+    str: "string",
+    type(None): "null",
+}
+
+
+def _alternatives(hint: object) -> list[object]:
+    """The members of a union (``X | None``), else the hint itself."""
+    if get_origin(hint) in (Union, types.UnionType):
+        return list(get_args(hint))
+    return [hint]
+
+
+def _mismatches(hint: object, rule: Mapping[str, Any], path: str) -> Iterator[str]:
+    """How the type ``hint`` and the schema's ``rule`` for ``path`` disagree."""
+    if "$ref" in rule:  # "#/$defs/name" only: the report schema uses no other
+        rule = schema.load()["$defs"][rule["$ref"].removeprefix("#/$defs/")]
+    if is_typeddict(hint):
+        assert isinstance(hint, type)
+        yield from _typeddict_mismatches(hint, rule, path)
+    elif "properties" in rule:
+        yield f"{path}: the schema lists properties, the type is {hint} (no TypedDict)"
+    elif "const" in rule or "enum" in rule:
+        yield from _literal_mismatches(hint, rule, path)
+    else:
+        yield from _type_mismatches(hint, rule, path)
+
+
+def _typeddict_mismatches(hint: type, rule: Mapping[str, Any], path: str) -> Iterator[str]:
+    hints = get_type_hints(hint)
+    properties = rule.get("properties", {})
+    if rule.get("type") != "object" or rule.get("additionalProperties") is not False:
+        yield f"{path}: the type is a closed TypedDict, the schema no closed object"
+    if list(hints) != list(properties):
+        yield f"{path}: the type has keys {list(hints)}, the schema {list(properties)}"
+    required = set(rule.get("required", ()))
+    typed_required: frozenset[str] = vars(hint)["__required_keys__"]  # set by TypedDict
+    if typed_required != required:
+        yield (
+            f"{path}: the type requires {sorted(typed_required)}, the schema {sorted(required)}"
+        )
+    for key in hints.keys() & properties.keys():
+        yield from _mismatches(hints[key], properties[key], f"{path}.{key}")
+
+
+def _literal_mismatches(hint: object, rule: Mapping[str, Any], path: str) -> Iterator[str]:
+    """A ``const`` or ``enum`` rule: the type is a Literal of exactly those values."""
+    allowed = [rule["const"]] if "const" in rule else rule["enum"]
+    values: list[object] = []
+    for option in _alternatives(hint):
+        if get_origin(option) is Literal:
+            values.extend(get_args(option))
+        elif option is type(None):
+            values.append(None)
+        else:
+            yield f"{path}: the type allows any {option}, the schema exactly {allowed}"
+    if sorted(map(repr, values)) != sorted(map(repr, allowed)):
+        yield f"{path}: the type allows {values}, the schema {allowed}"
+
+
+def _type_mismatches(hint: object, rule: Mapping[str, Any], path: str) -> Iterator[str]:
+    """A ``type`` rule: the type's members are those JSON types; a dict's values match
+    the rule of ``additionalProperties`` (unless typed ``Any``: a collector's section)."""
+    said = rule.get("type")
+    expected = {said} if isinstance(said, str) else set(said or ())
+    found = set()
+    for option in _alternatives(hint):
+        if get_origin(option) is dict:
+            found.add("object")
+            key_type, value_type = get_args(option)
+            values = rule.get("additionalProperties")
+            if key_type is not str:
+                yield f"{path}: keys of {option} are not str"
+            if value_type is not Any and isinstance(values, Mapping):
+                yield from _mismatches(value_type, values, f"{path}.*")
+        else:
+            found.add(JSON_TYPES.get(option, repr(option)))
+    if found != expected:
+        yield f"{path}: the type is {hint} ({sorted(found)}), the schema says {sorted(expected)}"
+
+
+def test_the_report_types_are_the_published_schema() -> None:
+    """Every object of report.schema.json with properties is a TypedDict of the same keys,
+    in the same order, with the same required keys and matching value types."""
+    assert list(_mismatches(shape.Report, schema.load(), "$")) == []
+
+
+def test_the_type_check_against_the_schema_sees_a_difference() -> None:
+    rule = schema.load()["properties"]["other"]
+    assert list(_mismatches(shape.OtherSection, rule, "$")) == []
+    looser = {**rule, "required": ["organizations"]}
+    assert list(_mismatches(shape.OtherSection, looser, "$")) == [
+        "$: the type requires ['data_models', 'organizations'], the schema ['organizations']"
+    ]
+    grown = {**rule, "properties": {**rule["properties"], "projects": {"type": "integer"}}}
+    assert len(list(_mismatches(shape.OtherSection, grown, "$"))) == 1
+    retyped = {**rule, "properties": {**rule["properties"], "data_models": {"type": "string"}}}
+    assert list(_mismatches(shape.OtherSection, retyped, "$")) == [
+        "$.data_models: the type is <class 'int'> (['integer']), the schema says ['string']"
+    ]
+    narrower = schema.load()["properties"]["license"]
+    narrower = {
+        **narrower,
+        "properties": {**narrower["properties"], "status": {"enum": ["trial", None]}},
+    }
+    assert len(list(_mismatches(shape.LicenseSection, narrower, "$"))) == 1
+
+
+def test_the_literal_types_list_what_the_constants_do() -> None:
+    assert get_args(shape.Trigger) == shape.TRIGGERS
+    assert get_args(shape.Edition) == shape.EDITIONS
+    assert list(get_type_hints(shape.ByStatus)) == [*STATUSES, "unknown"]
+    assert list(shape.by_status(lambda status: 0)) == [*STATUSES, "unknown"]
+
+
+def test_the_parts_of_the_system_section_make_it_up() -> None:
+    host, machine = get_type_hints(system.HostFacts), get_type_hints(system.MachineFacts)
+    whole = get_type_hints(shape.SystemSection)
+    assert {**host, **machine, "public_ip": whole["public_ip"]} == whole
+
+
+def test_the_inventory_snapshots_are_the_report_sections() -> None:
+    assert get_type_hints(inventory_module.TypeCounts) == get_type_hints(shape.ConnectionsSection)
+    assert get_type_hints(inventory_module.PipelineCounts) == get_type_hints(
+        shape.PipelinesSection
+    )
+
+
+def test_no_diagnostics_is_valid_and_all_zero() -> None:
+    value = shape.no_diagnostics()
+    rule = schema.load()["properties"]["diagnostics"]
+    assert schema.errors(value, rule) == []
+    assert value["delivery"] == dict.fromkeys(get_type_hints(shape.Delivery), 0)
+    assert shape.no_diagnostics() is not value

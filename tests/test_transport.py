@@ -287,7 +287,11 @@ def test_a_trickling_server_is_cut_off_and_does_not_wedge_later_sends(serve: Ser
     sender = Transport(Settings(endpoint=server.url, geoip_url=""), clock=clock)
     for n in range(6):
         posting = Posting(sender, f"trickled-{n}", 5.0, NEVER)
-        assert server.wait_for(lambda s, n=n: len(s.requests) == n + 1, HANG)
+
+        def arrived(s: FaultServer, n: int = n) -> bool:
+            return len(s.requests) == n + 1
+
+        assert server.wait_for(arrived, HANG)
         clock.now += 5.0
         assert posting.result() == Answer(None, "deadline")
     assert server.wait_for(lambda s: len(s.hangups) == 6, HANG)

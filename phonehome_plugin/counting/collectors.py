@@ -15,6 +15,12 @@ by :func:`.privacy.section`: at most ``KEYS_MAX`` entries on each of its two
 levels, whatever ``collect()`` returned (a huge or self-referencing mapping).
 ``receivers()`` is read up to :data:`RECEIVERS_MAX` pairs: one that yields more
 (or never ends) fails its collector instead of holding up the host's startup.
+
+Types and checks. :meth:`Registry.register` is annotated with the contract's
+:class:`hookspecs.Collector`, for module authors and their type checkers; it
+still takes any object at run time and checks its shape itself (:func:`_check`,
+:func:`_receiver_pairs`), as it must with code it did not write. Inside, a
+registered collector is therefore only trusted as far as those checks went.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from hookspecs import Collector
 from phonehome_plugin.guard import privacy
 from phonehome_plugin.guard.bounded import describe, type_name
 
@@ -40,7 +47,7 @@ RECEIVERS_MAX = 64
 """``(signal, receiver)`` pairs one collector may connect (the contract has 13 signals)."""
 
 
-def _check(collector: Any) -> str:
+def _check(collector: object) -> str:
     name = getattr(collector, "name", None)
     if not isinstance(name, str) or not callable(getattr(collector, "collect", None)):
         raise TypeError(
@@ -62,18 +69,21 @@ class Registry:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self.collectors: dict[str, Any] = {}
+        self.collectors: dict[str, Collector] = {}
         self.errors: dict[str, str] = {}
         self._hung: dict[str, _Run] = {}  # name -> the runner whose call of it hangs
         self._connected: list[tuple[Any, Callable[..., None]]] = []
-        self._sender: Any = None
+        self._sender: object = None
 
     def after_fork(self) -> None:
         """Replace the lock a fork may have copied while another thread held it."""
         self._lock = threading.Lock()
 
-    def register(self, collector: Any) -> None:
-        """The ``register`` callable handed to the hook; raises TypeError/ValueError on misuse."""
+    def register(self, collector: Collector) -> None:
+        """The ``register`` callable handed to the hook; raises TypeError/ValueError on misuse.
+
+        ``collector`` is typed for the caller; the checks here do not rely on it.
+        """
         name = _check(collector)
         with self._lock:
             if name in self.collectors:
@@ -85,7 +95,7 @@ class Registry:
         if sender is not None:
             self._connect_one(name, collector, sender)
 
-    def connect(self, sender: Any) -> None:
+    def connect(self, sender: object) -> None:
         """Connect every collector's receivers (and those of collectors registered later)."""
         with self._lock:
             self._sender = sender
@@ -99,7 +109,7 @@ class Registry:
         for signal, receiver in pairs:
             signal.disconnect(receiver)  # from every sender: see receivers.disconnect_all
 
-    def _connect_one(self, name: str, collector: Any, sender: Any) -> None:
+    def _connect_one(self, name: str, collector: Collector, sender: object) -> None:
         try:
             pairs = list(_receiver_pairs(collector))
         except Exception as error:  # a third party's bug must not reach the host
@@ -125,7 +135,9 @@ class Registry:
             log.warning("phonehome: collector %s: %s; its section is left out", name, message)
         self.errors[name] = message
 
-    def collect_all(self, drops: privacy.DropCounter) -> tuple[dict[str, Any], dict[str, str]]:
+    def collect_all(
+        self, drops: privacy.DropCounter
+    ) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
         """Sections of every healthy collector, and an error per collector that failed.
 
         A collector whose receivers failed is left out (its counts missed what
@@ -139,7 +151,7 @@ class Registry:
             ]
         errors = {n: "collect() still running from an earlier report" for n in hung}
         errors.update(broken)
-        sections: dict[str, Any] = {}
+        sections: dict[str, dict[str, Any]] = {}
         for name, outcome in _run(todo, self._hung):
             if isinstance(outcome, BaseException):
                 errors[name] = _describe(outcome)
@@ -151,7 +163,7 @@ class Registry:
         return sections, errors
 
 
-def _receiver_pairs(collector: Any) -> Iterable[tuple[Any, Callable[..., None]]]:
+def _receiver_pairs(collector: object) -> Iterable[tuple[Any, Callable[..., None]]]:
     receivers = getattr(collector, "receivers", None)
     if receivers is None:
         return ()
@@ -193,7 +205,7 @@ class _Run:
         self.finished: set[str] = set()
 
 
-def _run(todo: list[tuple[str, Any]], hung: dict[str, _Run]) -> Iterable[tuple[str, Any]]:
+def _run(todo: list[tuple[str, Collector]], hung: dict[str, _Run]) -> Iterable[tuple[str, Any]]:
     """Call each ``collect()`` on a runner thread, abandoning one that overruns.
 
     After an overrun the rest go to a fresh runner; the abandoned one stops
@@ -227,7 +239,7 @@ def _run(todo: list[tuple[str, Any]], hung: dict[str, _Run]) -> Iterable[tuple[s
 
 
 def _runner(
-    todo: list[tuple[str, Any]],
+    todo: list[tuple[str, Collector]],
     results: queue.Queue[tuple[str, Any]],
     run: _Run,
     hung: dict[str, _Run],

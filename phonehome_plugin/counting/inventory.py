@@ -20,12 +20,27 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, TypedDict
 
 from phonehome_plugin.guard import privacy
 
 NODES_MAX = 10_000
 """Node types of one pipeline counted by type; any more count as ``other`` unread."""
+
+
+class TypeCounts(TypedDict):
+    """A :meth:`TypedEntities.snapshot`: the report's ``connections`` section."""
+
+    total: int
+    by_type: dict[str, int]
+
+
+class PipelineCounts(TypedDict):
+    """A :meth:`Pipelines.snapshot`: the report's ``pipelines`` section."""
+
+    total: int
+    enabled: int
+    nodes_by_type: dict[str, int]
 
 
 def entity_id(raw: Any) -> Hashable | None:
@@ -93,7 +108,7 @@ class TypedEntities(Entities):
         if not self.by_type[kind]:
             del self.by_type[kind]
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> TypeCounts:
         with self.lock:
             return {"total": len(self._items), "by_type": dict(sorted(self.by_type.items()))}
 
@@ -127,7 +142,7 @@ class Pipelines(Entities):
             if not self.nodes[kind]:
                 del self.nodes[kind]
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> PipelineCounts:
         with self.lock:
             return {
                 "total": len(self._items),

@@ -149,8 +149,9 @@ def _unknown(value: Any) -> str | None:
     return None if value is None else privacy.OTHER
 
 
-def connect_all(pairs: list[Pair], sender: Any) -> Iterator[Pair]:
-    """Connect each pair strongly for ``sender``; yields what was connected."""
+def connect_all(pairs: list[Pair], sender: object) -> Iterator[Pair]:
+    """Connect each pair strongly for ``sender`` (the host's ``app``: blinker needs
+    nothing of it but its identity); yields what was connected."""
     for signal, receiver in pairs:
         signal.connect(receiver, sender=sender, weak=False)
         yield signal, receiver

@@ -5,6 +5,16 @@ store, system facts, collector sections that passed the privacy guard); nothing
 is copied wholesale from what the host or a collector handed over. The shape is
 published as a JSON Schema (``report.schema.json``) and versioned by
 :data:`SCHEMA_VERSION`.
+
+The same shape as types: :class:`Report` and a ``TypedDict`` per section, so
+that mypy checks what :func:`build` puts where. ``tests/test_shape.py`` holds
+them equal to the schema (every object the schema describes with
+``properties``: the same keys, the same required keys, matching value types), so
+the types and the published schema cannot drift apart. The schema stays the
+check every report passes before it is stored (:mod:`.schema`); the types say
+nothing at run time. Typed loosely, as ``dict[str, Any]``, are only the parts the
+schema itself leaves open: a collector's section (its keys are the collector's)
+and the sources ``location`` is picked from.
 """
 
 from __future__ import annotations
@@ -12,17 +22,167 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final, Literal, TypeAlias, TypedDict
 
 from phonehome_plugin.counting.inventory import Inventory
-from phonehome_plugin.counting.tally import STATUSES
 from phonehome_plugin.guard import privacy
 
-SCHEMA_VERSION = 1
-TRIGGERS = ("startup", "first_user", "periodic")
+SCHEMA_VERSION: Final = 1
+Trigger: TypeAlias = Literal["startup", "first_user", "periodic"]
+TRIGGERS: tuple[Trigger, ...] = ("startup", "first_user", "periodic")
+Edition: TypeAlias = Literal["core", "foundation", "enterprise"]
+EDITIONS: tuple[Edition, ...] = ("core", "foundation", "enterprise")
+
+
+# The report's types: one TypedDict per object of report.schema.json ---------------------
+
+
+class SystemSection(TypedDict):
+    """``system``: the host's facts (:func:`.system.host_facts`), the machine's
+    (:func:`.system.machine_facts`) and the public IP from the location lookup."""
+
+    version: str | None
+    edition: Edition | None
+    os: str | None
+    os_release: str | None
+    arch: str | None
+    hostname: str | None
+    python: str | None
+    cpu_count: int
+    memory_mb: int
+    plugin_version: str | None
+    public_ip: str | None
+
+
+class LicenseSection(TypedDict):
+    id: str | None
+    status: Literal["trial", "active", "expired", "other"] | None
+
+
+class UsersSection(TypedDict):
+    total: int
+    first_email: str | None
+
+
+class LocationSection(TypedDict):
+    country: str | None
+    city: str | None
+    region: str | None
+    isp: str | None
+
+
+class ConnectionsSection(TypedDict):
+    total: int
+    by_type: dict[str, int]
+
+
+class PipelinesSection(TypedDict):
+    total: int
+    enabled: int
+    nodes_by_type: dict[str, int]
+
+
+class UnsSection(TypedDict):
+    topic_count: int | None
+    client_count: int | None
+    mqtt_mode: Literal["embedded", "external", "other"] | None
+    storage_mode: str | None
+
+
+class ByStatus(TypedDict):
+    """Executions by terminal status: the contract's four, and ``unknown``."""
+
+    completed: int
+    failed: int
+    completed_with_errors: int
+    cancelled: int
+    unknown: int
+
+
+class Summary(TypedDict):
+    """Totals of a set of executions: ``since_previous_report``, and the head of
+    :class:`ExecutionsSection`."""
+
+    total: int
+    success: int
+    failure: int
+    success_rate: float | None
+
+
+class ExecutionsSection(TypedDict):
+    total: int
+    success: int
+    failure: int
+    success_rate: float | None
+    by_status: ByStatus
+    since_previous_report: Summary
+    uptime_seconds: int
+
+
+class OtherSection(TypedDict):
+    organizations: int
+    data_models: int
+
+
+class Delivery(TypedDict):
+    """``diagnostics.delivery``: counts since the previous report."""
+
+    dropped: int
+    failed: int
+    retried: int
+    evicted: int
+    rejected: int
+
+
+class Diagnostics(TypedDict):
+    collector_errors: dict[str, str]
+    delivery: Delivery
+    privacy_dropped: dict[str, int]
+    suppressed_startups: int
+    invalid_reports: int
+
+
+CollectorSections: TypeAlias = dict[str, dict[str, Any]]
+"""``collectors``: each collector's section as :func:`.privacy.section` cleaned it."""
+
+
+class Report(TypedDict):
+    """One report, as :func:`build` makes it and ``report.schema.json`` publishes it."""
+
+    schema_version: Literal[1]
+    report_id: str
+    instance_id: str
+    sequence: int
+    trigger: Trigger
+    generated_at: str
+    system: SystemSection
+    license: LicenseSection
+    users: UsersSection
+    location: LocationSection
+    connections: ConnectionsSection
+    pipelines: PipelinesSection
+    uns: UnsSection
+    executions: ExecutionsSection
+    other: OtherSection
+    collectors: CollectorSections
+    diagnostics: Diagnostics
+
+
+def no_diagnostics() -> Diagnostics:
+    """Diagnostics of a telemetry that has nothing to tell: no error, every count zero."""
+    return {
+        "collector_errors": {},
+        "delivery": {"dropped": 0, "failed": 0, "retried": 0, "evicted": 0, "rejected": 0},
+        "privacy_dropped": {},
+        "suppressed_startups": 0,
+        "invalid_reports": 0,
+    }
+
+
+# Building -------------------------------------------------------------------------------
 
 
 def report_id(now: datetime) -> str:
@@ -45,24 +205,25 @@ class Inputs:
 
     instance_id: str
     sequence: int
-    trigger: str
+    trigger: Trigger
     now: datetime
     started_at: datetime
-    system: Mapping[str, Any]
+    system: SystemSection
     location: Mapping[str, Any]
     inventory: Inventory
     first_email: str | None
     executions: Mapping[str, int]
     executions_before: Mapping[str, int]
-    collectors: Mapping[str, Any] = field(default_factory=dict)
-    diagnostics: Mapping[str, Any] = field(default_factory=dict)
+    collectors: Mapping[str, dict[str, Any]] = field(default_factory=dict)
+    diagnostics: Diagnostics = field(default_factory=no_diagnostics)
     report_id: str = ""
     """The claim's report id; a new one when empty."""
 
 
-def build(inputs: Inputs) -> dict[str, Any]:
+def build(inputs: Inputs) -> Report:
     """The report as a JSON-ready dict (see the JSON Schema for each field)."""
     inv = inputs.inventory
+    located = inputs.location
     return {
         "schema_version": SCHEMA_VERSION,
         "report_id": inputs.report_id or report_id(inputs.now),
@@ -70,23 +231,31 @@ def build(inputs: Inputs) -> dict[str, Any]:
         "sequence": inputs.sequence,
         "trigger": inputs.trigger,
         "generated_at": iso(inputs.now),
-        "system": dict(inputs.system),
+        "system": {**inputs.system},
         "license": {"id": inv.license.get("id"), "status": inv.license.get("status")},
         "users": {"total": len(inv.users), "first_email": inputs.first_email},
-        "location": {k: inputs.location.get(k) for k in ("country", "city", "region", "isp")},
+        "location": {
+            "country": located.get("country"),
+            "city": located.get("city"),
+            "region": located.get("region"),
+            "isp": located.get("isp"),
+        },
         "connections": inv.connections.snapshot(),
         "pipelines": inv.pipelines.snapshot(),
         "uns": {
-            k: inv.uns.get(k) for k in ("topic_count", "client_count", "mqtt_mode", "storage_mode")
+            "topic_count": inv.uns.get("topic_count"),
+            "client_count": inv.uns.get("client_count"),
+            "mqtt_mode": inv.uns.get("mqtt_mode"),
+            "storage_mode": inv.uns.get("storage_mode"),
         },
         "executions": executions(inputs),
         "other": {"organizations": len(inv.organizations), "data_models": len(inv.data_models)},
         "collectors": dict(inputs.collectors),
-        "diagnostics": dict(inputs.diagnostics),
+        "diagnostics": {**inputs.diagnostics},
     }
 
 
-def executions(inputs: Inputs) -> dict[str, Any]:
+def executions(inputs: Inputs) -> ExecutionsSection:
     """Lifetime totals and the change since the previous report.
 
     ``success`` counts ``completed``; ``failure`` counts ``failed`` and
@@ -94,8 +263,12 @@ def executions(inputs: Inputs) -> dict[str, Any]:
     ``cancelled`` is neither, being an operator's choice rather than an
     outcome, and is left out of ``success_rate`` = success / (success + failure).
     """
-    totals = {status: inputs.executions.get(status, 0) for status in (*STATUSES, "unknown")}
-    since = {s: max(0, totals[s] - inputs.executions_before.get(s, 0)) for s in totals}
+    totals = by_status(lambda status: inputs.executions.get(status, 0))
+    since = by_status(
+        lambda status: max(
+            0, inputs.executions.get(status, 0) - inputs.executions_before.get(status, 0)
+        )
+    )
     return {
         **summary(totals),
         "by_status": totals,
@@ -104,34 +277,62 @@ def executions(inputs: Inputs) -> dict[str, Any]:
     }
 
 
-def summary(counts: Mapping[str, int]) -> dict[str, Any]:
+def by_status(count: Callable[[str], int]) -> ByStatus:
+    """``count(status)`` for each of :data:`.tally.STATUSES` and ``unknown``, in that order."""
+    return {
+        "completed": count("completed"),
+        "failed": count("failed"),
+        "completed_with_errors": count("completed_with_errors"),
+        "cancelled": count("cancelled"),
+        "unknown": count("unknown"),
+    }
+
+
+def status_counts(counts: ByStatus) -> dict[str, int]:
+    """``counts`` as a plain ``dict`` of status to count, in the same order."""
+    return {
+        "completed": counts["completed"],
+        "failed": counts["failed"],
+        "completed_with_errors": counts["completed_with_errors"],
+        "cancelled": counts["cancelled"],
+        "unknown": counts["unknown"],
+    }
+
+
+def summary(counts: ByStatus) -> Summary:
     success = counts["completed"]
     failure = counts["failed"] + counts["completed_with_errors"]
     decided = success + failure
     return {
-        "total": sum(counts.values()),
+        "total": sum(status_counts(counts).values()),
         "success": success,
         "failure": failure,
         "success_rate": round(success / decided, 6) if decided else None,
     }
 
 
-def apply_privacy(report: dict[str, Any], choices: Mapping[str, str], salt: bytes) -> None:
-    """Apply the ``privacy`` options (send, hash or omit) to the three identifying fields."""
-    places = {
-        "email": ("users", "first_email"),
-        "hostname": ("system", "hostname"),
-        "public_ip": ("system", "public_ip"),
-    }
-    for option, (section, key) in places.items():
-        value = report[section].get(key)
-        if value is None or choices.get(option, "send") == "send":
-            continue
-        report[section][key] = (
-            None if choices[option] == "omit" else privacy.pseudonym(value, salt)
-        )
+def apply_privacy(report: Report, choices: Mapping[str, str], salt: bytes) -> None:
+    """Apply the ``privacy`` options (send, hash or omit) to the three identifying fields.
+
+    A field that is missing or None is left as it is, whatever the option.
+    """
+    users, system = report["users"], report["system"]
+    email = users.get("first_email")
+    if email is not None and choices.get("email", "send") != "send":
+        users["first_email"] = _private(email, choices["email"], salt)
+    hostname = system.get("hostname")
+    if hostname is not None and choices.get("hostname", "send") != "send":
+        system["hostname"] = _private(hostname, choices["hostname"], salt)
+    public_ip = system.get("public_ip")
+    if public_ip is not None and choices.get("public_ip", "send") != "send":
+        system["public_ip"] = _private(public_ip, choices["public_ip"], salt)
 
 
-def encode(report: Mapping[str, Any]) -> bytes:
+def _private(value: str, choice: str, salt: bytes) -> str | None:
+    """What ``hash`` or ``omit`` makes of an identifying value."""
+    return None if choice == "omit" else privacy.pseudonym(value, salt)
+
+
+def encode(report: Report | Mapping[str, Any]) -> bytes:
     """The exact bytes POSTed (before any gzip): compact, key order as built."""
     return json.dumps(report, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()

@@ -8,13 +8,34 @@ from __future__ import annotations
 
 import platform
 import socket
-from typing import Any
+from typing import TypedDict
 
 from phonehome_plugin import __version__
 from phonehome_plugin.guard import privacy
+from phonehome_plugin.reports.shape import EDITIONS, Edition
 
 
-def machine_facts() -> dict[str, Any]:
+class MachineFacts(TypedDict):
+    """The machine's part of the report's ``system`` section."""
+
+    os: str | None
+    os_release: str | None
+    arch: str | None
+    hostname: str | None
+    python: str | None
+    cpu_count: int
+    memory_mb: int
+    plugin_version: str | None
+
+
+class HostFacts(TypedDict):
+    """The host's part of the report's ``system`` section."""
+
+    version: str | None
+    edition: Edition | None
+
+
+def machine_facts() -> MachineFacts:
     """OS, architecture, hostname and sizes of this machine."""
     import psutil  # deferred: it costs milliseconds to import
 
@@ -30,9 +51,13 @@ def machine_facts() -> dict[str, Any]:
     }
 
 
-def host_facts(version: Any, edition: Any) -> dict[str, Any]:
-    """MaestroHub's version and edition, as far as they are well formed."""
+def host_facts(version: object, edition: object) -> HostFacts:
+    """MaestroHub's version and edition, as far as they are well formed.
+
+    Typed ``object``: the host's ``app`` promises ``str`` for both, but a value the
+    plugin did not make is checked, not trusted.
+    """
     return {
         "version": privacy.identifier(str(version)) if version else None,
-        "edition": edition if edition in ("core", "foundation", "enterprise") else None,
+        "edition": next((known for known in EDITIONS if known == edition), None),
     }

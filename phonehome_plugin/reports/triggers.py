@@ -23,6 +23,8 @@ from phonehome_plugin.counting.inventory import Inventory
 from phonehome_plugin.counting.tally import ExecutionTally
 from phonehome_plugin.guard import privacy
 from phonehome_plugin.reports import location, schedule, schema, shape
+from phonehome_plugin.reports.shape import Diagnostics, Report, Trigger
+from phonehome_plugin.reports.system import HostFacts, MachineFacts
 from phonehome_plugin.state.outbox import Entry, Outbox
 from phonehome_plugin.state.store import (
     UPSERT_KV,
@@ -43,7 +45,6 @@ EXEC_REPORTED = "exec_reported."
 LAST_SLOT = "periodic.last_slot"
 STARTUPS = "startup.recent"
 FIRST_USER = "first_user"
-DELIVERY_COUNTS = ("dropped", "failed", "retried", "evicted", "rejected")
 
 
 @dataclass
@@ -56,20 +57,20 @@ class Reporter:
     inventory: Inventory
     tally: ExecutionTally
     registry: Registry
-    host: dict[str, Any]
+    host: HostFacts
     started_at: datetime
-    machine: Callable[[], dict[str, Any]]
+    machine: Callable[[], MachineFacts]
     drops: privacy.DropCounter = field(default_factory=privacy.DropCounter)
     owner: str = field(default_factory=lambda: f"{os.getpid()}-{uuid.uuid4().hex[:8]}")
     instance_id: str = ""
 
     def __post_init__(self) -> None:
         self.instance_id = self.store.instance_id()
-        self._machine: dict[str, Any] | None = None
+        self._machine: MachineFacts | None = None
 
     # Triggers ------------------------------------------------------------------
 
-    def startup(self, now: datetime) -> dict[str, Any] | None:
+    def startup(self, now: datetime) -> Report | None:
         """The startup report of this host start, unless another process made it."""
         key = self._startup_key()
         report_id = self._claim(key, now)
@@ -114,7 +115,7 @@ class Reporter:
         earliest = self._earliest_user()
         return self.store.is_done(FIRST_USER) or (earliest is not None and earliest < user)
 
-    def first_user(self, user: tuple[datetime, str], now: datetime) -> dict[str, Any] | None:
+    def first_user(self, user: tuple[datetime, str], now: datetime) -> Report | None:
         """The first-user report, if ``user`` (created_at, email) is the installation's first.
 
         Users are ordered by creation time, then email, so that two processes
@@ -129,7 +130,7 @@ class Reporter:
             return None
         return self._build_and_store(FIRST_USER, "first_user", now, report_id)
 
-    def periodic(self, now: datetime) -> dict[str, Any] | None:
+    def periodic(self, now: datetime) -> Report | None:
         """The periodic report of the current slot, when it is due."""
         last = int(self.store.setdefault(LAST_SLOT, lambda: str(self._current_slot(now))))
         slot = schedule.periodic_slot(
@@ -183,8 +184,8 @@ class Reporter:
         return datetime.fromisoformat(at).astimezone(UTC), str(email)
 
     def build(
-        self, trigger: str, now: datetime, sequence: int = 0, report_id: str = ""
-    ) -> dict[str, Any]:
+        self, trigger: Trigger, now: datetime, sequence: int = 0, report_id: str = ""
+    ) -> Report:
         """A complete report for ``trigger``; neither stored nor counted as sent.
         ``report_id`` is the claim's (a new one when empty)."""
         self.fold()
@@ -215,11 +216,11 @@ class Reporter:
     def _build_and_store(
         self,
         key: str,
-        trigger: str,
+        trigger: Trigger,
         now: datetime,
         report_id: str,
         then: Callable[[Conn], object] | None = None,
-    ) -> dict[str, Any] | None:
+    ) -> Report | None:
         """Settle the claimed trigger ``key``: build its report (outside any
         transaction: the build may wait on a lookup or a collector), check it against
         the schema, then in one transaction with the claim's end (:meth:`Store.settle`)
@@ -254,8 +255,8 @@ class Reporter:
             self.outbox.put_in(c, entry, now.timestamp())
             # What was reported is no longer news: the counts that rode along are taken.
             take_counters(c, EXEC_REPORTED)
-            by_status = built["executions"]["by_status"]
-            add_counters(c, {EXEC_REPORTED + s: n for s, n in by_status.items()})
+            reported = shape.status_counts(built["executions"]["by_status"])
+            add_counters(c, {EXEC_REPORTED + s: n for s, n in reported.items()})
             add_counters(c, _carried(built["diagnostics"]))
             if then is not None:
                 then(c)
@@ -263,12 +264,18 @@ class Reporter:
         settled, _ = self.store.settle(key, self.owner, stored)
         return built if settled else None
 
-    def _diagnostics(self, errors: dict[str, str]) -> dict[str, Any]:
+    def _diagnostics(self, errors: dict[str, str]) -> Diagnostics:
         self.store.add({f"privacy.{reason}": n for reason, n in self.drops.take().items()})
         delivery = self.store.counters("delivery.")
         return {
             "collector_errors": errors,
-            "delivery": {k: delivery.get(k, 0) for k in DELIVERY_COUNTS},
+            "delivery": {
+                "dropped": delivery.get("dropped", 0),
+                "failed": delivery.get("failed", 0),
+                "retried": delivery.get("retried", 0),
+                "evicted": delivery.get("evicted", 0),
+                "rejected": delivery.get("rejected", 0),
+            },
             "privacy_dropped": {k: n for k, n in self.store.counters("privacy.").items() if n},
             "suppressed_startups": self.store.counters("startup.").get("suppressed", 0),
             "invalid_reports": self.store.counters("schema.").get("invalid", 0),
@@ -279,7 +286,7 @@ class Reporter:
             return dict(location.EMPTY)
         return location.lookup(self.settings.geoip_url, self.store, now.timestamp())
 
-    def _machine_facts(self) -> dict[str, Any]:
+    def _machine_facts(self) -> MachineFacts:
         if self._machine is None:
             self._machine = self.machine()
         return self._machine
@@ -293,10 +300,17 @@ def _recent(raw: str | None, now: float) -> list[float]:
     return [t for t in json.loads(raw or "[]") if now - t < 3600]
 
 
-def _carried(diagnostics: dict[str, Any]) -> dict[str, int]:
+def _carried(diagnostics: Diagnostics) -> dict[str, int]:
     """The stored report carries these counts now: subtract exactly what it carries,
     so that anything counted meanwhile (by this or another process) rides next time."""
-    taken = {f"delivery.{k}": -n for k, n in diagnostics["delivery"].items()}
+    delivery = diagnostics["delivery"]
+    taken = {
+        "delivery.dropped": -delivery["dropped"],
+        "delivery.failed": -delivery["failed"],
+        "delivery.retried": -delivery["retried"],
+        "delivery.evicted": -delivery["evicted"],
+        "delivery.rejected": -delivery["rejected"],
+    }
     taken.update({f"privacy.{k}": -n for k, n in diagnostics["privacy_dropped"].items()})
     taken["startup.suppressed"] = -diagnostics["suppressed_startups"]
     taken["schema.invalid"] = -diagnostics["invalid_reports"]

@@ -22,7 +22,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from hookspecs import hookimpl, signals
+from hookspecs import Collector, hookimpl, signals
 
 NAME = "acme.historian"
 
@@ -63,6 +63,6 @@ class HistorianCollector:
 
 
 @hookimpl(optionalhook=True)
-def phonehome_register_collectors(register: Callable[[Any], None]) -> None:
+def phonehome_register_collectors(register: Callable[[Collector], None]) -> None:
     """Give phonehome a fresh collector; called once per host start while telemetry is on."""
     register(HistorianCollector())
