@@ -483,8 +483,12 @@ def connect(target: str, uri: bool = False) -> sqlite3.Connection:
     try:
         conn.execute("PRAGMA busy_timeout=0")
         conn.execute("PRAGMA synchronous=NORMAL")  # loads the schema: may find the file busy
-    except BaseException:
-        close_quietly(conn)
+    except BaseException as error:
+        # A busy file: this connection is of no more use. Any other failure is left
+        # open to the caller's recovery, because closing a connection to a corrupt
+        # file makes SQLite delete that file's -wal, which must move aside with it.
+        if busy(error):
+            close_quietly(conn)
         raise
     return conn
 
