@@ -19,12 +19,19 @@ from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
 from phonehome_plugin.reports import schedule
+from phonehome_plugin.state.backends import open_store
 from phonehome_plugin.testing.simclock import SimClock
 from phonehome_plugin.testing.simhost import SimHost
 
 START = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
 NEXT_SLOT = 3600 + schedule.MAX_JITTER
 """A tick this far ahead always passes the next periodic slot's start and jitter."""
+INSTANCE_ID = "00000000-0000-4000-8000-000000000001"
+"""An installation id for tests that count periodic reports over a stretch of host time.
+The id sets where in each hour the slots start and how long each report waits after its
+slot's start (:mod:`phonehome_plugin.reports.schedule`), so with a random id (a new one
+per run) how many reports fall in a window depends on the run. This one's slots start
+44 minutes into the hour, far from :data:`START` and from any 10-minute tick."""
 GEOIP = {
     "status": "success",
     "query": "203.0.113.7",
@@ -139,6 +146,15 @@ def phonehome_config(endpoint: Endpoint, **extra: Any) -> dict[str, Any]:
             "phonehome": {"endpoint": endpoint.url, "geoip_url": endpoint.geoip_url, **extra}
         }
     }
+
+
+def pin_instance(data_dir: Path, instance_id: str = INSTANCE_ID) -> None:
+    """Make ``data_dir`` the state of an installation known as ``instance_id``."""
+    store = open_store(data_dir)
+    try:
+        store.set("instance_id", instance_id)
+    finally:
+        store.close()
 
 
 def make_host(config: dict[str, Any], data_dir: Path) -> SimHost:
