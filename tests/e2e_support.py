@@ -169,9 +169,9 @@ def _shut_down_hosts(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     started: list[SimHost] = []
     real_start = SimHost.start
 
-    def start(self: SimHost) -> Any:
+    def start(self: SimHost, **kwargs: Any) -> Any:
         started.append(self)
-        return real_start(self)
+        return real_start(self, **kwargs)
 
     monkeypatch.setattr(SimHost, "start", start)
     yield
