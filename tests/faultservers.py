@@ -14,8 +14,8 @@ ends.
 - :class:`Proxy`: an HTTP proxy (``CONNECT`` tunnels and absolute-form
   forwarding) that counts what it carried and refuses any non-loopback target.
 - :func:`make_tls`: a trustme CA and a server certificate for 127.0.0.1/localhost.
-- :class:`Host`: a MaestroHub host made of a real ``pluggy.PluginManager`` that
-  loads the installed entry points, timing every hook call it makes.
+- :class:`Host`: the simulated host (:class:`~phonehome_plugin.testing.simhost.SimHost`)
+  loading the installed entry points, ticked at given times, timing every hook call.
 """
 
 from __future__ import annotations
@@ -36,16 +36,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Self
 
-import pluggy
 import trustme
 
-import hookspecs.host
 import hookspecs.phonehome
-from hookspecs import signals
+from hookspecs import hookimpl
 from phonehome_plugin import plugin
 from phonehome_plugin.config import switch
 from phonehome_plugin.delivery.retry import RetryPolicy
 from phonehome_plugin.runtime import Runtime
+from phonehome_plugin.testing.simclock import SimClock
+from phonehome_plugin.testing.simhost import SimApp, SimHost, SimState
 
 HEAD_LIMIT = 64 * 1024
 IO_TIMEOUT = 5.0
@@ -594,19 +594,6 @@ def make_tls(directory: Path) -> Tls:
 START = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
 
 
-@dataclass(eq=False)
-class App:
-    """The host object of contract section 3."""
-
-    version: str
-    edition: str
-    config: Mapping[str, Any]
-    config_path: Path | None
-    data_dir: Path
-    started_at: datetime
-    plugin_manager: pluggy.PluginManager
-
-
 @dataclass
 class Timings:
     """CPU time of the host's thread in every hook call the host made, in seconds.
@@ -625,14 +612,39 @@ class Timings:
         """Ticks that used ``budget`` seconds of CPU or more."""
         return [t for t in self.ticks if t >= budget]
 
+    def observe(self, hook: str, wall: float, cpu: float) -> None:
+        """A :class:`SimHost` ``hook_observer``: keeps the CPU time of each call."""
+        kept = {"on_startup": self.startup, "on_tick": self.ticks, "on_shutdown": self.shutdown}
+        if hook in kept:
+            kept[hook].append(cpu)
+
+
+class _RuntimeWithPolicy:
+    """Builds the runtime with ``policy`` and registers it, first in ``on_startup``,
+    as :func:`phonehome_plugin.plugin._start` would build it (which then finds it)."""
+
+    def __init__(self, policy: RetryPolicy) -> None:
+        self.policy = policy
+
+    @hookimpl(tryfirst=True)
+    def on_startup(self, app: Any) -> None:
+        decision = switch.resolve(app.config)
+        assert decision.on and decision.settings is not None, decision.reason
+        pm = app.plugin_manager
+        pm.add_hookspecs(hookspecs.phonehome)
+        runtime = Runtime(app, decision.settings, policy=self.policy)
+        pm.register(runtime, name=plugin.RUNTIME_NAME)
+        runtime.start()
+
 
 class Host:
-    """A MaestroHub host start, as contract section 1 orders it, on an injected clock.
+    """A MaestroHub host start (:class:`SimHost`, plugins from the installed entry points)
+    ticked at given times, timing every hook call in CPU seconds (:class:`Timings`).
 
     :param section: ``modules.phonehome`` of config.yaml.
-    :param policy: when given, the runtime is built with it and registered before
-        ``on_startup`` (as :func:`phonehome_plugin.plugin._start` would build it),
-        so that in-series waits stay short in tests.
+    :param policy: when given, the runtime is built with it and registered before the
+        plugin's ``on_startup`` runs, so that in-series waits stay short in tests.
+    :param users: the users module's inventory, synced at start.
     """
 
     def __init__(
@@ -643,23 +655,27 @@ class Host:
         policy: RetryPolicy | None = None,
         users: Sequence[Mapping[str, Any]] = (),
     ) -> None:
-        self.pm = pluggy.PluginManager("maestrohub")
-        self.pm.add_hookspecs(hookspecs.host)
-        self.pm.load_setuptools_entrypoints("maestrohub")
-        self.app = App(
-            version="2.3.0",
-            edition="enterprise",
-            config={"modules": {"phonehome": dict(section)}},
-            config_path=None,
-            data_dir=data_dir,
-            started_at=started_at,
-            plugin_manager=self.pm,
-        )
-        self.policy = policy
-        self.users = list(users)
+        state = SimState()
+        state.modules["users"] = {str(user["id"]): dict(user) for user in users}
         self.timings = Timings()
-        self.now = started_at
-        self._stopped = False
+        self.sim = SimHost(
+            {"modules": {"phonehome": dict(section)}},
+            data_dir,
+            clock=SimClock(started_at),
+            started_at=started_at,
+            extra_plugins=() if policy is None else (_RuntimeWithPolicy(policy),),
+            state=state,
+            hook_observer=self.timings.observe,
+        )
+        self.pm = self.sim.plugin_manager
+
+    @property
+    def app(self) -> SimApp:
+        return self.sim.app
+
+    @property
+    def now(self) -> datetime:
+        return self.sim.clock.now()
 
     @property
     def runtime(self) -> Runtime:
@@ -668,36 +684,16 @@ class Host:
         return runtime
 
     def start(self) -> None:
-        began = time.thread_time()
-        if self.policy is not None:
-            decision = switch.resolve(self.app.config)
-            assert decision.on and decision.settings is not None, decision.reason
-            self.pm.add_hookspecs(hookspecs.phonehome)
-            runtime = Runtime(self.app, decision.settings, policy=self.policy)
-            self.pm.register(runtime, name=plugin.RUNTIME_NAME)
-            runtime.start()
-        self.pm.hook.on_startup.call_historic(kwargs={"app": self.app})
-        self.timings.startup.append(time.thread_time() - began)
-        for module in ("users", "connections", "pipelines", "organizations", "data_models"):
-            items = self.users if module == "users" else []
-            signals.inventory_synced.send(self.app, module=module, items=list(items))
+        self.sim.start()
 
     def tick(self, now: datetime, idle: float = 10.0) -> None:
-        """One ``on_tick`` (timed), then wait until the worker handled it."""
-        self.now = now
-        began = time.thread_time()
-        self.pm.hook.on_tick(app=self.app, now=now)
-        self.timings.ticks.append(time.thread_time() - began)
+        """One ``on_tick`` at ``now`` (timed), then wait until the worker handled it."""
+        self.sim.tick_at(now)
         if idle:
             assert self.runtime.worker.wait_idle(idle), "worker still busy"
 
     def shutdown(self) -> None:
-        if self._stopped:
-            return
-        self._stopped = True
-        began = time.thread_time()
-        self.pm.hook.on_shutdown(app=self.app)
-        self.timings.shutdown.append(time.thread_time() - began)
+        self.sim.shutdown()
 
 
 @contextlib.contextmanager
