@@ -46,8 +46,9 @@ def off_rows(quick: bool) -> tuple[list[Row], dict[str, Any]]:
     sig = signals.execution_finished
     untouched = not any(s.receivers for s in signals.ALL)
     off = Host({"modules": {"phonehome": {"enabled": False}}})
-    bare = Host({}, load_plugin=False)
+    bare = Host({}, load_plugin=False)  # no plugin at all: only the app, as sender
     off.start()
+    bare.start()
     connected = [s.name for s in signals.ALL if s.has_receivers_for(off.app)]
     registered = off.runtime is not None
     samples = measure.interleave(
@@ -102,6 +103,7 @@ def event_rows(quick: bool) -> tuple[list[Row], list[measure.Peak], dict[str, An
     host.tick()  # the first tick opens the worker's store, as in a real host
     host.idle()
     trivial = Host({}, load_plugin=False)
+    trivial.start()
     pairs = _trivial_receivers(trivial.app)
 
     prom = Counter("executions", "Executions finished", ["status"], registry=CollectorRegistry())

@@ -4,7 +4,8 @@ Only the contract is used: a real ``pluggy.PluginManager("maestrohub")`` with
 ``hookspecs.host``, the plugin loaded from its entry point, ``on_startup`` called
 historic, every module's ``inventory-synced``, then ``on_tick`` on the host's
 clock. The plugin's runtime is reached as ``pm.get_plugin("phonehome-runtime")``.
-This module imports nothing from ``phonehome_plugin`` itself.
+The host is the project's simulated one (:mod:`phonehome_plugin.testing.simhost`);
+the bench imports nothing else of ``phonehome_plugin``.
 """
 
 from __future__ import annotations
@@ -12,16 +13,15 @@ from __future__ import annotations
 import random
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import pluggy
-
-import hookspecs.host
-from hookspecs import hookimpl, signals
+from hookspecs import PROJECT_NAME, hookimpl
+from phonehome_plugin.testing.simclock import SimClock
+from phonehome_plugin.testing.simhost import SimApp, SimHost
 
 RUNTIME = "phonehome-runtime"
 STATUSES = ("completed", "failed", "completed_with_errors", "cancelled")
@@ -56,19 +56,6 @@ NODE_TYPES = (
     "notify.slack",
     "ai.predict",
 )
-
-
-@dataclass(eq=False)
-class App:
-    """The host object of section 3 of the contract (hashable by identity, weakly referable)."""
-
-    version: str
-    edition: str
-    config: Mapping[str, Any]
-    config_path: Path | None
-    data_dir: Path
-    started_at: datetime
-    plugin_manager: pluggy.PluginManager
 
 
 def phonehome_config(endpoint: str, **extra: Any) -> dict[str, Any]:
@@ -224,35 +211,51 @@ class CollectorsPlugin:
 # The host -------------------------------------------------------------------------------
 
 
-@dataclass
 class Host:
-    """One host start: plugin manager, app, data directory, and the host's clock ``now``."""
+    """One host start: the simulated host (``SimHost``) in a temporary data directory,
+    ticked at the time ``now`` says, its steps taken one at a time (``start()`` calls
+    ``on_startup`` only; ``sync()`` sends an inventory), so each is measured alone.
 
-    config: Mapping[str, Any]
-    edition: str = "enterprise"
-    load_plugin: bool = True
-    plugins: list[object] = field(default_factory=list)
-    started_at: datetime = field(default_factory=lambda: datetime.now(UTC).replace(microsecond=0))
+    ``plugins`` are registered before the entry points are loaded (when
+    ``load_plugin``); ``pm`` exists from construction, ``app`` from ``start()`` on.
+    """
 
-    def __post_init__(self) -> None:
+    def __init__(
+        self,
+        config: Mapping[str, Any],
+        edition: str = "enterprise",
+        load_plugin: bool = True,
+        plugins: Sequence[object] = (),
+        started_at: datetime | None = None,
+    ) -> None:
+        self.started_at = started_at or datetime.now(UTC).replace(microsecond=0)
         self.data_dir = Path(tempfile.mkdtemp(prefix="phonehome-bench-"))
-        self.pm = pluggy.PluginManager("maestrohub")
-        self.pm.add_hookspecs(hookspecs.host)
-        for plugin in self.plugins:
-            self.pm.register(plugin)
-        if self.load_plugin:
-            self.pm.load_setuptools_entrypoints("maestrohub")
-        self.app = App(
-            version="2.3.0",
-            edition=self.edition,
-            config=self.config,
-            config_path=None,
-            data_dir=self.data_dir,
+        self.sim = SimHost(
+            config,
+            self.data_dir,
+            clock=SimClock(self.started_at),
+            edition=edition,
+            load_entrypoints=False,
             started_at=self.started_at,
-            plugin_manager=self.pm,
         )
-        self.now = self.started_at
-        self._shut = False
+        self.pm = self.sim.plugin_manager
+        for plugin in plugins:
+            self.pm.register(plugin)
+        if load_plugin:
+            self.pm.load_setuptools_entrypoints(PROJECT_NAME)
+
+    @property
+    def app(self) -> SimApp:
+        return self.sim.app
+
+    @property
+    def now(self) -> datetime:
+        """The host's clock; setting it moves the clock on (never back)."""
+        return self.sim.clock.now()
+
+    @now.setter
+    def now(self, when: datetime) -> None:
+        self.sim.clock.advance_to(when)
 
     @property
     def runtime(self) -> Any:
@@ -260,19 +263,22 @@ class Host:
         return self.pm.get_plugin(RUNTIME)
 
     def start(self) -> None:
-        self.pm.hook.on_startup.call_historic(kwargs={"app": self.app})
+        """``on_startup`` (historic), nothing else: ``sync()`` is measured on its own."""
+        self.sim.start(sync=False)
 
     def sync(self, inventory: Inventory) -> None:
         """What every module emits after ``on_startup``: its full state, UNS and license."""
+        state = self.sim.state
         for module, items in inventory.modules.items():
-            signals.inventory_synced.send(self.app, module=module, items=items)
-        signals.uns_state_changed.send(self.app, **inventory.uns)
-        signals.license_changed.send(self.app, **inventory.license)
+            state.modules[module] = {str(item["id"]): item for item in items}
+        state.uns.update(inventory.uns)
+        state.license.update(inventory.license)
+        self.sim.sync()
 
     def tick(self, now: datetime | None = None) -> None:
         if now is not None:
             self.now = now
-        self.pm.hook.on_tick(app=self.app, now=self.now)
+        self.sim.tick()
 
     def idle(self, timeout: float = 30.0) -> bool:
         """Wait until the worker has handled every note it was given.
@@ -294,9 +300,7 @@ class Host:
         self.idle(timeout)
 
     def shutdown(self) -> None:
-        if not self._shut:
-            self._shut = True
-            self.pm.hook.on_shutdown(app=self.app)
+        self.sim.shutdown()
 
     def close(self) -> None:
         self.shutdown()

@@ -1,30 +1,36 @@
-"""Shared parts of the end-to-end tests: a recording endpoint, a third-party
-distribution installed as real metadata, and helpers to drive a simulated host."""
+"""Shared parts of the end-to-end tests: a recording endpoint (the project's fault
+server), a third-party distribution installed as real metadata, and helpers to drive a
+simulated host."""
 
 from __future__ import annotations
 
-import gzip
 import json
 import sys
 import textwrap
 import threading
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from pytest_httpserver import HTTPServer
-from werkzeug import Request, Response
+from requests.structures import CaseInsensitiveDict
 
 from phonehome_plugin.reports import schedule
+from phonehome_plugin.state.backends import open_store
+from phonehome_plugin.testing.faults import FaultServer, Reply, Seen
 from phonehome_plugin.testing.simclock import SimClock
 from phonehome_plugin.testing.simhost import SimHost
 
 START = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
 NEXT_SLOT = 3600 + schedule.MAX_JITTER
 """A tick this far ahead always passes the next periodic slot's start and jitter."""
+INSTANCE_ID = "00000000-0000-4000-8000-000000000001"
+"""An installation id for tests that count periodic reports over a stretch of host time.
+The id sets where in each hour the slots start and how long each report waits after its
+slot's start (:mod:`phonehome_plugin.reports.schedule`), so with a random id (a new one
+per run) how many reports fall in a window depends on the run. This one's slots start
+44 minutes into the hour, far from :data:`START` and from any 10-minute tick."""
 GEOIP = {
     "status": "success",
     "query": "203.0.113.7",
@@ -35,24 +41,26 @@ GEOIP = {
 }
 
 
-@dataclass
 class Endpoint:
-    """Everything the loopback endpoint received, decoded, in arrival order."""
+    """A loopback telemetry endpoint and GeoIP service (the project's fault server):
+    every report POST answered with ``status``, recorded decoded in arrival order."""
 
-    server: HTTPServer
-    bodies: list[bytes] = field(default_factory=list)
-    headers: list[dict[str, str]] = field(default_factory=list)
-    status: int = 202
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    def __init__(self) -> None:
+        self.bodies: list[bytes] = []
+        self.headers: list[Mapping[str, str]] = []
+        """Each report's headers, names in any case."""
+        self.status = 202
+        self.lock = threading.Lock()
+        self.server = FaultServer(then=self._answer, geoip=GEOIP, on_request=self._record)
 
-    def handle(self, request: Request) -> Response:
-        raw = request.get_data()
-        if request.headers.get("Content-Encoding") == "gzip":
-            raw = gzip.decompress(raw)
-        with self.lock:
-            self.bodies.append(raw)
-            self.headers.append(dict(request.headers))
-        return Response(status=self.status)
+    def _answer(self) -> Reply:
+        return Reply(self.status)
+
+    def _record(self, seen: Seen) -> None:
+        if seen.method == "POST":
+            with self.lock:
+                self.bodies.append(seen.body)
+                self.headers.append(CaseInsensitiveDict(seen.headers))
 
     @property
     def reports(self) -> list[dict[str, Any]]:
@@ -64,19 +72,18 @@ class Endpoint:
 
     @property
     def url(self) -> str:
-        return self.server.url_for("/v1/reports")
+        return self.server.url
 
     @property
     def geoip_url(self) -> str:
-        return self.server.url_for("/geoip")
+        return self.server.geoip_url
 
 
 @pytest.fixture
-def endpoint(httpserver: HTTPServer) -> Endpoint:
-    box = Endpoint(httpserver)
-    httpserver.expect_request("/v1/reports", method="POST").respond_with_handler(box.handle)
-    httpserver.expect_request("/geoip", method="GET").respond_with_json(GEOIP)
-    return box
+def endpoint() -> Iterator[Endpoint]:
+    box = Endpoint()
+    with box.server:
+        yield box
 
 
 COLLECTOR_MODULE = '''
@@ -141,6 +148,15 @@ def phonehome_config(endpoint: Endpoint, **extra: Any) -> dict[str, Any]:
     }
 
 
+def pin_instance(data_dir: Path, instance_id: str = INSTANCE_ID) -> None:
+    """Make ``data_dir`` the state of an installation known as ``instance_id``."""
+    store = open_store(data_dir)
+    try:
+        store.set("instance_id", instance_id)
+    finally:
+        store.close()
+
+
 def make_host(config: dict[str, Any], data_dir: Path) -> SimHost:
     """A host on a clock starting at :data:`START`."""
     return SimHost(config, data_dir, clock=SimClock(START))
@@ -153,9 +169,9 @@ def _shut_down_hosts(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     started: list[SimHost] = []
     real_start = SimHost.start
 
-    def start(self: SimHost) -> Any:
+    def start(self: SimHost, **kwargs: Any) -> Any:
         started.append(self)
-        return real_start(self)
+        return real_start(self, **kwargs)
 
     monkeypatch.setattr(SimHost, "start", start)
     yield

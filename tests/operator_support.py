@@ -1,12 +1,11 @@
 """Shared parts of the operator-control tests (switches and modes, the ``phonehome``
-command, the read-only store, the privacy pipeline): a loopback server that counts
-the connections it accepts, readers of every byte in a data dir and of the state
-as the command reads it, and a host driven through a short life."""
+command, the read-only store, the privacy pipeline): a loopback server (the project's
+fault server) that records what reached it and counts the connections it accepts,
+readers of every byte in a data dir and of the state as the command reads it, and a
+host driven through a short life."""
 
 from __future__ import annotations
 
-import gzip
-import json
 import subprocess
 import sys
 import threading
@@ -14,9 +13,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from socket import socket
 from typing import Any
 
 import pytest
@@ -27,103 +24,76 @@ from phonehome_plugin.config.settings import OutboxLimits
 from phonehome_plugin.state.backends import open_store
 from phonehome_plugin.state.outbox import Outbox
 from phonehome_plugin.state.store import Store
+from phonehome_plugin.testing.faults import FaultServer, Reply, Seen
 from phonehome_plugin.testing.simclock import SimClock
 from phonehome_plugin.testing.simhost import SimHost
-
-REPORTS_PATH = "/v1/reports"
-GEOIP_PATH = "/geoip"
 
 
 @dataclass
 class Traffic:
-    """What reached the counting server, in order; ``events`` is shared with log watchers."""
+    """What reached the counting server, in order; ``events`` is shared with log watchers.
 
-    accepted: int = 0
+    ``status`` (and ``Retry-After``, for a status of 300 or more) answers every report
+    POST from the next one on; ``geoip`` every GeoIP lookup. ``headers`` have
+    lower-case names.
+    """
+
+    server: FaultServer = field(repr=False)
     bodies: list[bytes] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
-    geoip_requests: int = 0
     events: list[str] = field(default_factory=list)
     status: int = 202
     retry_after: str | None = None
     geoip: dict[str, Any] = field(default_factory=lambda: dict(GEOIP))
     lock: threading.Lock = field(default_factory=threading.Lock)
 
+    @property
+    def accepted(self) -> int:
+        """Connections accepted, whether or not a request followed on them."""
+        return self.server.connections
+
+    @property
+    def geoip_requests(self) -> int:
+        return self.server.geoip_requests
+
     def note(self, event: str) -> None:
         with self.lock:
             self.events.append(event)
 
+    def record(self, seen: Seen) -> None:
+        """The server's ``on_request``: every request in the event list, in order, and
+        every report's body (decoded) and headers."""
+        self.note(f"{seen.method} {seen.target}")
+        if seen.method != "GET":
+            with self.lock:
+                self.bodies.append(seen.body)
+                self.headers.append(dict(seen.headers))
 
-class _Handler(BaseHTTPRequestHandler):
-    server: CountingServer
-
-    def do_POST(self) -> None:
-        traffic = self.server.traffic
-        raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        if self.headers.get("Content-Encoding") == "gzip":
-            raw = gzip.decompress(raw)
-        traffic.note(f"POST {self.path}")
-        with traffic.lock:
-            traffic.bodies.append(raw)
-            traffic.headers.append(dict(self.headers))
-            status, retry_after = traffic.status, traffic.retry_after
-        self.send_response(status)
-        if retry_after is not None and status >= 300:
-            self.send_header("Retry-After", retry_after)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def do_GET(self) -> None:
-        traffic = self.server.traffic
-        traffic.note(f"GET {self.path}")
-        with traffic.lock:
-            traffic.geoip_requests += 1
-            body = json.dumps(traffic.geoip).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
+    def answer(self) -> Reply:
+        """The server's ``then``: what the test set, at the time of the request."""
+        with self.lock:
+            status, retry_after = self.status, self.retry_after
+        late = {"Retry-After": retry_after} if retry_after is not None and status >= 300 else {}
+        return Reply(status, late)
 
 
-class CountingServer(ThreadingHTTPServer):
-    """A telemetry endpoint and GeoIP service on 127.0.0.1 that counts every accepted
-    connection, whether or not a request follows on it."""
-
-    daemon_threads = True
+class CountingServer(FaultServer):
+    """A telemetry endpoint and GeoIP service on 127.0.0.1 (the project's fault server)
+    that answers as ``traffic`` says and records what reached it there."""
 
     def __init__(self) -> None:
-        self.traffic = Traffic()
-        super().__init__(("127.0.0.1", 0), _Handler)
-
-    def get_request(self) -> tuple[socket, Any]:
-        accepted = super().get_request()
-        with self.traffic.lock:
-            self.traffic.accepted += 1
-        return accepted
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}{REPORTS_PATH}"
-
-    @property
-    def geoip_url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}{GEOIP_PATH}"
+        self.traffic = Traffic(self)
+        super().__init__(
+            then=self.traffic.answer,
+            geoip=lambda: self.traffic.geoip,
+            on_request=self.traffic.record,
+        )
 
 
 @pytest.fixture
 def counting_server() -> Iterator[CountingServer]:
-    server = CountingServer()
-    thread = threading.Thread(
-        target=server.serve_forever, args=(0.01,), name="counting-server", daemon=True
-    )
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-    thread.join(5)
+    with CountingServer() as server:
+        yield server
 
 
 def phonehome_section(server: CountingServer, **extra: Any) -> dict[str, Any]:

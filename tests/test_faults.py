@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from e2e_support import pin_instance
 from faultservers import (
     START,
     Behaviour,
@@ -284,15 +285,6 @@ a random id the day's 24th periodic report fell due after the day's end for abou
 id in 40 (24 of 25 waiting). This one's slots start 38 minutes into the hour."""
 
 
-def install(data_dir: Path, instance_id: str) -> None:
-    """Make ``data_dir`` the state of an installation known as ``instance_id``."""
-    store = open_store(data_dir)
-    try:
-        store.set("instance_id", instance_id)
-    finally:
-        store.close()
-
-
 def periodic_due_within(instance_id: str, start: datetime, end: datetime) -> int:
     """How many periodic reports of ``instance_id`` fall due in (start, end]."""
     interval = 3600.0
@@ -307,7 +299,7 @@ def test_a_day_long_503_storm_costs_one_probe_per_interval_and_loses_nothing(
 ) -> None:
     end = START + timedelta(days=1)
     assert periodic_due_within(STORM_ID, START, end) == 24, "the storm's premise"
-    install(tmp_path / "data", STORM_ID)
+    pin_instance(tmp_path / "data", STORM_ID)
     server = servers(then=Reply(503))
     # Every answer comes at once: a series ends after max_attempts, never by its
     # wall-clock deadline, however slowly the machine runs.

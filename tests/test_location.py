@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import gzip
 import json
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from faultservers import Endless, FaultServer, Linger
-from pytest_httpserver import HTTPServer
-from werkzeug import Request, Response
+from faultservers import Behaviour, Endless, FaultServer, Linger, Silent
 
 from phonehome_plugin.reports import location
 from phonehome_plugin.state.backends import open_store
@@ -35,9 +32,13 @@ def store(tmp_path: Path) -> Iterator[Store]:
     opened.close()
 
 
-def test_success_fills_every_field(httpserver: HTTPServer, store: Store) -> None:
-    httpserver.expect_request("/json").respond_with_json(ANSWER)
-    found = location.lookup(httpserver.url_for("/json"), store, NOW)
+def _json(value: object) -> bytes:
+    return json.dumps(value).encode()
+
+
+def test_success_fills_every_field(store: Store) -> None:
+    with FaultServer(geoip=ANSWER) as server:
+        found = location.lookup(server.geoip_url, store, NOW)
     assert found == {
         "public_ip": "198.51.100.4",
         "country": "Japan",
@@ -47,35 +48,35 @@ def test_success_fills_every_field(httpserver: HTTPServer, store: Store) -> None
     }
 
 
-def test_cached_for_a_day_of_host_clock(httpserver: HTTPServer, store: Store) -> None:
-    httpserver.expect_request("/json").respond_with_json(ANSWER)
-    url = httpserver.url_for("/json")
-    location.lookup(url, store, NOW)
-    location.lookup(url, store, NOW + 86_000)
-    assert len(httpserver.log) == 1
-    location.lookup(url, store, NOW + 86_401)
-    assert len(httpserver.log) == 2
+def test_cached_for_a_day_of_host_clock(store: Store) -> None:
+    with FaultServer(geoip=ANSWER) as server:
+        url = server.geoip_url
+        location.lookup(url, store, NOW)
+        location.lookup(url, store, NOW + 86_000)
+        assert server.geoip_requests == 1
+        location.lookup(url, store, NOW + 86_401)
+        assert server.geoip_requests == 2
 
 
-def test_empty_url_means_no_request(httpserver: HTTPServer, store: Store) -> None:
-    assert location.lookup("", store, NOW) == location.EMPTY
-    assert httpserver.log == []
+def test_empty_url_means_no_request(store: Store) -> None:
+    with FaultServer(geoip=ANSWER) as server:
+        assert location.lookup("", store, NOW) == location.EMPTY
+        assert server.connections == 0
 
 
 @pytest.mark.parametrize(
-    "respond",
+    "answer",
     [
-        lambda s: s.respond_with_json({"status": "fail", "message": "private range"}),
-        lambda s: s.respond_with_data("<html>captive portal</html>", content_type="text/html"),
-        lambda s: s.respond_with_data("oops", status=500),
-        lambda s: s.respond_with_json(["not", "an", "object"]),
+        Linger(200, _json({"status": "fail", "message": "private range"})),
+        Linger(200, b"<html>captive portal</html>", headers={"Content-Type": "text/html"}),
+        Linger(500, b"oops", headers={"Content-Type": "text/plain; charset=utf-8"}),
+        Linger(200, _json(["not", "an", "object"])),
     ],
+    ids=["fail", "captive-portal", "500", "not-an-object"],
 )
-def test_failures_leave_the_fields_empty(
-    httpserver: HTTPServer, store: Store, respond: object
-) -> None:
-    respond(httpserver.expect_request("/json"))  # type: ignore[operator]
-    assert location.lookup(httpserver.url_for("/json"), store, NOW) == location.EMPTY
+def test_failures_leave_the_fields_empty(store: Store, answer: Behaviour) -> None:
+    with FaultServer(then=answer) as server:
+        assert location.lookup(server.geoip_url, store, NOW) == location.EMPTY
 
 
 def test_a_refused_connection_leaves_the_fields_empty(store: Store) -> None:
@@ -83,25 +84,17 @@ def test_a_refused_connection_leaves_the_fields_empty(store: Store) -> None:
 
 
 def test_a_hung_service_is_given_up_on_at_the_timeout(
-    httpserver: HTTPServer, store: Store, monkeypatch: pytest.MonkeyPatch
+    store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(location, "TIMEOUT", (0.3, 0.3))
-    release = threading.Event()
-
-    def stall(request: Request) -> Response:
-        # Held until the lookup is over; a client that waited for this answer would
-        # report a location, so an empty one proves it gave up first.
-        release.wait(30)
-        return Response(json.dumps(ANSWER), content_type="application/json")
-
-    httpserver.expect_request("/json").respond_with_handler(stall)
-    try:
-        assert location.lookup(httpserver.url_for("/json"), store, NOW) == location.EMPTY
-    finally:
-        release.set()
+    # The service reads the request and never answers: a lookup that returns at all
+    # gave up at its timeout.
+    with FaultServer(then=Silent()) as server:
+        assert location.lookup(server.geoip_url, store, NOW) == location.EMPTY
+        assert server.wait_for(lambda s: len(s.requests) == 1), "the request was made"
 
 
-def test_odd_values_are_dropped_field_by_field(httpserver: HTTPServer, store: Store) -> None:
+def test_odd_values_are_dropped_field_by_field(store: Store) -> None:
     hostile = {
         **ANSWER,
         "query": "not an ip",
@@ -109,8 +102,8 @@ def test_odd_values_are_dropped_field_by_field(httpserver: HTTPServer, store: St
         "isp": "x" * 500,
         "regionName": "line\nbreak",
     }
-    httpserver.expect_request("/json").respond_with_json(hostile)
-    found = location.lookup(httpserver.url_for("/json"), store, NOW)
+    with FaultServer(geoip=hostile) as server:
+        found = location.lookup(server.geoip_url, store, NOW)
     assert found == {
         "public_ip": None,
         "country": "Japan",
@@ -143,30 +136,23 @@ def test_an_endless_answer_is_a_failure_cut_off_at_the_limit(store: Store, chunk
         assert server.endings == ["reset"], "hung up on, the rest left unread"
 
 
-def test_an_answer_one_byte_over_the_limit_is_a_failure(
-    httpserver: HTTPServer, store: Store
-) -> None:
+def test_an_answer_one_byte_over_the_limit_is_a_failure(store: Store) -> None:
     padded = json.dumps({**ANSWER, "pad": ""})
     body = json.dumps({**ANSWER, "pad": "x" * (location.ANSWER_LIMIT + 1 - len(padded))})
     assert len(body) == location.ANSWER_LIMIT + 1
-    httpserver.expect_request("/json").respond_with_data(body, content_type="application/json")
-    assert location.lookup(httpserver.url_for("/json"), store, NOW) == location.EMPTY
+    with FaultServer(then=Linger(200, body.encode())) as server:
+        assert location.lookup(server.geoip_url, store, NOW) == location.EMPTY
 
 
-def test_an_answer_at_the_limit_is_read(httpserver: HTTPServer, store: Store) -> None:
+def test_an_answer_at_the_limit_is_read(store: Store) -> None:
     padded = json.dumps({**ANSWER, "pad": ""})
     body = json.dumps({**ANSWER, "pad": "x" * (location.ANSWER_LIMIT - len(padded))})
     assert len(body) == location.ANSWER_LIMIT
-    httpserver.expect_request("/json").respond_with_data(body, content_type="application/json")
-    assert location.lookup(httpserver.url_for("/json"), store, NOW)["city"] == "Osaka"
+    with FaultServer(then=Linger(200, body.encode())) as server:
+        assert location.lookup(server.geoip_url, store, NOW)["city"] == "Osaka"
 
 
-def test_a_compressed_answer_sent_anyway_is_a_failure(
-    httpserver: HTTPServer, store: Store
-) -> None:
-    httpserver.expect_request("/json").respond_with_data(
-        gzip.compress(json.dumps(ANSWER).encode()),
-        content_type="application/json",
-        headers={"Content-Encoding": "gzip"},
-    )
-    assert location.lookup(httpserver.url_for("/json"), store, NOW) == location.EMPTY
+def test_a_compressed_answer_sent_anyway_is_a_failure(store: Store) -> None:
+    compressed = gzip.compress(_json(ANSWER))
+    with FaultServer(then=Linger(200, compressed, headers={"Content-Encoding": "gzip"})) as server:
+        assert location.lookup(server.geoip_url, store, NOW) == location.EMPTY

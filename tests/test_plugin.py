@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -16,19 +15,14 @@ import hookspecs.host
 from hookspecs import hookimpl
 from phonehome_plugin import plugin
 from phonehome_plugin.runtime import Runtime
+from phonehome_plugin.testing.simhost import SimApp
 
 STARTED = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 
 
-@dataclass(eq=False)
-class App:
-    config: Any
-    data_dir: Path
-    plugin_manager: pluggy.PluginManager
-    version: str = "2.3.0"
-    edition: str = "core"
-    config_path: Path | None = None
-    started_at: datetime = STARTED
+def app_of(config: Any, data_dir: Path, pm: pluggy.PluginManager) -> SimApp:
+    """The host's ``app`` (the simulated host's), on ``pm``, without a host around it."""
+    return SimApp("2.3.0", "core", config, None, data_dir, STARTED, pm)
 
 
 @pytest.fixture
@@ -38,7 +32,7 @@ def pm() -> pluggy.PluginManager:
     return manager
 
 
-def _start(pm: pluggy.PluginManager, app: App) -> Runtime | None:
+def _start(pm: pluggy.PluginManager, app: SimApp) -> Runtime | None:
     pm.hook.on_startup.call_historic(kwargs={"app": app})
     runtime = pm.get_plugin(plugin.RUNTIME_NAME)
     return runtime if isinstance(runtime, Runtime) else None
@@ -65,7 +59,7 @@ def test_the_module_keeps_no_state(pm: pluggy.PluginManager, tmp_path: Path) -> 
     ]
     assert mutable == []
     pm.register(plugin)
-    app = App(_on(tmp_path), tmp_path, pm)
+    app = app_of(_on(tmp_path), tmp_path, pm)
     assert _start(pm, app) is not None
     pm.hook.on_shutdown(app=app)
     assert dict(vars(plugin)) == before, "starting changed the module's namespace"
@@ -75,7 +69,7 @@ def test_on_starts_one_runtime_even_when_called_twice(
     pm: pluggy.PluginManager, tmp_path: Path
 ) -> None:
     pm.register(plugin)
-    app = App(_on(tmp_path), tmp_path, pm)
+    app = app_of(_on(tmp_path), tmp_path, pm)
     runtime = _start(pm, app)
     assert runtime is not None
     plugin.on_startup(app=app)
@@ -88,7 +82,7 @@ def test_off_registers_nothing_but_still_owns_the_collector_hook(
 ) -> None:
     pm.register(plugin)
     config = {"modules": {"phonehome": {"enabled": False}}}
-    assert _start(pm, App(config, tmp_path, pm)) is None
+    assert _start(pm, app_of(config, tmp_path, pm)) is None
     assert pm.hook.phonehome_register_collectors.spec is not None
 
 
@@ -96,7 +90,7 @@ def test_a_late_third_party_plugin_still_registers_its_collectors(
     pm: pluggy.PluginManager, tmp_path: Path
 ) -> None:
     pm.register(plugin)
-    app = App(_on(tmp_path), tmp_path, pm)
+    app = app_of(_on(tmp_path), tmp_path, pm)
     runtime = _start(pm, app)
     assert runtime is not None
 
@@ -126,7 +120,7 @@ def test_a_bad_registration_is_the_third_party_s_error_not_the_host_s(
 
     pm.register(Nameless())
     pm.register(plugin)
-    app = App(_on(tmp_path), tmp_path, pm)
+    app = app_of(_on(tmp_path), tmp_path, pm)
     runtime = _start(pm, app)
     assert runtime is not None and runtime.registry.collectors == {}
     assert any("failed to register" in r.getMessage() for r in caplog.records)
@@ -149,7 +143,7 @@ def test_on_startup_never_raises(
     breakage: dict[str, Any],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    app = App(_on(tmp_path), tmp_path, pm)
+    app = app_of(_on(tmp_path), tmp_path, pm)
     for key, value in breakage.items():
         setattr(app, key, value)
     plugin.on_startup(app=app)

@@ -38,3 +38,15 @@ def test_the_clock_is_aware_utc_and_never_goes_back() -> None:
     with pytest.raises(ValueError, match="backwards"):
         berlin.advance(-1)
     assert berlin.now() == START
+
+
+def test_advance_to_moves_forward_to_a_time_never_back() -> None:
+    clock = SimClock(START)
+    assert clock.advance_to(START) == START
+    later = clock.advance_to(START.astimezone(timezone(timedelta(hours=1))) + timedelta(hours=2))
+    assert later == START + timedelta(hours=2) and later.tzinfo is UTC
+    with pytest.raises(ValueError, match="backwards"):
+        clock.advance_to(START)
+    with pytest.raises(ValueError, match="aware"):
+        clock.advance_to(datetime(2026, 3, 2, 12, 0))
+    assert clock.now() == START + timedelta(hours=2)

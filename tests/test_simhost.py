@@ -4,6 +4,7 @@ receivers on every signal of ``hookspecs.signals``."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections import Counter
 from collections.abc import Callable
@@ -480,3 +481,28 @@ def test_a_hook_that_raises_propagates_out_of_the_host(
     if hook == "on_shutdown":
         assert not host.running
         host.shutdown()  # once: not called again
+
+
+def test_the_steps_one_at_a_time(
+    hosts: Callable[..., SimHost], recorder: Recorder, tmp_path: Path
+) -> None:
+    """The plugin manager before the start, on_startup without the sync, the sync on its
+    own, a tick at a given time, and every hook call seen by the observer."""
+    seen: list[tuple[str, float, float]] = []
+    host = hosts(hook_observer=lambda hook, wall, cpu: seen.append((hook, wall, cpu)))
+    early = Recorder()
+    host.plugin_manager.register(early)
+    host.save_connection("mqtt")
+    app = host.start(sync=False)
+    assert app.plugin_manager is host.plugin_manager
+    assert recorder.names() == [] and [e.name for e in early.events] == ["on_startup"]
+    host.sync()
+    assert recorder.names()[:1] == ["inventory-synced:users"]
+    assert recorder.synced()["connections"][0]["type"] == "mqtt"
+    assert host.tick_at(START + timedelta(hours=1)) == START + timedelta(hours=1)
+    assert early.events[-1].kwargs["now"] == START + timedelta(hours=1)
+    host.shutdown()
+    assert [hook for hook, _, _ in seen] == ["on_startup", "on_tick", "on_shutdown"]
+    assert all(wall >= 0 and cpu >= 0 for _, wall, cpu in seen)
+    twin = dataclasses.replace(app)
+    assert twin != app and len({app, twin}) == 2, "an app is equal only to itself"

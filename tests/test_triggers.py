@@ -35,6 +35,36 @@ def test_first_email_outlives_the_first_user(endpoint: Endpoint, tmp_path: Path)
     host.shutdown()
 
 
+def test_an_earlier_user_learned_of_later_becomes_the_first_email(
+    endpoint: Endpoint, tmp_path: Path
+) -> None:
+    """The first email is the earliest-created user ever known, not the first one heard
+    of: a user created before the stored one and learned of only at a later sync (here
+    restored into the installation while the host was down) replaces it."""
+    host = make_host(phonehome_config(endpoint, geoip_url=""), tmp_path)
+    host.start()
+    tick(host)
+    heard_first = host.create_user("later@example.com")
+    settle(host)
+    assert endpoint.reports[-1]["users"]["first_email"] == "later@example.com"
+    later = host.restart()
+    earlier = heard_first["created_at"] - timedelta(days=30)
+    later.state.modules["users"]["usr-restored"] = {
+        "id": "usr-restored",
+        "email": "earlier@example.com",
+        "created_at": earlier,
+    }
+    later.start()  # the users module syncs both
+    tick(later)
+    first_start, second_start = endpoint.by_trigger("startup")
+    assert first_start["users"] == {"total": 0, "first_email": None}
+    assert second_start["users"] == {"total": 2, "first_email": "earlier@example.com"}
+    tick(later, NEXT_SLOT)
+    assert endpoint.reports[-1]["users"]["first_email"] == "earlier@example.com"
+    assert len(endpoint.by_trigger("first_user")) == 1  # the first-user report stays one
+    later.shutdown()
+
+
 def test_since_previous_report_counts_only_what_is_new(endpoint: Endpoint, tmp_path: Path) -> None:
     host = make_host(phonehome_config(endpoint, geoip_url=""), tmp_path)
     host.start()

@@ -5,6 +5,8 @@ project's tests and benchmarks, and the demo.
   the caller drives (:mod:`.simclock`), speaking MaestroHub's vocabulary
   (:mod:`.vocabulary`); :mod:`.activity` drives it plausibly;
 - :mod:`.endpoint`: a telemetry endpoint and GeoIP service on 127.0.0.1;
+  :mod:`.faults`, its fault-injecting sibling: servers that hang, reset, trickle or
+  hang up by script, and a proxy;
 - :mod:`.loopback`: ``socket.connect`` for loopback only, the guard that keeps a
   test on the machine;
 - :mod:`.demo`: the whole life of a host, printed; :mod:`.examples`: a third-party

@@ -34,3 +34,13 @@ class SimClock:
         with self._lock:
             self._now += timedelta(seconds=seconds)
             return self._now
+
+    def advance_to(self, when: datetime) -> datetime:
+        """Move forward to ``when`` (aware; not before now: the clock never goes back)."""
+        if when.utcoffset() is None:
+            raise ValueError("SimClock needs an aware datetime")
+        with self._lock:
+            if when < self._now:
+                raise ValueError("the host clock never goes backwards")
+            self._now = when.astimezone(UTC)
+            return self._now

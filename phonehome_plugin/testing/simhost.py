@@ -23,6 +23,13 @@ Where the contract is silent:
   reports and the data dir for it.
 - Changes while the host is not running (before ``start()``, after ``shutdown()``)
   change the state only. Deletes of unknown ids are still sent, to exercise idempotency.
+- The app is equal only to itself (and hashable), as a host's one object is.
+
+A test or benchmark that needs the steps one by one has them: ``plugin_manager``
+exists from construction (register plugins on it, or load entry points at a moment
+of its choosing), ``start(sync=False)`` stops after ``on_startup`` and ``sync()``
+sends the modules' state; ``tick_at()`` ticks at a given time; ``hook_observer``
+sees the wall and CPU time of every hook call.
 """
 
 from __future__ import annotations
@@ -58,7 +65,7 @@ MODULES = ("users", "connections", "pipelines", "organizations", "data_models")
 """The modules that emit ``inventory-synced``, in the order ``start()`` syncs them."""
 
 
-@dataclass
+@dataclass(eq=False)
 class SimApp:
     """The ``app`` passed to every hook and as every signal's sender (``hookspecs.App``)."""
 
@@ -101,6 +108,9 @@ class SimHost:
     ``extra_plugins`` are registered after the entry points (loaded when
     ``load_entrypoints``) and before ``on_startup``. ``started_at`` defaults to the
     clock's time at construction. ``state`` is used by reference (see ``restart()``).
+    ``hook_observer``, when given, is called after every hook call the host makes
+    with the hook's name, its wall seconds and the CPU seconds of the calling thread
+    (what the hook cost the host's thread, whatever else the machine does).
 
     The ``save_*``/``delete_*``/``set_*`` methods change the state and, while the host
     runs, send the matching signal.
@@ -119,6 +129,7 @@ class SimHost:
         load_entrypoints: bool = True,
         config_path: Path | None = None,
         state: SimState | None = None,
+        hook_observer: Callable[[str, float, float], None] | None = None,
     ) -> None:
         self.config, self.data_dir, self.config_path = config, Path(data_dir), config_path
         self.clock = clock or SimClock()
@@ -128,6 +139,10 @@ class SimHost:
         if self.started_at.utcoffset() is None:
             raise ValueError("started_at must be aware")
         self.state = state or SimState()
+        self.hook_observer = hook_observer
+        self.plugin_manager = pluggy.PluginManager(PROJECT_NAME)
+        """The host's plugin manager, with the host's hooks; ``start()`` loads the plugins."""
+        self.plugin_manager.add_hookspecs(hookspecs.host)
         self.signals_sent: Counter[str] = Counter()
         """Signals sent by this start, by signal name."""
         self.hook_seconds: dict[str, float] = {}
@@ -148,12 +163,14 @@ class SimHost:
         """Executions emitted over the installation's life (across restarts), by status."""
         return self.state.executions
 
-    def start(self) -> SimApp:
-        """Discover plugins, call ``on_startup``, then sync every module (contract 1.1-1.4)."""
+    def start(self, *, sync: bool = True) -> SimApp:
+        """Discover plugins, call ``on_startup``, then sync every module (contract 1.1-1.4).
+
+        ``sync=False`` stops after ``on_startup``; ``sync()`` then sends the modules' state.
+        """
         if self._app is not None:
             raise RuntimeError("a SimHost starts once; restart() makes the next start")
-        pm = pluggy.PluginManager(PROJECT_NAME)
-        pm.add_hookspecs(hookspecs.host)
+        pm = self.plugin_manager
         if self.load_entrypoints:
             pm.load_setuptools_entrypoints(PROJECT_NAME)
         for plugin in self.extra_plugins:
@@ -169,12 +186,19 @@ class SimHost:
         )
         self._app, self.running = app, True
         self._call("on_startup", lambda: pm.hook.on_startup.call_historic(kwargs={"app": app}))
+        if sync:
+            self.sync()
+        return app
+
+    def sync(self) -> None:
+        """What every module sends after ``on_startup``: ``inventory-synced`` with its full
+        state, then the UNS state and the license (contract 1.4). Needs a running host."""
+        self._require_running()
         for module in MODULES:
             items = [dict(record) for record in self.state.modules[module].values()]
             self._emit(signals.inventory_synced, module=module, items=items)
         self._emit(signals.uns_state_changed, **self.state.uns)
         self._emit(signals.license_changed, **self.state.license)
-        return app
 
     def tick(self, seconds: float | None = None) -> datetime:
         """Advance the clock by ``seconds`` (if given), call ``on_tick``; returns its ``now``."""
@@ -182,6 +206,12 @@ class SimHost:
         now = self.clock.advance(seconds) if seconds else self.clock.now()
         self._call("on_tick", lambda: self.app.plugin_manager.hook.on_tick(app=self.app, now=now))
         return now
+
+    def tick_at(self, now: datetime) -> datetime:
+        """Move the clock to ``now`` (never back), call ``on_tick``; returns ``now``."""
+        self._require_running()
+        self.clock.advance_to(now)
+        return self.tick()
 
     def run_for(self, seconds: float, step: float = 10.0) -> int:
         """Tick every ``step`` seconds of host time until ``seconds`` passed; returns ticks."""
@@ -223,6 +253,7 @@ class SimHost:
             load_entrypoints=self.load_entrypoints,
             config_path=self.config_path,
             state=copy.deepcopy(self.state),
+            hook_observer=self.hook_observer,
         )
 
     def create_user(self, email: str | None = None) -> dict[str, Any]:
@@ -351,9 +382,11 @@ class SimHost:
             self.signals_sent[signal.name] += 1
 
     def _call(self, hook: str, call: Callable[[], object]) -> None:
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.thread_time()
         try:
             call()
         finally:
             elapsed = time.perf_counter() - started
             self.hook_seconds[hook] = max(elapsed, self.hook_seconds.get(hook, 0.0))
+            if self.hook_observer is not None:
+                self.hook_observer(hook, elapsed, time.thread_time() - cpu)
