@@ -1,14 +1,58 @@
 """Cutting off an abandoned POST: the sockets of one exchange, shut down from another thread.
 
 A POST runs on its own thread inside ``with exchange:``; every connection that
-:func:`adapter` makes on that thread meanwhile (to the endpoint, or to an HTTP proxy)
-is tracked by that :class:`Exchange` as soon as it is connected.
-:meth:`Exchange.abandon`, called from any thread, shuts down every such socket,
-including one connected after the call, so a blocked TLS handshake, send or read
-fails at once and the thread ends instead of trickling on. A thread still
-resolving or connecting has no socket to shut yet: it meets the shutdown as soon
-as it connects. Leaving the block finishes the exchange: its duplicate
-descriptors are closed and a later ``abandon`` does nothing.
+:func:`adapter` creates on that thread meanwhile (to the endpoint, or to an HTTP
+proxy) belongs to that :class:`Exchange`. :meth:`Exchange.abandon`, called from any
+thread, shuts down the socket of each, including one that connects after the call,
+so a blocked send or read, or a CONNECT to a proxy that never answers, fails at
+once and the thread ends instead of trickling on. Leaving the block finishes the
+exchange: its duplicate descriptors are closed and a later ``abandon`` does nothing.
+
+Public API only, in both supported majors of urllib3 (1.26.8 and later, and 2.x) and
+in ``requests`` from 2.28 on (``tests/test_cutoff.py`` checks that no underscore name
+of either is used):
+
+- ``requests.adapters.HTTPAdapter``: ``max_retries``, and the overridable
+  ``init_poolmanager`` and ``proxy_manager_for`` that build the pool managers.
+- ``PoolManager.pool_classes_by_scheme``: the pool class per scheme. An
+  attribute without an underscore that urllib3 sets on each instance so that it can
+  be replaced; the one name used here that the reference pages do not list.
+- ``HTTPConnectionPool.ConnectionCls`` and ``HTTPSConnectionPool.ConnectionCls``:
+  the connection class a pool creates (documented class attributes).
+- ``HTTPConnection`` and ``HTTPSConnection`` from ``urllib3.connection``:
+  the constructor, ``connect()`` (called on every new connection, directly or by
+  ``http.client``'s auto-open, before anything is sent on it), ``close()`` and
+  ``sock`` (``http.client``'s socket of the connection, or None).
+
+Why that is enough:
+
+- When ``connect()`` returns, ``sock`` is the connected socket (TLS, if any,
+  wrapped around it). The connection hands a duplicate of its descriptor to the
+  exchange there: shutdown acts on the socket, so the duplicate cuts every later
+  send and read, also one on a response that outlives ``close()``, without touching
+  the ``ssl.SSLSocket`` object the POST's thread is using.
+- A connection abandoned before ``connect()`` starts does not connect at all; one
+  abandoned while it connects is shut as soon as ``connect()`` returns, before the
+  request is sent.
+- While ``connect()`` runs, ``sock`` holds the plain TCP socket during a CONNECT to
+  a proxy (urllib3 1.26 and 2.x alike) and, in 2.x, from the TCP connect on, so
+  ``abandon`` shuts that too. ``close()`` holds the exchange's lock, so ``abandon``
+  never shuts a descriptor that was closed (and perhaps reused) under it.
+
+Not used: ``socket_options`` (urllib3 applies them to each new socket, but never
+hands the socket to them), ``sock`` as the only handle (``http.client`` closes the
+connection on ``Connection: close`` while the response reads on, and TLS replaces
+the socket), ``HTTPResponse.shutdown()`` (urllib3 2.3 on, and only once a response
+exists), an own ``ssl_context`` whose ``wrap_socket`` would see the socket before the
+handshake (the trust store would then be this module's to load, not requests': some
+requests releases load none into a context they are given).
+
+The one gap: a TLS handshake under way when the exchange is abandoned. No public
+API hands out the socket in the middle of it (urllib3 1.26 sets ``sock`` only once
+the handshake is done, and ``ssl`` detaches the plain socket it wraps), so the
+handshake runs on until it ends or fails, each wait bounded by the connect
+timeout, and then meets the shutdown when ``connect()`` returns: the request is
+never sent. The same holds, trivially, for a resolver or TCP connect under way.
 
 The adapter also switches off urllib3's own retries and redirects.
 """
@@ -22,20 +66,26 @@ import threading
 from types import TracebackType
 from typing import Any
 
-__all__ = ["Exchange", "adapter"]
+__all__ = ["AbandonedError", "Exchange", "adapter"]
+
+
+class AbandonedError(ConnectionAbortedError):
+    """A connection of an exchange that was abandoned before it began to connect."""
 
 
 class Exchange:
-    """The sockets of one POST, so that an abandoned POST can be cut off."""
+    """The connections and sockets of one POST, so that an abandoned POST can be cut off."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._sockets: list[socket.socket] = []
+        self._connecting: list[Any] = []
         self._abandoned = False
         self._finished = False
 
     def __enter__(self) -> Exchange:
-        """Track the sockets the adapter opens on this thread until the block ends."""
+        """Make the connections the adapter creates on this thread, until the block ends,
+        belong to this exchange."""
         _current.exchange = self
         return self
 
@@ -49,8 +99,11 @@ class Exchange:
         self.finish()
 
     def track(self, sock: socket.socket) -> None:
-        # A duplicate descriptor of the same socket: shutdown acts on the socket, and
-        # the duplicate stays valid when TLS takes over (and detaches) the original.
+        """Shut ``sock`` down when the exchange is abandoned (at once if it already is).
+
+        Keeps a duplicate descriptor: shutdown acts on the socket, and the duplicate
+        stays valid whoever closes, wraps or detaches ``sock`` itself.
+        """
         try:
             dup = socket.fromfd(sock.fileno(), sock.family, sock.type)
         except OSError:
@@ -60,37 +113,70 @@ class Exchange:
                 dup.close()
                 return
             self._sockets.append(dup)
-            cut = self._abandoned
-        if cut:
-            _shut(dup)
+            if self._abandoned:
+                _shut(dup)
+
+    def connecting(self, connection: Any) -> None:
+        """``connection`` is about to connect: until :meth:`connected`, ``abandon`` shuts
+        its ``sock`` as far as it is set. Raises :class:`AbandonedError` when the exchange
+        already is, so that nothing connects."""
+        with self._lock:
+            if self._abandoned and not self._finished:
+                raise AbandonedError("the exchange was abandoned")
+            if not self._finished:
+                self._connecting.append(connection)
+
+    def connected(self, connection: Any) -> None:
+        """``connection.connect()`` has returned (or failed): its socket, if any, is tracked."""
+        with self._lock, contextlib.suppress(ValueError):
+            self._connecting.remove(connection)
+        sock = connection.sock
+        if sock is not None:
+            self.track(sock)
+
+    def closing(self) -> threading.Lock:
+        """The lock a connection holds while it closes, so that ``abandon`` never shuts a
+        descriptor closed (and perhaps reused) at the same time."""
+        return self._lock
 
     def abandon(self) -> None:
-        """Shut down the exchange's sockets, now and as they are opened, unless it is finished."""
+        """Shut down the exchange's sockets, now and as they connect, unless it is finished."""
         with self._lock:
             self._abandoned = True
-            sockets = [] if self._finished else list(self._sockets)
-        for sock in sockets:
-            _shut(sock)
+            if self._finished:
+                return
+            for dup in self._sockets:
+                _shut(dup)
+            for connection in self._connecting:
+                # The plain socket while connecting, or None: a shutdown of a socket
+                # that TLS has detached fails harmlessly (that handshake is the gap).
+                sock = connection.sock
+                if sock is not None:
+                    _shut(sock)
 
     def finish(self) -> None:
         """Close the duplicates (the sockets themselves stay open); ``abandon`` is then a no-op."""
         with self._lock:
             self._finished = True
             sockets, self._sockets = self._sockets, []
-        for sock in sockets:
-            sock.close()
+            self._connecting = []
+            for sock in sockets:
+                sock.close()
 
 
 _current = threading.local()
 
 
 def _shut(sock: socket.socket) -> None:
+    # socket.socket's own shutdown, also for an ssl.SSLSocket: that one's would drop
+    # its TLS state under the thread that is using it. Shutdown never blocks.
     with contextlib.suppress(OSError):
-        sock.shutdown(socket.SHUT_RDWR)
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
 def adapter() -> Any:
-    """A new ``requests`` adapter: no retries, and its sockets tracked by the current exchange."""
+    """A new ``requests`` adapter: no retries, and its connections cut off with the
+    exchange of the thread that creates them (see the module docs)."""
     return _adapter_class()()
 
 
@@ -102,18 +188,39 @@ def _adapter_class() -> Any:
     from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
     from urllib3.util.retry import Retry
 
-    class Tracking:
-        def _new_conn(self) -> socket.socket:
-            sock: socket.socket = super()._new_conn()  # type: ignore[misc]
-            exchange = getattr(_current, "exchange", None)
-            if exchange is not None:
-                exchange.track(sock)
-            return sock
+    class Tracked:
+        """Mixed into urllib3's connection classes: the connection belongs to the exchange
+        of the thread that creates it (the POST's: pools create connections on demand)."""
 
-    class TrackedHTTP(Tracking, HTTPConnection):
+        phonehome_exchange: Exchange | None
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.phonehome_exchange = getattr(_current, "exchange", None)
+
+        def connect(self) -> None:
+            exchange = self.phonehome_exchange
+            if exchange is None:
+                super().connect()  # type: ignore[misc]
+                return
+            exchange.connecting(self)
+            try:
+                super().connect()  # type: ignore[misc]
+            finally:
+                exchange.connected(self)
+
+        def close(self) -> None:
+            exchange = self.phonehome_exchange
+            if exchange is None:
+                super().close()  # type: ignore[misc]
+                return
+            with exchange.closing():
+                super().close()  # type: ignore[misc]
+
+    class TrackedHTTP(Tracked, HTTPConnection):
         pass
 
-    class TrackedHTTPS(Tracking, HTTPSConnection):
+    class TrackedHTTPS(Tracked, HTTPSConnection):
         pass
 
     class HTTPPool(HTTPConnectionPool):
@@ -125,7 +232,7 @@ def _adapter_class() -> Any:
     pools = {"http": HTTPPool, "https": HTTPSPool}
 
     class Adapter(HTTPAdapter):
-        """No retries, and sockets an abandoned exchange can shut down."""
+        """No retries, and connections an abandoned exchange can cut off."""
 
         def __init__(self) -> None:
             super().__init__(max_retries=Retry(total=0, redirect=0, raise_on_status=False))

@@ -5,8 +5,10 @@ exchange, so a server that trickles one byte a second could hold a send for
 hours, and a slow resolver is not bounded at all. Each POST therefore runs on a
 short-lived daemon thread, and the caller waits at most the deadline. When it
 gives up it shuts down the exchange's sockets (:mod:`.cutoff`), so the abandoned
-thread ends at once instead of trickling on (only a thread stuck in the resolver
-outlives its deadline, and at most :data:`MAX_ABANDONED` of those). The report
+thread ends at once instead of trickling on. Only a thread still resolving,
+connecting or in its TLS handshake outlives its deadline, until that step ends (each
+wait of a connect or handshake is bounded by :data:`CONNECT_TIMEOUT`, the resolver by
+nothing), and never sends its request; at most :data:`MAX_ABANDONED` of those. The report
 stays in the outbox: a late success that is sent again is dropped by the
 receiver through its ``Idempotency-Key``.
 
