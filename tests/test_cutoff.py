@@ -209,6 +209,18 @@ def test_a_connection_abandoned_while_connecting_is_shut_once_connected(
         server.close()
 
 
+def abandon_once(server: FaultServer, exchange: Exchange, requests: int = 1) -> threading.Thread:
+    """A thread that abandons ``exchange`` once ``server`` has seen ``requests`` requests."""
+
+    def watch() -> None:
+        if server.wait_for(lambda s: len(s.requests) == requests, WAIT):
+            exchange.abandon()
+
+    thread = threading.Thread(target=watch)
+    thread.start()
+    return thread
+
+
 def test_a_connect_to_a_proxy_that_never_answers_is_cut_off() -> None:
     import requests
 
@@ -217,12 +229,7 @@ def test_a_connect_to_a_proxy_that_never_answers_is_cut_off() -> None:
     proxy = FaultServer(then=Silent())
     try:
         with Exchange() as exchange, session_with_adapter() as session:
-            watcher = threading.Thread(
-                target=lambda: (
-                    proxy.wait_for(lambda s: len(s.requests) == 1, WAIT) and exchange.abandon()
-                )
-            )
-            watcher.start()
+            watcher = abandon_once(proxy, exchange)
             with pytest.raises(requests.exceptions.ConnectionError) as raised:
                 session.post(
                     "https://127.0.0.1:9/v1/reports",
