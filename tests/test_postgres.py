@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -22,7 +24,14 @@ from phonehome_plugin.counting.collectors import Registry
 from phonehome_plugin.counting.inventory import Inventory
 from phonehome_plugin.counting.tally import ExecutionTally
 from phonehome_plugin.state.backends import open_store
-from phonehome_plugin.state.postgres import PgStore, ddl, translate
+from phonehome_plugin.state.postgres import (
+    KEEPALIVES,
+    TIMEOUTS,
+    PgStore,
+    ddl,
+    session_settings,
+    translate,
+)
 from phonehome_plugin.state.store import Store
 from phonehome_plugin.worker import Worker
 
@@ -127,3 +136,102 @@ def test_a_worker_uses_the_database_state_url_names(pg_url: str, tmp_path: Path)
     assert isinstance(store, PgStore)
     assert not (tmp_path / "phonehome.sqlite3").exists()
     store.close()
+
+
+# Bounded stalls and poolers ---------------------------------------------------------------
+
+
+def test_session_settings_add_what_the_url_does_not_name() -> None:
+    extra, begin = session_settings("postgresql://u@db.internal/state")
+    assert extra == {**KEEPALIVES, "connect_timeout": 5}
+    assert begin == "BEGIN; " + "; ".join(f"SET LOCAL {k} = {v}" for k, v in TIMEOUTS.items())
+    # What the operator wrote in state_url wins, and is then not set again.
+    url = (
+        "postgresql://u@db.internal/state?keepalives_idle=60&connect_timeout=2"
+        "&options=-c%20lock_timeout%3D1s%20--statement_timeout%3D9s"
+    )
+    extra, begin = session_settings(url, read_only=True)
+    assert "keepalives_idle" not in extra and "connect_timeout" not in extra
+    assert begin == "BEGIN READ ONLY; SET LOCAL idle_in_transaction_session_timeout = 5000"
+
+
+def _settings(store: Store) -> dict[str, str]:
+    """The timeouts as a transaction of the plugin sees them."""
+    names = ("statement_timeout", "lock_timeout", "idle_in_transaction_session_timeout")
+
+    def show(c: Any) -> dict[str, str]:
+        return {n: str(c.execute(f"SHOW {n}").fetchone()[0]) for n in names}
+
+    return store.run(show)
+
+
+@pytest.mark.postgres
+def test_every_transaction_runs_with_the_timeouts_and_no_prepared_statements(
+    pg_url: str,
+) -> None:
+    store = open_store(None, pg_url)
+    assert isinstance(store, PgStore)
+    try:
+        assert _settings(store) == {
+            "statement_timeout": "5s",
+            "lock_timeout": "5s",
+            "idle_in_transaction_session_timeout": "5s",
+        }
+        raw = store._connection()
+        assert raw.prepare_threshold is None
+        # SET LOCAL: nothing stays on the session after the transaction (a pooler in
+        # transaction mode hands that server connection to other clients next).
+        assert raw.execute("SHOW lock_timeout").fetchone() == ("0",)
+    finally:
+        store.close()
+    separator = "&" if "?" in pg_url else "?"
+    own = open_store(None, pg_url + separator + "options=-c%20lock_timeout%3D7s")
+    try:
+        assert _settings(own)["lock_timeout"] == "7s"
+    finally:
+        own.close()
+
+
+@pytest.mark.postgres
+def test_a_process_frozen_inside_a_transaction_holds_the_others_back_only_briefly(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A thread stuck inside one of the plugin's transactions looks to the server like a
+    frozen or cut-off process: idle in a transaction, holding the installation's lock.
+    The server ends that session at the idle timeout, and the others go on."""
+    from phonehome_plugin.state import postgres
+
+    monkeypatch.setitem(postgres.TIMEOUTS, "idle_in_transaction_session_timeout", 200)
+    frozen_store = open_store(None, pg_url)
+    other = open_store(None, pg_url)
+    inside, thaw = threading.Event(), threading.Event()
+    outcome: list[object] = []
+
+    def frozen(c: Any) -> int:
+        c.execute("UPDATE counters SET value = value WHERE name = 'sequence'")
+        inside.set()
+        thaw.wait(60)
+        return int(c.execute("SELECT 1").fetchone()[0])
+
+    def run_frozen() -> None:
+        try:
+            outcome.append(frozen_store.run(frozen))
+        except Exception as error:
+            outcome.append(error)
+
+    thread = threading.Thread(target=run_frozen)
+    thread.start()
+    try:
+        assert inside.wait(60)
+        # Waits for the lock the frozen session holds, at most until the server ends
+        # that session (the lock wait's own timeout, 5 s, is far longer).
+        assert other.next_sequence() == 1
+        assert not thaw.is_set(), "the other went on while the frozen one was still stuck"
+    finally:
+        thaw.set()
+        thread.join(60)
+        frozen_store.close()
+        other.close()
+    # Thawed, the frozen process finds its session ended and its transaction undone;
+    # the store ran the work again on a new connection (nothing had committed).
+    assert outcome == [1]
