@@ -214,6 +214,7 @@ def test_user_value_needs_an_aware_datetime_and_an_email() -> None:
     assert user_value(T0.replace(tzinfo=None), "alice@example.com") is None
     assert user_value(T0.isoformat(), "alice@example.com") is None
     assert user_value(T0, "not an email") is None
+    assert user_value(T0, "admin@localhost") == (T0, "admin@localhost")
     assert user_value(T0, None) is None
     assert user_value(None, None) is None
 

@@ -65,6 +65,24 @@ def test_an_earlier_user_learned_of_later_becomes_the_first_email(
     later.shutdown()
 
 
+@pytest.mark.parametrize("first", ["admin@localhost", "josé@münchen.de"])
+def test_any_address_the_host_accepted_is_the_first_email_as_it_is(
+    endpoint: Endpoint, tmp_path: Path, first: str
+) -> None:
+    host = make_host(phonehome_config(endpoint, geoip_url=""), tmp_path)
+    host.start()
+    tick(host)
+    host.create_user(first)
+    host.clock.advance(10)
+    host.create_user("second@example.com")
+    settle(host)
+    tick(host, NEXT_SLOT)
+    host.shutdown()
+    after_first = endpoint.reports[1:]
+    assert [r["trigger"] for r in after_first][:1] == ["first_user"]
+    assert {r["users"]["first_email"] for r in after_first} == {first}
+
+
 def test_since_previous_report_counts_only_what_is_new(endpoint: Endpoint, tmp_path: Path) -> None:
     host = make_host(phonehome_config(endpoint, geoip_url=""), tmp_path)
     host.start()

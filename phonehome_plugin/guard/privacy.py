@@ -44,7 +44,10 @@ _KEYISH = re.compile(
     r"|(AKIA|ASIA|AGPA|AIDA|AROA|AIPA|ANPA|ANVA|ABIA|ACCA)[A-Z0-9]{16}"
 )
 _SECRET_WORDS = re.compile(r"(?i)(passw|secret|token|api[_-]?key|bearer|private|credential)")
-_EMAIL = re.compile(r"^[^@\s]{1,64}@[A-Za-z0-9.\-]{1,253}\.[A-Za-z]{2,63}$")
+_EMAIL = re.compile(r"[^@\s]{1,64}@(?=[^@\s]{1,253}\Z)[^@\s.]+(?:\.[^@\s.]+)*")
+"""One address as a host accepts it: a local part, ``@``, a domain of one or more
+non-empty labels, which may be a single name (``admin@localhost``) and need not be
+ASCII (``josé@münchen.de``); no whitespace anywhere, one ``@``."""
 OTHER = "other"
 
 
@@ -89,7 +92,7 @@ def bucket(value: Any) -> str:
 
 
 def is_email(value: Any) -> bool:
-    """True when ``value`` is shaped like one email address."""
+    """True when ``value`` is shaped like one email address (see :data:`_EMAIL`)."""
     # fullmatch: with match, "$" would also accept a trailing newline.
     return isinstance(value, str) and len(value) <= 254 and bool(_EMAIL.fullmatch(value))
 
