@@ -58,7 +58,7 @@ from phonehome_plugin.reports.triggers import Reporter
 from phonehome_plugin.state import forksafe, history, sqlite  # noqa: F401
 from phonehome_plugin.state.backends import open_store
 from phonehome_plugin.state.outbox import Outbox
-from phonehome_plugin.state.store import Store
+from phonehome_plugin.state.store import StateUnavailableError, Store
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,9 @@ MAX_PENDING_TICKS = 64
 NOTICE_KEY = "notice.logged_at"
 FAR_PAST = datetime.min.replace(tzinfo=UTC)
 FAR_FUTURE = datetime.max.replace(tzinfo=UTC)
+OPEN_RETRY_FIRST = timedelta(seconds=10)
+OPEN_RETRY_MOST = timedelta(minutes=5)
+"""Host-clock waits between tries to reach an unreachable state: doubling up to this."""
 
 
 def preload(settings: Settings) -> None:
@@ -112,6 +115,10 @@ class Worker:
         self._pending_users: list[tuple[datetime, str]] = []
         self._last_failure: str | None = None
         self._failed_open = False
+        self._waiting_since: datetime | None = None
+        """The host's ``now`` when the shared state was first found unreachable, while it is."""
+        self._retry_at = FAR_PAST
+        self._backoff = OPEN_RETRY_FIRST
         self.store: Store | None = None
         self.reporter: Reporter | None = None
         self.sender: Sender | None = None
@@ -176,8 +183,14 @@ class Worker:
             while self._next_job():
                 if self._ready():
                     self._guarded("handling a tick", self._handle)
-            if self._stopping and (self.store is not None or self._unsaved()) and self._ready():
-                self._guarded("saving counts at shutdown", self._final)
+            if self._stopping and (self.store is not None or self._unsaved()):
+                if self._ready():
+                    self._guarded("saving counts at shutdown", self._final)
+                elif self._unsaved():
+                    log.warning(
+                        "phonehome: the installation's state is out of reach at shutdown; "
+                        "this process's unsaved counts are lost"
+                    )
         finally:
             with self._cond:
                 if self._thread is threading.current_thread():
@@ -198,16 +211,58 @@ class Worker:
             return True
 
     def _ready(self) -> bool:
-        """The store and its helpers, opened on the first job; False if they cannot be."""
-        if self.store is None and not self._failed_open:
-            self.store = self._open()
-            self._failed_open = self.store is None
+        """The store and its helpers, opened on the first job; False if they cannot be.
+
+        When the installation's shared state cannot be reached now, the process keeps
+        no state of its own (it would report as an installation of its own): its
+        counts stay in the tally, a created user waits among the unsettled ones, the
+        ticks are dropped (the schedule needs none of them to catch up) and the open
+        is tried again, backing off, at a later tick; once it succeeds, the counts
+        are folded and the triggers handled as if the process had just started."""
+        with self._cond:
+            moments = [*self._nows, *(user[0] for user in self._users)]
+        now = max(moments) if moments else None
+        if self.store is None and not self._failed_open and self._open_due(now):
+            try:
+                self.store = self._open()
+            except StateUnavailableError as error:
+                self._unavailable(error, now)
+                if error.lasting:
+                    self._failed_open = True
+            else:
+                self._failed_open = self.store is None
+                if self.store is not None and self._waiting_since is not None:
+                    log.warning("phonehome: reached the installation's state; reporting again")
+                    self._waiting_since = None
         if self.store is None:
-            with self._cond:  # the notes cannot be handled: drop them, and wake no more
+            with self._cond:  # the notes cannot be handled now
                 self._nows.clear()
+                self._pending_users.extend(self._users)
                 self._users = []
-                self.wake_at = FAR_FUTURE
+                self.wake_at = FAR_FUTURE if self._failed_open else self._retry_at
         return self.store is not None
+
+    def _open_due(self, now: datetime | None) -> bool:
+        """Whether to try opening the store now (always, until a try has failed)."""
+        return self._waiting_since is None or now is None or now >= self._retry_at
+
+    def _unavailable(self, error: StateUnavailableError, now: datetime | None) -> None:
+        """Say once that the state cannot be reached, and when to try again."""
+        at = now or FAR_PAST
+        if self._waiting_since is None:
+            self._waiting_since = at
+            self._backoff = OPEN_RETRY_FIRST
+            log.warning(
+                "phonehome: %s; %s",
+                error,
+                "telemetry is off for this process"
+                if error.lasting
+                else "counting in this process, no report from it until it reaches the "
+                "state (trying again, backing off)",
+            )
+        else:
+            self._backoff = min(self._backoff * 2, OPEN_RETRY_MOST)
+        self._retry_at = at + self._backoff
 
     def _open(self) -> Store | None:
         # The store is opened on the first job, not at startup: until the host's
@@ -236,6 +291,8 @@ class Worker:
             return store
         except forksafe.ForkedMidCallError:
             return None  # said once, at the fork
+        except StateUnavailableError:
+            raise
         except Exception:
             log.exception("phonehome: could not start; telemetry is off for this process")
             return None

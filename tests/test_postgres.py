@@ -18,6 +18,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from e2e_support import Endpoint, make_host, phonehome_config, settle
 
 from phonehome_plugin.config import settings as config
 from phonehome_plugin.counting.collectors import Registry
@@ -32,7 +33,7 @@ from phonehome_plugin.state.postgres import (
     session_settings,
     translate,
 )
-from phonehome_plugin.state.store import Store
+from phonehome_plugin.state.store import StateUnavailableError, Store
 from phonehome_plugin.worker import Worker
 
 NOW = 1_772_438_400.0
@@ -103,22 +104,77 @@ def _closed_port() -> int:
         return int(probe.getsockname()[1])  # closed again when the block ends
 
 
-def test_an_unreachable_server_means_memory_with_one_log_line(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
+def test_an_unreachable_server_is_said_in_one_line_and_keeps_no_state_of_its_own() -> None:
     pytest.importorskip("psycopg")
     url = f"postgresql://phonehome:s3cret@127.0.0.1:{_closed_port()}/phonehome"
-    with caplog.at_level(logging.INFO, logger="phonehome_plugin"):
-        store = open_store(None, url)
-    assert store.memory
-    assert not isinstance(store, PgStore)
-    lines = [r.getMessage() for r in caplog.records if r.name.startswith("phonehome_plugin")]
-    assert len(lines) == 1, lines
-    assert "keeping state in memory" in lines[0]
-    assert "s3cret" not in lines[0]
-    # The memory store works as any store does.
-    assert store.next_sequence() == 1
-    store.close()
+    with pytest.raises(StateUnavailableError) as raised:
+        open_store(None, url)
+    message = str(raised.value)
+    assert "cannot reach the state database" in message and "\n" not in message
+    assert "s3cret" not in message
+    assert not raised.value.lasting
+
+
+class Gate:
+    """Stands between the store and the server: while closed, every connect fails as
+    an unreachable server does (the fault at an exact point, not a stopped server)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import psycopg
+
+        self.closed = True
+        self.refused = 0
+        real = psycopg.connect
+
+        def connect(*args: Any, **kwargs: Any) -> Any:
+            if self.closed:
+                self.refused += 1
+                raise psycopg.OperationalError("connection refused (the test's gate)")
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(psycopg, "connect", connect)
+
+
+@pytest.mark.postgres
+def test_a_process_that_cannot_reach_the_state_reports_nothing_and_joins_later(
+    pg_url: str,
+    endpoint: Endpoint,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """No phantom installation: no report of its own, no instance id of its own; what it
+    counted meanwhile (and its first user) reaches the installation once it joins."""
+    installation = open_store(None, pg_url)
+    known = installation.instance_id()
+    installation.close()
+    gate = Gate(monkeypatch)
+    host = make_host(phonehome_config(endpoint, state_url=pg_url, geoip_url=""), tmp_path)
+    with caplog.at_level(logging.WARNING, logger="phonehome_plugin"):
+        host.start()
+        host.run_executions(7, ("completed",))
+        host.tick()
+        settle(host)
+        host.create_user("admin@example.com")
+        settle(host)
+        for _ in range(3):  # ticks within the backoff do not even try
+            host.tick(1)
+            settle(host)
+    assert gate.refused == 1
+    assert endpoint.reports == []
+    assert not (tmp_path / "phonehome.sqlite3").exists()
+    said = [r.getMessage() for r in caplog.records if "cannot reach" in r.getMessage()]
+    assert len(said) == 1 and "no report from it" in said[0], said
+
+    gate.closed = False
+    host.tick(60)  # past the first backoff
+    settle(host)
+    reports = {r["trigger"]: r for r in endpoint.reports}
+    host.shutdown()
+    assert set(reports) == {"startup", "first_user"}
+    assert {r["instance_id"] for r in reports.values()} == {known}
+    assert reports["first_user"]["users"]["first_email"] == "admin@example.com"
+    assert reports["startup"]["executions"]["total"] == 7
 
 
 @pytest.mark.postgres

@@ -16,8 +16,8 @@ The connection survives a database restart: when an operation finds it broken
 (a restart, a terminated backend, a dropped socket) the store reconnects and
 runs the operation again, once. An operation whose ``COMMIT`` was cut off is not
 run again (it may have committed); its error reaches the caller, and the next
-operation reconnects. If the server cannot be reached at startup, the plugin
-logs one line and keeps its state in memory, as with an unusable SQLite file.
+operation reconnects. If the server cannot be reached when the store is opened,
+:func:`open_pg_store` says so and keeps no state of its own (see there).
 
 Read-only (:func:`open_pg_read_only`, for the ``phonehome`` command): every
 transaction is ``BEGIN READ ONLY`` and takes no advisory lock, so it waits for no
@@ -38,7 +38,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from phonehome_plugin.config.switch import without_credentials
 from phonehome_plugin.state import forksafe
-from phonehome_plugin.state.sqlite import memory_store
 from phonehome_plugin.state.store import (
     SCHEMA,
     UPSERT_KV,
@@ -46,6 +45,7 @@ from phonehome_plugin.state.store import (
     Conn,
     Cursor,
     ReadOnlyError,
+    StateUnavailableError,
     Store,
     statements,
 )
@@ -291,35 +291,33 @@ def open_pg_read_only(url: str) -> PgStore:
 
 
 def open_pg_store(url: str) -> Store:
-    """The store at ``url``, with its tables; a memory store (one warning) when the
-    database cannot be used now: psycopg missing, server unreachable, no access."""
+    """The store at ``url``, with its tables.
+
+    Raises :class:`~.store.StateUnavailableError` when the database cannot be used
+    now (server unreachable, no access, too many connections; ``lasting`` when
+    psycopg is missing). Never a store in memory: a process that kept its own state
+    would report as an installation of its own (a new instance id, its counts
+    missing from the installation's); the worker counts on and joins later.
+    """
     where = masked_url(url)
     try:
         store = PgStore(url)
     except ImportError as error:
-        log.warning(
-            "phonehome: state_url needs psycopg (pip install 'maestrohub-phonehome[postgres]'):"
-            " %s; keeping state in memory",
-            error,
-        )
-        return memory_store()
+        raise StateUnavailableError(
+            f"state_url needs psycopg (pip install 'maestrohub-phonehome[postgres]'): {error}",
+            lasting=True,
+        ) from error
     except Exception as error:
-        log.warning(
-            "phonehome: cannot use the state database %s (%s); keeping state in memory",
-            where,
-            _one_line(error),
-        )
-        return memory_store()
+        raise StateUnavailableError(
+            f"cannot reach the state database {where}: {_one_line(error)}"
+        ) from error
     try:
         store.run(_prepare)
     except Exception as error:
         store.close()
-        log.warning(
-            "phonehome: cannot use the state database %s (%s); keeping state in memory",
-            where,
-            _one_line(error),
-        )
-        return memory_store()
+        raise StateUnavailableError(
+            f"cannot use the state database {where}: {_one_line(error)}"
+        ) from error
     return store
 
 

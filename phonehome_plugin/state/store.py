@@ -80,6 +80,16 @@ class ReadOnlyError(Exception):
     """A write was attempted through a store opened read-only; nothing was written."""
 
 
+class StateUnavailableError(Exception):
+    """The installation's shared state cannot be reached now (the message says why,
+    in one line, credentials masked). ``lasting`` when trying again cannot help (the
+    backend's library is not installed)."""
+
+    def __init__(self, message: str, lasting: bool = False) -> None:
+        super().__init__(message)
+        self.lasting = lasting
+
+
 class Cursor(Protocol):
     """What the plugin uses of a DB-API cursor."""
 
