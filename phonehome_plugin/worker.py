@@ -67,6 +67,7 @@ MAX_PENDING_TICKS = 64
 NOTICE_KEY = "notice.logged_at"
 FAR_PAST = datetime.min.replace(tzinfo=UTC)
 FAR_FUTURE = datetime.max.replace(tzinfo=UTC)
+STARTUP_RECHECK = timedelta(seconds=5)
 OPEN_RETRY_FIRST = timedelta(seconds=10)
 OPEN_RETRY_MOST = timedelta(minutes=5)
 """Host-clock waits between tries to reach an unreachable state: doubling up to this."""
@@ -306,18 +307,26 @@ class Worker:
         reporter = self.reporter
         # A user created between ticks is reported at once, on its own creation time.
         now = ticks[-1] if ticks else max(user[0] for user in users)
-        # Triggers another process claimed are kept until settled: if that process
-        # died before storing the report, this one takes over when the lease ends.
-        self._pending_users = [
-            user
-            for user in [*self._pending_users, *users]
-            if reporter.first_user(user, max(now, user[0])) is None
-            and not reporter.first_user_settled(user)
-        ]
+        if ticks and not self._started:
+            # The first tick comes after every module synced its inventory.
+            self._started = self._startup_pending = True
+        if self._startup_pending and ticks:
+            reporter.startup(ticks[0])
+            self._startup_pending = not reporter.startup_settled()
+        if self._started and not self._startup_pending:
+            # Triggers another process claimed are kept until settled: if that process
+            # died before storing the report, this one takes over when the lease ends.
+            self._pending_users = [
+                user
+                for user in [*self._pending_users, *users]
+                if reporter.first_user(user, max(now, user[0])) is None
+                and not reporter.first_user_settled(user)
+            ]
+        else:
+            # The startup report is a start's first: a user created before it (before
+            # the first tick, or while another process holds the startup claim) waits.
+            self._pending_users.extend(users)
         for moment in ticks:
-            if not self._started:
-                # The first tick comes after every module synced its inventory.
-                self._started = self._startup_pending = True
             if self._startup_pending:
                 reporter.startup(moment)
                 self._startup_pending = not reporter.startup_settled()
@@ -351,6 +360,12 @@ class Worker:
         retry_at = self.sender.outbox.next_due()
         if retry_at is not None and self.settings.mode == "send":
             moments.append(_at(retry_at))
+        if not self._started:
+            moments.append(FAR_PAST)  # the start's first report waits for the next tick
+        elif self._startup_pending:
+            # Another process holds the startup claim: look again soon, for the startup
+            # report and the users waiting behind it.
+            moments.append(now + STARTUP_RECHECK)
         with self._cond:
             if not self._users:
                 self.wake_at = min(moments)

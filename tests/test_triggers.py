@@ -83,6 +83,43 @@ def test_any_address_the_host_accepted_is_the_first_email_as_it_is(
     assert {r["users"]["first_email"] for r in after_first} == {first}
 
 
+def test_a_user_created_before_the_first_tick_is_reported_after_the_startup(
+    endpoint: Endpoint, tmp_path: Path
+) -> None:
+    host = make_host(phonehome_config(endpoint, geoip_url=""), tmp_path)
+    host.start()
+    host.create_user("admin@example.com")  # before the host's first tick
+    settle(host)
+    assert endpoint.reports == [], "nothing before the start's first report"
+    tick(host)
+    host.shutdown()
+    assert [(r["sequence"], r["trigger"]) for r in endpoint.reports] == [
+        (1, "startup"),
+        (2, "first_user"),
+    ]
+
+
+def test_after_a_long_downtime_the_startup_report_covers_its_slot(
+    endpoint: Endpoint, tmp_path: Path
+) -> None:
+    config = phonehome_config(endpoint, geoip_url="")
+    host = make_host(config, tmp_path)
+    host.start()
+    tick(host)
+    tick(host, NEXT_SLOT)
+    before = len(endpoint.reports)
+    host.shutdown()
+    host.clock.advance(5 * 3600)  # down for longer than the interval
+    later = host.restart(shutdown=False)
+    later.start()
+    tick(later)
+    after = [r["trigger"] for r in endpoint.reports[before:]]
+    assert after == ["startup"], "no periodic report of the same counts beside it"
+    tick(later, NEXT_SLOT)
+    later.shutdown()
+    assert [r["trigger"] for r in endpoint.reports[before:]] == ["startup", "periodic"]
+
+
 def test_since_previous_report_counts_only_what_is_new(endpoint: Endpoint, tmp_path: Path) -> None:
     host = make_host(phonehome_config(endpoint, geoip_url=""), tmp_path)
     host.start()

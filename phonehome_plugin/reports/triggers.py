@@ -92,10 +92,11 @@ class Reporter:
             # Read again inside the transaction: another start may have settled since.
             recent = _recent(get_in(c, STARTUPS), moment)
             c.execute(UPSERT_KV, (STARTUPS, json.dumps([*recent, moment])))
-            c.execute(
-                "INSERT INTO kv (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
-                (LAST_SLOT, first_slot),
-            )
+            # The startup report covers the slot it falls in: after a downtime longer
+            # than the interval, no periodic report of the same counts follows it.
+            last = get_in(c, LAST_SLOT)
+            if last is None or int(last) < int(first_slot):
+                c.execute(UPSERT_KV, (LAST_SLOT, first_slot))
 
         return self._build_and_store(key, "startup", now, report_id, started)
 
