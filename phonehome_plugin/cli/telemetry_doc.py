@@ -12,7 +12,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from phonehome_plugin.config.settings import DEFAULT_ENDPOINT, DEFAULT_GEOIP_URL
-from phonehome_plugin.reports import schema
+from phonehome_plugin.reports import schedule, schema
 
 INTRO = """\
 # MaestroHub telemetry: what is sent, when, where, and how to turn it off
@@ -26,7 +26,12 @@ beyond the first admin email. This page lists every field a report can carry.
 ## When reports are sent
 
 - **startup**: once per host start, after every module has reported its inventory;
-- **first_user**: once in the life of the installation, when its first user is created;
+  it is the start's first report, and it stands for the periodic report of the
+  interval it falls in. Within any {window}, at most {startups} starts send one: a
+  host restarting more often than that has its further startups counted
+  (`diagnostics.suppressed_startups`) instead;
+- **first_user**: once in the life of the installation, when its first user is
+  created (after the startup report of that start);
 - **periodic**: once per `interval` (3600 s by default) of the host's clock, at an
   offset within the hour that is stable for the installation.
 
@@ -78,7 +83,15 @@ whose key never leaves the installation) or `omit`.
 def render() -> str:
     """The whole page, Markdown."""
     root = schema.load()
-    lines = [INTRO.format(endpoint=DEFAULT_ENDPOINT, geoip=DEFAULT_GEOIP_URL)]
+    window = schedule.STARTUP_WINDOW
+    lines = [
+        INTRO.format(
+            endpoint=DEFAULT_ENDPOINT,
+            geoip=DEFAULT_GEOIP_URL,
+            startups=schedule.STARTUP_LIMIT,
+            window="an hour" if window == 3600 else f"{window:g} s",
+        )
+    ]
     lines.append(f"Schema version {root['properties']['schema_version']['const']}. ")
     lines.append(f"{root['description']}\n\n")
     lines.append("| field | type | meaning |\n|---|---|---|\n")
