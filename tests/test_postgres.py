@@ -291,3 +291,31 @@ def test_a_process_frozen_inside_a_transaction_holds_the_others_back_only_briefl
     # Thawed, the frozen process finds its session ended and its transaction undone;
     # the store ran the work again on a new connection (nothing had committed).
     assert outcome == [1]
+
+
+@pytest.mark.postgres
+def test_behind_pgbouncer_in_transaction_mode_every_count_and_report_is_kept(
+    pgbouncer_url: str,
+) -> None:
+    """Three processes' stores share PgBouncer's one server connection: statements of
+    one client meet another's session there, which server-side prepared statements
+    do not survive; every claim, sequence number and count must still be exact."""
+    stores = [open_store(None, pgbouncer_url) for _ in range(3)]
+    assert all(isinstance(store, PgStore) for store in stores)
+    claimed: list[str] = []
+    try:
+        for round_ in range(12):
+            for n, store in enumerate(stores):
+                store.add({"exec.completed": 5, f"exec.p{n}": 1})
+                if store.claim(f"periodic:{round_}", f"owner-{n}", NOW + round_, 120.0):
+                    claimed.append(f"periodic:{round_}")
+                    store.next_sequence()
+                    store.finish_claim(f"periodic:{round_}")
+        totals = stores[0].counters("exec.")
+        sequence = stores[1].counters("")["sequence"]
+    finally:
+        for store in stores:
+            store.close()
+    assert totals == {"completed": 180, "p0": 12, "p1": 12, "p2": 12}
+    assert claimed == [f"periodic:{n}" for n in range(12)], "one claim per slot"
+    assert sequence == 12
