@@ -9,7 +9,13 @@ import pytest
 
 from phonehome_plugin.testing import loopback
 
-pytest_plugins = ["e2e_support", "pg_support", "simhost_support", "sqlite_support"]
+pytest_plugins = [
+    "e2e_support",
+    "pg_support",
+    "simhost_support",
+    "sqlite_support",
+    "store_support",
+]
 
 
 @pytest.fixture(autouse=True)

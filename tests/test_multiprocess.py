@@ -59,6 +59,10 @@ def _serve(
             barrier.wait(10)  # two processes create their users at the same moment
             host.create_user(argument)
             commands.send(runtime.worker.wait_idle(30))
+        elif command == "call":  # a change made in this process only
+            name, args, kwargs = argument
+            getattr(host, name)(*args, **kwargs)
+            commands.send(runtime.worker.wait_idle(30))
         elif command == "executions":
             commands.send(dict(host.run_executions(argument, STATUSES, threads=2)))
         elif command == "stop":
@@ -204,6 +208,55 @@ def test_two_nodes_of_three_processes_share_postgresql(
         installation.stop()
     _check(server, emitted, startups=2)
     assert not (tmp_path / "node-a" / "phonehome.sqlite3").exists()
+
+
+@pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def test_each_process_sees_only_its_own_changes_and_every_report_counts_them_all(
+    tmp_path: Path, server: FaultServer, backend: str, request: pytest.FixtureRequest
+) -> None:
+    """As a real multi-process host does, each change's signal is sent only in the
+    process that made it: one process saves connections and pipelines, another
+    creates a user, and every later report, whichever process builds it, has the
+    installation's totals."""
+    state_url = request.getfixturevalue("pg_url") if backend == "postgres" else None
+    data = [(tmp_path / "data", START)] * 2
+    installation = Installation(server, data, state_url=state_url)
+    try:
+        assert all(installation.all("tick")), "startup: a worker did not settle"
+        maker, other = installation.processes
+        for n in range(5):
+            maker.send("call", ("save_connection", ("mqtt" if n % 2 else "modbus", f"a-c{n}"), {}))
+            assert maker.reply()
+        for n in range(2):
+            maker.send(
+                "call", ("save_pipeline", (["trigger.manual"],), {"pipeline_id": f"a-p{n}"})
+            )
+            assert maker.reply()
+        maker.send("call", ("delete_connection", ("c1",), {}))  # one of the common ones
+        assert maker.reply()
+        other.send("call", ("create_user", ("admin@example.com",), {}))
+        assert other.reply()
+        # Each process's next job carries its changes into the shared state.
+        assert all(installation.all("tick", 1))
+        for _ in range(3 * INTERVAL // STEP):
+            assert all(installation.all("tick", STEP)), "a worker did not settle"
+    finally:
+        installation.stop()
+    reports = sorted(server.reports.values(), key=lambda r: r["sequence"])
+    periodic = [r for r in reports if r["trigger"] == "periodic"]
+    assert len(periodic) >= 2
+    # (The first-user report, made at once by the process that created the user,
+    # has only what was folded by then: each process folds at its next job.)
+    for report in periodic:
+        assert report["connections"] == {
+            "total": len(CONNECTIONS) - 1 + 5,
+            "by_type": {"modbus": 3, "mqtt": 2, "opcua": 1, "s7": 1},
+        }, report["trigger"]
+        assert report["pipelines"]["total"] == 2
+        assert report["users"] == {"total": 1, "first_email": "admin@example.com"}
+    assert len({r["instance_id"] for r in reports}) == 1
 
 
 @pytest.mark.parametrize(

@@ -12,46 +12,19 @@ from __future__ import annotations
 
 import multiprocessing
 import threading
-from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
-from pathlib import Path
 from typing import Any
 
 import pytest
+from store_support import Opener
 
 from phonehome_plugin.config.settings import OutboxLimits
 from phonehome_plugin.state import history
-from phonehome_plugin.state.backends import open_store
 from phonehome_plugin.state.outbox import FAILURES_KEY, GATE_KEY, Entry, Outbox
-from phonehome_plugin.state.postgres import PgStore
 from phonehome_plugin.state.store import Store
 
 FORK = multiprocessing.get_context("fork")
 NOW = 1_772_438_400.0
-Opener = Callable[[], Store]
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
-    """Opens another store on one installation's state, on each backend in turn."""
-    url = request.getfixturevalue("pg_url") if request.param == "postgres" else None
-    opened: list[Store] = []
-
-    def open_one() -> Store:
-        store = open_store(tmp_path, url)
-        assert not store.memory
-        assert isinstance(store, PgStore) == (url is not None)
-        opened.append(store)
-        return store
-
-    yield open_one
-    for store in opened:
-        store.close()
-
-
-@pytest.fixture
-def store(opener: Opener) -> Store:
-    return opener()
 
 
 def event(entry: Entry, at: float = NOW, result: str = "sent") -> history.Event:

@@ -15,10 +15,13 @@ host sends, which is the size of the installation.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 import threading
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypedDict
 
@@ -50,12 +53,24 @@ def entity_id(raw: Any) -> Hashable | None:
     return None
 
 
+DELETED: Any = object()
+"""In :meth:`Entities.take_changes`: the entity under that key is gone."""
+
+
 class Entities:
-    """A set of entities keyed by id, each with an optional aggregated value."""
+    """A set of entities keyed by id, each with an optional aggregated value.
+
+    What changed since the worker last took it is kept too (:meth:`take_changes`):
+    the keys saved or deleted one by one, or that the whole set was replaced (a
+    sync), so that the worker can carry this process's changes into the
+    installation's shared state. Keeping it costs a set insertion per change.
+    """
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self._items: dict[Hashable, Any] = {}
+        self._dirty: set[Hashable] = set()
+        self._replaced = False
 
     def __len__(self) -> int:
         return len(self._items)
@@ -65,15 +80,43 @@ class Entities:
             self._clear()
             for key, value in items:
                 self._put(key, value)
+            self._replaced = True
+            self._dirty.clear()
 
     def save(self, key: Hashable, value: Any = None) -> None:
         with self.lock:
             self._put(key, value)
+            self._dirty.add(key)
 
     def delete(self, key: Hashable) -> None:
         with self.lock:
             if key in self._items:
                 self._remove(key)
+            self._dirty.add(key)  # gone here; another process may still hold it
+
+    def take_changes(self) -> tuple[bool, list[tuple[Hashable, Any]]]:
+        """``(True, every entity)`` when the set was replaced since the last take,
+        else ``(False, the changed entities)`` with :data:`DELETED` for those gone."""
+        with self.lock:
+            if self._replaced:
+                self._replaced = False
+                self._dirty.clear()
+                return True, list(self._items.items())
+            keys, self._dirty = self._dirty, set()
+            return False, [(key, self._items.get(key, DELETED)) for key in keys]
+
+    def give_back(self, replaced: bool, changes: list[tuple[Hashable, Any]]) -> None:
+        """Undo a :meth:`take_changes` whose changes could not be stored: they go
+        with the next take (with the values then current)."""
+        with self.lock:
+            if replaced:
+                self._replaced = True
+            elif not self._replaced:
+                self._dirty.update(key for key, _ in changes)
+
+    def items(self) -> list[tuple[Hashable, Any]]:
+        with self.lock:
+            return list(self._items.items())
 
     def _clear(self) -> None:
         self._items.clear()
@@ -167,14 +210,17 @@ def pipeline_value(enabled: Any, node_types: Any) -> tuple[bool, Counter[str]]:
 
 
 class Users(Entities):
-    """Users by id, remembering the earliest ``(created_at, email)`` ever seen."""
+    """Users by id (each with its creation time), remembering the earliest
+    ``(created_at, email)`` ever seen."""
 
     def __init__(self) -> None:
         super().__init__()
         self.earliest: tuple[datetime, str] | None = None
 
     def _put(self, key: Hashable, value: Any) -> None:
-        super()._put(key, None)
+        # Only the creation time per user (the installation's state needs no more):
+        # no email is kept but the earliest one.
+        super()._put(key, None if value is None else value[0])
         if value is not None and (self.earliest is None or value < self.earliest):
             self.earliest = value
 
@@ -201,6 +247,8 @@ class Inventory:
         self.data_models = Entities()
         self.uns: dict[str, Any] = {}
         self.license: dict[str, Any] = {}
+        self._stored: dict[str, dict[str, Any]] = {}
+        """The UNS and license states last handed to the shared state."""
 
     def sync(self, module: Any, items: Any) -> bool:
         """Replace one module's state; False when the module or items are not understood."""
@@ -225,6 +273,52 @@ class Inventory:
         )
         return True
 
+    def modules(self) -> dict[str, Entities]:
+        """The entity sets by the module names of the host contract."""
+        return {
+            "users": self.users,
+            "connections": self.connections,
+            "pipelines": self.pipelines,
+            "organizations": self.organizations,
+            "data_models": self.data_models,
+        }
+
+    def take_changes(self) -> Changes:
+        """What changed in this process since the last take, for the shared state;
+        :meth:`give_back` when it could not be stored."""
+        taken = Changes()
+        for name, entities in self.modules().items():
+            replaced, changes = entities.take_changes()
+            if replaced or changes:
+                taken.modules[name] = (replaced, changes)
+        for key, state in (("uns", self.uns), ("license", self.license)):
+            if state and state is not self._stored.get(key):
+                taken.states[key] = state
+        self._stored.update(taken.states)
+        return taken
+
+    def give_back(self, taken: Changes) -> None:
+        modules = self.modules()
+        for name, (replaced, changes) in taken.modules.items():
+            modules[name].give_back(replaced, changes)
+        for key in taken.states:
+            self._stored.pop(key, None)
+
+    @classmethod
+    def from_state(
+        cls, modules: Mapping[str, Iterable[tuple[str, str]]], states: Mapping[str, str]
+    ) -> Inventory:
+        """The installation's inventory from its shared state (see :meth:`Changes.rows`)."""
+        inventory = cls()
+        for name, entities in inventory.modules().items():
+            rows = modules.get(name, ())
+            entities.replace((key, _decode(name, value)) for key, value in rows)
+        for key, attribute in (("uns", "uns"), ("license", "license")):
+            raw = states.get(key)
+            if raw is not None:
+                setattr(inventory, attribute, json.loads(raw))
+        return inventory
+
     def after_fork(self) -> None:
         """Replace locks a fork may have copied while held by a thread that is gone."""
         for entities in (
@@ -235,3 +329,51 @@ class Inventory:
             self.data_models,
         ):
             entities.lock = threading.Lock()
+
+
+@dataclass
+class Changes:
+    """One process's inventory changes, as :meth:`Inventory.take_changes` took them."""
+
+    modules: dict[str, tuple[bool, list[tuple[Hashable, Any]]]] = field(default_factory=dict)
+    states: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.modules or self.states)
+
+    def rows(self) -> dict[str, tuple[bool, list[tuple[str, str | None]]]]:
+        """Each module's changes as the shared state keeps them: a digest of the
+        entity's id (never the id itself), and its counted value as JSON (None: gone)."""
+        return {
+            name: (
+                replaced,
+                [
+                    (entity_key(key), None if value is DELETED else _encode(name, value))
+                    for key, value in changes
+                ],
+            )
+            for name, (replaced, changes) in self.modules.items()
+        }
+
+
+def entity_key(key: Hashable) -> str:
+    """The shared state's key of a local id: a digest, the same in every process."""
+    return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:32]
+
+
+def _encode(module: str, value: Any) -> str:
+    if module == "connections":
+        return json.dumps(value)
+    if module == "pipelines":
+        enabled, nodes = value
+        return json.dumps([bool(enabled), dict(nodes)])
+    return "null"  # users (their count only; the first email is kept apart), the rest
+
+
+def _decode(module: str, raw: str) -> Any:
+    value = json.loads(raw)
+    if module == "pipelines":
+        return bool(value[0]), Counter({str(k): int(n) for k, n in value[1].items()})
+    if module == "connections":
+        return str(value)
+    return None

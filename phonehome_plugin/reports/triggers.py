@@ -25,6 +25,7 @@ from phonehome_plugin.guard import privacy
 from phonehome_plugin.reports import location, schedule, schema, shape
 from phonehome_plugin.reports.shape import Diagnostics, Report, Trigger
 from phonehome_plugin.reports.system import HostFacts, MachineFacts
+from phonehome_plugin.state import entities
 from phonehome_plugin.state.outbox import Entry, Outbox
 from phonehome_plugin.state.store import (
     UPSERT_KV,
@@ -166,9 +167,40 @@ class Reporter:
     # Building ------------------------------------------------------------------
 
     def fold(self) -> None:
-        """Move this process's execution counts into the store's lifetime totals."""
+        """Move this process's execution counts into the store's lifetime totals, and
+        its inventory changes into the installation's entities (:mod:`.entities`)."""
         delta = self.tally.take_delta()
         self.store.add({EXEC + status: n for status, n in delta.items()})
+        changes = self.inventory.take_changes()
+        if not changes:
+            return
+        rows = changes.rows()
+        states = {
+            {"uns": entities.UNS_KEY, "license": entities.LICENSE_KEY}[key]: json.dumps(state)
+            for key, state in changes.states.items()
+        }
+
+        def work(c: Conn) -> None:
+            for module, (replaced, module_rows) in rows.items():
+                entities.apply(c, module, replaced, module_rows)
+            entities.set_states(c, states)
+
+        try:
+            self.store.run(work)
+        except BaseException:
+            self.inventory.give_back(changes)  # carried the next time
+            raise
+
+    def installation_inventory(self) -> Inventory:
+        """What the whole installation holds, from its shared state (every process's
+        changes folded so far, this one's included)."""
+        modules, states = self.store.run(entities.load)
+        by_name = {
+            name: states[key]
+            for name, key in (("uns", entities.UNS_KEY), ("license", entities.LICENSE_KEY))
+            if key in states
+        }
+        return Inventory.from_state(modules, by_name)
 
     def remember_earliest_user(self) -> None:
         """Keep the earliest user ever known, for ``first_email`` after deletions."""
@@ -202,7 +234,7 @@ class Reporter:
             started_at=self.started_at,
             system={**self.host, **self._machine_facts(), "public_ip": located["public_ip"]},
             location=located,
-            inventory=self.inventory,
+            inventory=self.installation_inventory(),
             first_email=None if earliest is None else earliest[1],
             executions=self.store.counters(EXEC),
             executions_before=self.store.counters(EXEC_REPORTED),

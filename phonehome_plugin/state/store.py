@@ -51,6 +51,9 @@ CREATE TABLE IF NOT EXISTS outbox (
     created_at REAL NOT NULL, body BLOB NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
     not_before REAL NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS entities (
+    module TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (module, key)
+);
 CREATE TABLE IF NOT EXISTS history (
     id INTEGER PRIMARY KEY, report_id TEXT NOT NULL, sequence INTEGER NOT NULL,
     trigger TEXT NOT NULL, at REAL NOT NULL, result TEXT NOT NULL, detail TEXT NOT NULL

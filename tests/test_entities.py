@@ -1,0 +1,98 @@
+"""The installation's entities in its shared state (:mod:`phonehome_plugin.state.entities`),
+on each backend: one process's changes by key, a sync replacing a module, the UNS and
+license states, and nothing of a local id kept as it is."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from store_support import Opener
+
+from phonehome_plugin.counting.inventory import Inventory, pipeline_value
+from phonehome_plugin.state import entities
+from phonehome_plugin.state.store import Store
+
+
+def _fold(store: Store, inventory: Inventory) -> None:
+    """What the worker does with one process's changes (see Reporter.fold)."""
+    rows = inventory.take_changes().rows()
+
+    def work(c: object) -> None:
+        for module, (replaced, module_rows) in rows.items():
+            entities.apply(c, module, replaced, module_rows)  # type: ignore[arg-type]
+
+    store.run(work)
+
+
+def _installation(store: Store) -> Inventory:
+    modules, _ = store.run(entities.load)
+    return Inventory.from_state(modules, {})
+
+
+def test_changes_of_two_processes_add_up_by_key(opener: Opener) -> None:
+    one, two = opener(), opener()
+    first, second = Inventory(), Inventory()
+    first.connections.save("c1", "mqtt")
+    first.connections.save("c2", "opcua")
+    second.connections.save("c3", "s7")
+    second.connections.save("c1", "mqtt")  # the same entity, known to both
+    first.pipelines.save("p1", pipeline_value(True, ["trigger.manual", "action.http"]))
+    _fold(one, first)
+    _fold(two, second)
+    whole = _installation(one)
+    assert whole.connections.snapshot() == {
+        "total": 3,
+        "by_type": {"mqtt": 1, "opcua": 1, "s7": 1},
+    }
+    assert whole.pipelines.snapshot() == {
+        "total": 1,
+        "enabled": 1,
+        "nodes_by_type": {"action.http": 1, "trigger.manual": 1},
+    }
+    # A delete in either process removes it for the installation.
+    second.connections.delete("c2")
+    _fold(two, second)
+    assert _installation(one).connections.snapshot()["total"] == 2
+
+
+def test_a_sync_in_any_process_replaces_the_module(store: Store) -> None:
+    saved, synced = Inventory(), Inventory()
+    saved.connections.save("old", "mqtt")
+    _fold(store, saved)
+    synced.sync("connections", [{"id": "n1", "type": "s7"}, {"id": "n2", "type": "s7"}])
+    _fold(store, synced)
+    assert _installation(store).connections.snapshot() == {"total": 2, "by_type": {"s7": 2}}
+
+
+def test_no_local_id_and_no_email_is_kept_as_it_is(store: Store) -> None:
+    from datetime import UTC, datetime
+
+    inventory = Inventory()
+    inventory.users.save("user-7f3a", (datetime(2026, 1, 1, tzinfo=UTC), "alice@example.com"))
+    inventory.connections.save("conn-secret-id", "mqtt")
+    _fold(store, inventory)
+    rows = store.run(lambda c: c.execute("SELECT module, key, value FROM entities").fetchall())
+    text = repr(rows)
+    assert "user-7f3a" not in text and "conn-secret-id" not in text
+    assert "alice" not in text
+    assert _installation(store).users.earliest is None  # counted, nothing more
+
+
+def test_changes_that_could_not_be_stored_go_next_time() -> None:
+    inventory = Inventory()
+    inventory.connections.save("c1", "mqtt")
+    taken = inventory.take_changes()
+    assert taken and not inventory.take_changes()
+    inventory.give_back(taken)
+    again = inventory.take_changes()
+    assert again.modules == {"connections": (False, [("c1", "mqtt")])}
+
+
+def test_states_are_taken_once_per_change() -> None:
+    inventory = Inventory()
+    inventory.uns = {"topic_count": 4}
+    assert inventory.take_changes().states == {"uns": {"topic_count": 4}}
+    assert not inventory.take_changes()
+    inventory.uns = {"topic_count": 5}
+    assert inventory.take_changes().states == {"uns": {"topic_count": 5}}
+    assert Counter(inventory.take_changes().states) == Counter()
