@@ -150,10 +150,12 @@ def _observe(host: SimHost, server: CountingServer, outgoing: list[Any], on: boo
     thread_objects_before = set(threading.enumerate())
     # The worker's threads live only while there is work, so every thread that
     # ran is recorded as it starts, not looked for afterwards.
-    ran: set[str] = set()
+    # Threads, not names: a thread started before (a test server's) may begin running
+    # only now, on a loaded machine, and meet the hook; it is not one of the host's.
+    ran: set[threading.Thread] = set()
 
     def starting(frame: Any, event: str, arg: Any) -> None:
-        ran.add(threading.current_thread().name)
+        ran.add(threading.current_thread())
         sys.setprofile(None)
 
     threading.setprofile(starting)
@@ -170,7 +172,7 @@ def _observe_running(
     outgoing: list[Any],
     on: bool,
     thread_objects_before: set[threading.Thread],
-    ran: set[str],
+    ran: set[threading.Thread],
 ) -> Observed:
     with running(host):
         host.save_connection("mqtt")
@@ -183,7 +185,7 @@ def _observe_running(
         if on:
             settle(host)
         threads = frozenset(
-            {t.name for t in threading.enumerate() if t not in thread_objects_before} | ran
+            t.name for t in {*threading.enumerate(), *ran} if t not in thread_objects_before
         )
         receivers = frozenset(s.name for s in signals.ALL if list(s.receivers_for(host.app)))
         files_running = listing(host.data_dir)
