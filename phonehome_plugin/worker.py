@@ -50,7 +50,7 @@ from phonehome_plugin.config.switch import without_credentials
 from phonehome_plugin.counting.collectors import Registry
 from phonehome_plugin.counting.inventory import Inventory
 from phonehome_plugin.counting.tally import ExecutionTally
-from phonehome_plugin.delivery.retry import RetryPolicy
+from phonehome_plugin.delivery.retry import RETRY_AFTER_MAX, RetryPolicy
 from phonehome_plugin.delivery.sender import Sender
 from phonehome_plugin.delivery.transport import Transport
 from phonehome_plugin.reports.system import MachineFacts, host_facts, machine_facts
@@ -68,6 +68,8 @@ NOTICE_KEY = "notice.logged_at"
 FAR_PAST = datetime.min.replace(tzinfo=UTC)
 FAR_FUTURE = datetime.max.replace(tzinfo=UTC)
 STARTUP_RECHECK = timedelta(seconds=5)
+CLOCK_JUMP = timedelta(minutes=10)
+"""A handled tick this far past the one before is not trusted to plan the next wake-up."""
 OPEN_RETRY_FIRST = timedelta(seconds=10)
 OPEN_RETRY_MOST = timedelta(minutes=5)
 """Host-clock waits between tries to reach an unreachable state: doubling up to this."""
@@ -120,6 +122,7 @@ class Worker:
         """The host's ``now`` when the shared state was first found unreachable, while it is."""
         self._retry_at = FAR_PAST
         self._backoff = OPEN_RETRY_FIRST
+        self._planned_from: datetime | None = None
         self.store: Store | None = None
         self.reporter: Reporter | None = None
         self.sender: Sender | None = None
@@ -270,7 +273,10 @@ class Worker:
         # first tick the plugin costs no file and no memory beyond its counters.
         try:
             store = open_store(self.app.data_dir, self.settings.state_url)
-            outbox = Outbox(store, self.settings.outbox)
+            # The longest wait the sender sets: backoff (at most the interval) or
+            # Retry-After (at most RETRY_AFTER_MAX), plus one series' deadline.
+            horizon = max(self.settings.interval, RETRY_AFTER_MAX) + self.settings.timeout
+            outbox = Outbox(store, self.settings.outbox, horizon=horizon)
             self.reporter = Reporter(
                 settings=self.settings,
                 store=store,
@@ -357,15 +363,21 @@ class Worker:
     def _plan(self, now: datetime) -> None:
         assert self.reporter is not None and self.sender is not None
         moments = [now + FOLD_EVERY, _at(self.reporter.next_periodic(now))]
-        retry_at = self.sender.outbox.next_due()
+        retry_at = self.sender.outbox.next_due(now.timestamp())
         if retry_at is not None and self.settings.mode == "send":
             moments.append(_at(retry_at))
         if not self._started:
             moments.append(FAR_PAST)  # the start's first report waits for the next tick
+        elif self._planned_from is not None and now - self._planned_from > CLOCK_JUMP:
+            # Far past the last tick handled: the host slept, or its clock jumped ahead.
+            # Planned from this ``now``, a clock that comes back would find every tick
+            # "early" for as long as it jumped; the next tick decides instead.
+            moments.append(FAR_PAST)
         elif self._startup_pending:
             # Another process holds the startup claim: look again soon, for the startup
             # report and the users waiting behind it.
             moments.append(now + STARTUP_RECHECK)
+        self._planned_from = now
         with self._cond:
             if not self._users:
                 self.wake_at = min(moments)

@@ -1,5 +1,7 @@
 """Fixtures over both state backends: the same test on a SQLite file and on a
-PostgreSQL database (which skips, saying why, when no server answers)."""
+PostgreSQL database (which skips, saying why, when no server answers). Named apart
+(``any_``) from the SQLite-only ``store`` of other modules; a module of
+backend-shared tests names them ``opener`` and ``store`` for itself."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ Opener = Callable[[], Store]
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
+def any_opener(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
     """Opens another store on one installation's state, on each backend in turn."""
     url = request.getfixturevalue("pg_url") if request.param == "postgres" else None
     opened: list[Store] = []
@@ -34,5 +36,6 @@ def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
 
 
 @pytest.fixture
-def store(opener: Opener) -> Store:
-    return opener()
+def any_store(any_opener: Opener) -> Store:
+    """A store on each backend in turn."""
+    return any_opener()

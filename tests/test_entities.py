@@ -6,11 +6,22 @@ from __future__ import annotations
 
 from collections import Counter
 
+import pytest
 from store_support import Opener
 
 from phonehome_plugin.counting.inventory import Inventory, pipeline_value
 from phonehome_plugin.state import entities
 from phonehome_plugin.state.store import Store
+
+
+@pytest.fixture
+def opener(any_opener: Opener) -> Opener:
+    return any_opener
+
+
+@pytest.fixture
+def store(any_store: Store) -> Store:
+    return any_store
 
 
 def _fold(store: Store, inventory: Inventory) -> None:

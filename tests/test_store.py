@@ -27,6 +27,16 @@ FORK = multiprocessing.get_context("fork")
 NOW = 1_772_438_400.0
 
 
+@pytest.fixture
+def opener(any_opener: Opener) -> Opener:
+    return any_opener
+
+
+@pytest.fixture
+def store(any_store: Store) -> Store:
+    return any_store
+
+
 def event(entry: Entry, at: float = NOW, result: str = "sent") -> history.Event:
     return history.Event(entry.report_id, entry.sequence, entry.trigger, at, result, "test")
 

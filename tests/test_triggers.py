@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -118,6 +119,49 @@ def test_after_a_long_downtime_the_startup_report_covers_its_slot(
     tick(later, NEXT_SLOT)
     later.shutdown()
     assert [r["trigger"] for r in endpoint.reports[before:]] == ["startup", "periodic"]
+
+
+def _wrong_tick(host: Any, now: datetime) -> None:
+    """One ``on_tick`` with a wrong ``now`` (the host's clock jumped), then settle."""
+    host.app.plugin_manager.hook.on_tick(app=host.app, now=now)
+    settle(host)
+
+
+@pytest.mark.parametrize("jump", [timedelta(days=365), timedelta(days=3)])
+def test_one_tick_from_a_clock_far_ahead_costs_at_most_the_report_it_touched(
+    endpoint: Endpoint, tmp_path: Path, jump: timedelta
+) -> None:
+    host = make_host(phonehome_config(endpoint, geoip_url=""), tmp_path)
+    host.start()
+    tick(host)
+    endpoint.status = 503  # and the report of the wrong tick fails: the backoff is far ahead
+    _wrong_tick(host, host.clock.now() + jump)
+    endpoint.status = 202
+    before = len(endpoint.reports)
+    for _ in range(3):  # three sane hours
+        tick(host, NEXT_SLOT)
+    host.shutdown()
+    later = endpoint.reports[before:]
+    periodic = [r for r in later if r["trigger"] == "periodic"]
+    assert len(periodic) >= 2, [r["trigger"] for r in later]
+    # What the wrong tick built is delivered too (once), not held until its date.
+    accepted = endpoint.server.accepted
+    assert all(n == 1 for n in accepted.values()), accepted
+    assert set(accepted) == {r["report_id"] for r in endpoint.reports}
+
+
+def test_a_startup_stamped_by_a_clock_ahead_does_not_suppress_later_ones(
+    endpoint: Endpoint, tmp_path: Path
+) -> None:
+    host = make_host(phonehome_config(endpoint, geoip_url=""), tmp_path)
+    store = open_store(tmp_path)
+    future = (host.clock.now() + timedelta(days=365)).timestamp()
+    store.set("startup.recent", json.dumps([future, future, future]))
+    store.close()
+    host.start()
+    tick(host)
+    host.shutdown()
+    assert [r["trigger"] for r in endpoint.reports] == ["startup"]
 
 
 def test_since_previous_report_counts_only_what_is_new(endpoint: Endpoint, tmp_path: Path) -> None:

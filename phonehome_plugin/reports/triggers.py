@@ -133,8 +133,20 @@ class Reporter:
         return self._build_and_store(FIRST_USER, "first_user", now, report_id)
 
     def periodic(self, now: datetime) -> Report | None:
-        """The periodic report of the current slot, when it is due."""
-        last = int(self.store.setdefault(LAST_SLOT, lambda: str(self._current_slot(now))))
+        """The periodic report of the current slot, when it is due.
+
+        A last slot more than one slot ahead of ``now`` was set by a tick from a clock
+        that was wrong (ahead): the schedule goes by this clock again at once, instead
+        of staying silent until the wrong date comes. A slot that is due by it but was
+        reported already is not reported twice (its claim is done): the schedule
+        moves past it.
+        """
+        current = self._current_slot(now)
+        last = int(self.store.setdefault(LAST_SLOT, lambda: str(current)))
+        if last > current + 1:
+            log.warning("phonehome: the last periodic report was made at a later time than now")
+            last = current - 1
+            self.store.set(LAST_SLOT, str(last))
         slot = schedule.periodic_slot(
             now.timestamp(), last, self.instance_id, self.settings.interval
         )
@@ -143,6 +155,8 @@ class Reporter:
         key = f"periodic:{slot}"
         report_id = self._claim(key, now)
         if report_id is None:
+            if self.store.is_done(key):
+                self.store.run(lambda c: _move_last_slot(c, slot))
             return None
         return self._build_and_store(
             key, "periodic", now, report_id, lambda c: c.execute(UPSERT_KV, (LAST_SLOT, str(slot)))
@@ -329,8 +343,16 @@ class Reporter:
 
 
 def _recent(raw: str | None, now: float) -> list[float]:
-    """The startups of the last hour, from their stored list."""
-    return [t for t in json.loads(raw or "[]") if now - t < 3600]
+    """The startups of the last hour, from their stored list (one stamped later than
+    ``now``, by a clock that was ahead, is not counted, and so not kept)."""
+    return [t for t in json.loads(raw or "[]") if 0 <= now - t < 3600]
+
+
+def _move_last_slot(c: Conn, slot: int) -> None:
+    """The schedule's last slot is at least ``slot`` (never moved back here)."""
+    last = get_in(c, LAST_SLOT)
+    if last is None or int(last) < slot:
+        c.execute(UPSERT_KV, (LAST_SLOT, str(slot)))
 
 
 def _carried(diagnostics: Diagnostics) -> dict[str, int]:

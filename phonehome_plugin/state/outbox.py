@@ -44,6 +44,9 @@ _SET_TWO = (
     "ON CONFLICT (key) DO UPDATE SET value = excluded.value"
 )
 _COLUMNS = "report_id, sequence, trigger, created_at, body, attempts, not_before"
+_DUE = "(not_before <= ? OR not_before > ?)"
+"""Due at ``now`` (first parameter), or held back beyond the horizon (the second:
+``now + horizon``) by a clock that was ahead."""
 
 
 @dataclass(frozen=True)
@@ -74,9 +77,14 @@ def _entry(row: Any) -> Entry:
 class Outbox:
     """Outbox operations on a :class:`~.store.Store`; ``now`` is always the host's clock."""
 
-    def __init__(self, store: Store, limits: OutboxLimits) -> None:
+    def __init__(self, store: Store, limits: OutboxLimits, horizon: float = 2 * DAY) -> None:
+        """``horizon``: the longest wait the sender ever sets (seconds). A report or the
+        gate held back further than that from a ``now`` was held back by a clock that
+        was ahead at the time: it is due, so that one wrong tick cannot hold every
+        report until the wrong date comes."""
         self.store = store
         self.limits = limits
+        self.horizon = horizon
 
     def put(self, entry: Entry, now: float) -> int:
         """Store ``entry`` and enforce the bounds; returns how many reports were evicted."""
@@ -125,8 +133,8 @@ class Outbox:
         """Reports whose not-before time has come, oldest first (the gate aside)."""
         rows = self.store.run(
             lambda c: c.execute(
-                f"SELECT {_COLUMNS} FROM outbox WHERE not_before <= ? ORDER BY sequence LIMIT ?",
-                (now, limit),
+                f"SELECT {_COLUMNS} FROM outbox WHERE {_DUE} ORDER BY sequence LIMIT ?",
+                (now, now + self.horizon, limit),
             ).fetchall()
         )
         return [_entry(row) for row in rows]
@@ -142,14 +150,18 @@ class Outbox:
         """Host-clock time before which the sender tries nothing (0 when open)."""
         return float(self.store.get(GATE_KEY) or 0.0)
 
-    def next_due(self) -> float | None:
-        """When the sender may next try a report (host clock), or None when empty."""
+    def next_due(self, now: float | None = None) -> float | None:
+        """When the sender may next try a report (host clock), or None when empty;
+        given ``now``, a time beyond the horizon from it is ``now`` (see ``__init__``)."""
 
         def work(c: Conn) -> float | None:
             earliest = c.execute("SELECT min(not_before) FROM outbox").fetchone()[0]
             if earliest is None:
                 return None
-            return max(float(earliest), _gate(c))
+            due = max(float(earliest), _gate(c))
+            if now is not None and due > now + self.horizon:
+                return now
+            return due
 
         return self.store.run(work)
 
@@ -174,11 +186,11 @@ class Outbox:
         def work(c: Conn) -> Entry | None:
             expired = self._expire(c, now)
             add_counters(c, {"delivery.dropped": expired, "delivery.evicted": expired})
-            if now < _gate(c):
+            if now < _gate(c) <= now + self.horizon:
                 return None
             row = c.execute(
-                f"SELECT {_COLUMNS} FROM outbox WHERE not_before <= ? ORDER BY sequence LIMIT 1",
-                (now,),
+                f"SELECT {_COLUMNS} FROM outbox WHERE {_DUE} ORDER BY sequence LIMIT 1",
+                (now, now + self.horizon),
             ).fetchone()
             if row is None:
                 return None
