@@ -47,6 +47,7 @@ from phonehome_plugin.state.store import (
     ReadOnlyError,
     StateUnavailableError,
     Store,
+    readable,
     statements,
 )
 
@@ -282,12 +283,7 @@ def open_pg_read_only(url: str) -> PgStore:
         store = PgStore(url, read_only=True)
     except psycopg.Error as error:
         raise BrokenStateError(f"cannot read {masked_url(url)}: {first_line(error)}") from error
-    try:
-        store.run(lambda c: c.execute("SELECT count(*) FROM kv").fetchone())
-    except BaseException:
-        store.close()
-        raise
-    return store
+    return readable(store)
 
 
 def open_pg_store(url: str) -> Store:

@@ -60,6 +60,7 @@ from phonehome_plugin.state.store import (
     NoStateError,
     ReadOnlyError,
     Store,
+    readable,
     statements,
 )
 
@@ -142,12 +143,7 @@ def open_sqlite_read_only(data_dir: Path) -> SqliteStore:
         store: SqliteStore = retrying_busy(BUSY_PATIENCE)(SqliteStore, path, read_only=True)
     except (OSError, sqlite3.Error) as error:
         raise BrokenStateError(cannot_read(path, error)) from error
-    try:
-        store.run(lambda c: c.execute("SELECT count(*) FROM kv").fetchone())
-    except BaseException:
-        store.close()
-        raise
-    return store
+    return readable(store)
 
 
 def cannot_read(path: Path | None, error: OSError | sqlite3.Error) -> str:

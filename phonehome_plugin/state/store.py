@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 FILENAME = "phonehome.sqlite3"
 T = TypeVar("T")
+S = TypeVar("S", bound="Store")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -292,3 +293,14 @@ def get_in(c: Conn, key: str) -> str | None:
     """:meth:`Store.get`, inside a transaction already open on ``c``."""
     row = c.execute("SELECT value FROM kv WHERE key=?", (key,)).fetchone()
     return None if row is None else str(row[0])
+
+
+def readable(store: S) -> S:
+    """``store`` once one read of its tables succeeded (a store opened read-only is
+    checked so before it is handed out); closed, and the read's error raised, if not."""
+    try:
+        store.run(lambda c: c.execute("SELECT count(*) FROM kv").fetchone())
+    except BaseException:
+        store.close()
+        raise
+    return store
