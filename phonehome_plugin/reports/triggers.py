@@ -26,6 +26,7 @@ from phonehome_plugin.reports import location, schedule, schema, shape
 from phonehome_plugin.reports.shape import Diagnostics, Report, Trigger
 from phonehome_plugin.reports.system import HostFacts, MachineFacts
 from phonehome_plugin.state import entities
+from phonehome_plugin.state import owner as ownership
 from phonehome_plugin.state.outbox import Entry, Outbox
 from phonehome_plugin.state.store import (
     UPSERT_KV,
@@ -39,13 +40,13 @@ from phonehome_plugin.state.store import (
 
 log = logging.getLogger(__name__)
 
-LEASE = 120.0
-"""Seconds (host clock) after which another process may take over an unfinished claim."""
 EXEC = "exec."
 EXEC_REPORTED = "exec_reported."
 LAST_SLOT = "periodic.last_slot"
 STARTUPS = "startup.recent"
 FIRST_USER = "first_user"
+SINCE = "installation.since"
+"""The ``started_at`` of the first host start that opened the installation's state."""
 
 
 @dataclass
@@ -62,11 +63,24 @@ class Reporter:
     started_at: datetime
     machine: Callable[[], MachineFacts]
     drops: privacy.DropCounter = field(default_factory=privacy.DropCounter)
-    owner: str = field(default_factory=lambda: f"{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    owner: str = field(default_factory=ownership.register)
+    sightings: ownership.Sightings = field(default_factory=ownership.Sightings)
     instance_id: str = ""
+    first_user_made: bool = False
+    """Seen by :meth:`owed_first_user`: the first-user report was made (or refused)."""
 
     def __post_init__(self) -> None:
-        self.instance_id = self.store.instance_id()
+        since = shape.iso(self.started_at)
+
+        def opened(c: Conn) -> str:
+            for key, value in (("instance_id", str(uuid.uuid4())), (SINCE, since)):
+                c.execute(
+                    "INSERT INTO kv (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
+                    (key, value),
+                )
+            return str(get_in(c, "instance_id"))
+
+        self.instance_id = self.store.run(opened)
         self._machine: MachineFacts | None = None
 
     # Triggers ------------------------------------------------------------------
@@ -116,6 +130,28 @@ class Reporter:
         """True once ``user`` needs no first-user report: one was made, or it is not first."""
         earliest = self._earliest_user()
         return self.store.is_done(FIRST_USER) or (earliest is not None and earliest < user)
+
+    def owed_first_user(self) -> tuple[datetime, str] | None:
+        """The installation's earliest user, while its first-user report is owed: it was
+        created after the first host start that opened the installation's state began
+        (:data:`SINCE`, so under telemetry), and no first-user report was made. Any process then makes it (its claim's holder first,
+        while alive): so a creating process that died, or that could not reach the
+        state, loses no first-user report, once any process knows that user (a host
+        start's inventory, after a crash). A user from before the plugin's time is not
+        "created" as far as telemetry goes, and is owed nothing. One transaction."""
+
+        def read(c: Conn) -> tuple[str | None, str | None, Any]:
+            done = c.execute("SELECT done FROM claims WHERE key=?", (FIRST_USER,)).fetchone()
+            return get_in(c, "users.earliest"), get_in(c, SINCE), done
+
+        raw, since, done = self.store.run(read)
+        self.first_user_made = done is not None and bool(done[0])
+        if raw is None or since is None or self.first_user_made:
+            return None
+        earliest = _user(raw)
+        if earliest[0] <= datetime.fromisoformat(since):
+            return None
+        return earliest
 
     def first_user(self, user: tuple[datetime, str], now: datetime) -> Report | None:
         """The first-user report, if ``user`` (created_at, email) is the installation's first.
@@ -173,10 +209,21 @@ class Reporter:
         return schedule.slot_of(now.timestamp(), interval, offset)
 
     def _claim(self, key: str, now: datetime) -> str | None:
-        """The report id of trigger ``key`` once this process holds its claim, else None."""
-        return self.store.claim_report(
-            key, self.owner, now.timestamp(), LEASE, shape.report_id(now)
-        )
+        """The report id of trigger ``key`` once this process holds its claim, else None.
+
+        Another holder's claim is taken over only when that holder is known to be gone,
+        or has held it unchanged for a lease on this process's own clock (:mod:`.owner`)."""
+        moment = now.timestamp()
+
+        def may_take(holder: str, stamp: float) -> bool:
+            return ownership.may_take(self.sightings, key, holder, stamp, moment)
+
+        return self.store.claim_report(key, self.owner, moment, shape.report_id(now), may_take)
+
+    def retire(self) -> None:
+        """This reporter builds nothing more: a claim it left unsettled is free at once
+        for the other reporters of this process (see :func:`.owner.alive`)."""
+        ownership.retire(self.owner)
 
     # Building ------------------------------------------------------------------
 
@@ -225,10 +272,7 @@ class Reporter:
 
     def _earliest_user(self) -> tuple[datetime, str] | None:
         raw = self.store.get("users.earliest")
-        if raw is None:
-            return None
-        at, email = json.loads(raw)
-        return datetime.fromisoformat(at).astimezone(UTC), str(email)
+        return None if raw is None else _user(raw)
 
     def build(
         self, trigger: Trigger, now: datetime, sequence: int = 0, report_id: str = ""
@@ -340,6 +384,11 @@ class Reporter:
 
     def _salt(self) -> bytes:
         return bytes.fromhex(self.store.setdefault("privacy.salt", lambda: os.urandom(32).hex()))
+
+
+def _user(raw: str) -> tuple[datetime, str]:
+    at, email = json.loads(raw)
+    return datetime.fromisoformat(at).astimezone(UTC), str(email)
 
 
 def _recent(raw: str | None, now: float) -> list[float]:
