@@ -395,6 +395,7 @@ class Worker:
                 self.reporter.retire()
                 self.reporter.fold()
                 self.reporter.remember_earliest_user()
+                self.reporter.forget_folds()
             if self.sender is not None:
                 self.sender.transport.close()
         finally:

@@ -45,6 +45,8 @@ EXEC_REPORTED = "exec_reported."
 LAST_SLOT = "periodic.last_slot"
 STARTUPS = "startup.recent"
 FIRST_USER = "first_user"
+FOLDED = "fold."
+"""kv key prefix: a reporter's last fold number (see :meth:`Reporter.fold`)."""
 SINCE = "installation.since"
 """The ``started_at`` of the first host start that opened the installation's state."""
 
@@ -82,6 +84,9 @@ class Reporter:
 
         self.instance_id = self.store.run(opened)
         self._machine: MachineFacts | None = None
+        self._folds = 0
+        self._unsure: tuple[str, dict[str, int]] | None = None
+        """A fold that raised: its number and counts, until :meth:`_resolve_fold`."""
 
     # Triggers ------------------------------------------------------------------
 
@@ -229,28 +234,61 @@ class Reporter:
 
     def fold(self) -> None:
         """Move this process's execution counts into the store's lifetime totals, and
-        its inventory changes into the installation's entities (:mod:`.entities`)."""
+        its inventory changes into the installation's entities (:mod:`.entities`), in
+        one transaction.
+
+        Exactly once, whatever fails: a fold that raised is resolved at the next one by
+        reading back the fold's number (stored with it, under this reporter's own key):
+        found, it committed (its ``COMMIT`` was cut off after the fact); not found, its
+        counts ride again. Inventory changes are values, not sums, so they simply go
+        again either way."""
+        self._resolve_fold()
         delta = self.tally.take_delta()
-        self.store.add({EXEC + status: n for status, n in delta.items()})
+        counts = {EXEC + status: n for status, n in delta.items() if n}
         changes = self.inventory.take_changes()
-        if not changes:
+        if not counts and not changes:
             return
         rows = changes.rows()
         states = {
             {"uns": entities.UNS_KEY, "license": entities.LICENSE_KEY}[key]: json.dumps(state)
             for key, state in changes.states.items()
         }
+        self._folds += 1
+        number = str(self._folds)
 
         def work(c: Conn) -> None:
+            add_counters(c, counts)
             for module, (replaced, module_rows) in rows.items():
                 entities.apply(c, module, replaced, module_rows)
             entities.set_states(c, states)
+            if counts:
+                c.execute(UPSERT_KV, (self._fold_key(), number))
 
         try:
             self.store.run(work)
         except BaseException:
-            self.inventory.give_back(changes)  # carried the next time
+            self.inventory.give_back(changes)
+            self._unsure = (number, delta) if counts else None
             raise
+
+    def _fold_key(self) -> str:
+        return f"{FOLDED}{self.owner}"
+
+    def _resolve_fold(self) -> None:
+        """Settle a fold whose outcome is unknown (see :meth:`fold`); raises, and stays
+        unknown, while the state cannot be read."""
+        if self._unsure is None:
+            return
+        number, delta = self._unsure
+        if self.store.get(self._fold_key()) != number:
+            self.tally.give_back(delta)
+        self._unsure = None
+
+    def forget_folds(self) -> None:
+        """At shutdown, after the last fold: this reporter's fold number is needed no more."""
+        if self._unsure is None:
+            key = self._fold_key()
+            self.store.run(lambda c: c.execute("DELETE FROM kv WHERE key=?", (key,)))
 
     def installation_inventory(self) -> Inventory:
         """What the whole installation holds, from its shared state (every process's

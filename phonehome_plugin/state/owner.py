@@ -49,10 +49,22 @@ def machine() -> str:
     return f"{boot}:{namespace}"
 
 
+GONE = frozenset(
+    (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD, psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP)
+)
+"""Process states whose holder settles nothing now: ended but not yet reaped, or
+stopped (SIGSTOP, a debugger). A stopped holder that resumes finds its claim taken
+and its settle refused (fencing): one report, made by whoever took it over."""
+
+
 def _started(pid: int) -> float | None:
-    """The start time of process ``pid``, or None when there is none (or it is hidden)."""
+    """The start time of process ``pid`` while it can still work, else None (no such
+    process, ended, stopped, or hidden)."""
     try:
-        return float(psutil.Process(pid).create_time())
+        process = psutil.Process(pid)
+        if process.status() in GONE:
+            return None
+        return float(process.create_time())
     except (psutil.Error, OSError, ValueError):
         return None
 
