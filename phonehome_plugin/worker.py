@@ -344,7 +344,7 @@ class Worker:
                 reporter.startup(moment)
                 self._startup_pending = not reporter.startup_settled()
             reporter.periodic(moment)
-        reporter.fold()
+        reporter.fold(now)
         self._deliver(now)
         self._plan(now)
 

@@ -63,13 +63,20 @@ def _free_port() -> int:
 
 @pytest.fixture
 def pgbouncer_url(pg_url: str) -> Iterator[str]:
-    """``pg_url`` through a PgBouncer of the test's own in transaction pooling mode, with
+    """``pg_url`` through a PgBouncer of the test's own (see :func:`pgbouncer`)."""
+    with pgbouncer(pg_url) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def pgbouncer(url: str) -> Iterator[str]:
+    """``url`` through a PgBouncer of the caller's own in transaction pooling mode, with
     one server connection for every client (so clients' statements meet on it); skips,
     saying why, when Debian's ``pgbouncer`` is not installed."""
     binary = shutil.which("pgbouncer") or shutil.which("pgbouncer", path="/usr/sbin")
     if not binary:
         pytest.skip("pgbouncer is not installed (Debian's package: apt-get install pgbouncer)")
-    parts = urlsplit(pg_url)
+    parts = urlsplit(url)
     database = parts.path.lstrip("/")
     user = parts.username or "postgres"
     port = _free_port()
@@ -98,7 +105,7 @@ def pgbouncer_url(pg_url: str) -> Iterator[str]:
         if not _listening(port, process):
             error = process.stderr.read().decode(errors="replace") if process.stderr else ""
             pytest.skip(f"pgbouncer did not start: {' '.join(error.split())[:200]}")
-        yield urlunsplit(parts._replace(netloc=f"{user}@127.0.0.1:{port}"))
+        yield urlunsplit(parts._replace(netloc=f"{user}@127.0.0.1:{port}", query=""))
     finally:
         process.terminate()
         process.wait(30)
@@ -162,7 +169,10 @@ class PgCluster:
             f"port = {self.port}\nlisten_addresses = '127.0.0.1'\n"
             f"unix_socket_directories = '{home}'\nmax_connections = {max_connections}\n"
             "superuser_reserved_connections = 0\n"
-            "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
+            # Only the server dies in these tests, never the machine: a write the OS
+            # has is safe without fsync. A commit, though, must be in the WAL when
+            # acknowledged, or an immediate restart would lose it.
+            "fsync = off\nfull_page_writes = off\n"
         )
         self.start()
 

@@ -17,9 +17,9 @@ from phonehome_plugin.counting.inventory import Inventory
 from phonehome_plugin.counting.tally import ExecutionTally
 from phonehome_plugin.reports.system import host_facts, machine_facts
 from phonehome_plugin.reports.triggers import Reporter
-from phonehome_plugin.state.owner import LEASE
 from phonehome_plugin.state.backends import open_store
 from phonehome_plugin.state.outbox import Outbox
+from phonehome_plugin.state.owner import LEASE
 from phonehome_plugin.state.store import Store
 
 

@@ -105,6 +105,4 @@ class ExecutionTally:
     def give_back(self, delta: dict[str, int]) -> None:
         """Undo a :meth:`take_delta` whose counts were not stored: they ride with the
         next take. (Worker thread only, as :meth:`take_delta`.)"""
-        self._folded = {
-            status: self._folded[status] - delta.get(status, 0) for status in _BUCKETS
-        }
+        self._folded = {status: self._folded[status] - delta.get(status, 0) for status in _BUCKETS}

@@ -85,6 +85,12 @@ class Reporter:
         self.instance_id = self.store.run(opened)
         self._machine: MachineFacts | None = None
         self._folds = 0
+        self._now = self.started_at
+        """The latest host ``now`` this reporter was given."""
+        self._folded_at = self.started_at.timestamp()
+        """The ``now`` of the last fold that committed (at first, the host start)."""
+        self._remembered: tuple[datetime, str] | None = None
+        """The earliest user this reporter last told the state of."""
         self._unsure: tuple[str, dict[str, int]] | None = None
         """A fold that raised: its number and counts, until :meth:`_resolve_fold`."""
 
@@ -139,10 +145,11 @@ class Reporter:
     def owed_first_user(self) -> tuple[datetime, str] | None:
         """The installation's earliest user, while its first-user report is owed: it was
         created after the first host start that opened the installation's state began
-        (:data:`SINCE`, so under telemetry), and no first-user report was made. Any process then makes it (its claim's holder first,
-        while alive): so a creating process that died, or that could not reach the
-        state, loses no first-user report, once any process knows that user (a host
-        start's inventory, after a crash). A user from before the plugin's time is not
+        (:data:`SINCE`, so under telemetry), and no first-user report was made. Any
+        process then makes it (its claim's holder first, while alive): so a creating
+        process that died, or that could not reach the state, loses no first-user
+        report, once any process knows that user (a fold carries it over; after a
+        crash, a host start's inventory). A user from before the plugin's time is not
         "created" as far as telemetry goes, and is owed nothing. One transaction."""
 
         def read(c: Conn) -> tuple[str | None, str | None, Any]:
@@ -232,7 +239,7 @@ class Reporter:
 
     # Building ------------------------------------------------------------------
 
-    def fold(self) -> None:
+    def fold(self, now: datetime | None = None) -> None:
         """Move this process's execution counts into the store's lifetime totals, and
         its inventory changes into the installation's entities (:mod:`.entities`), in
         one transaction.
@@ -241,12 +248,22 @@ class Reporter:
         reading back the fold's number (stored with it, under this reporter's own key):
         found, it committed (its ``COMMIT`` was cut off after the fact); not found, its
         counts ride again. Inventory changes are values, not sums, so they simply go
-        again either way."""
+        again either way.
+
+        ``now`` (default: the latest ``now`` this reporter was given) dates the
+        changes; a sync in this process is dated by the previous fold (it came after
+        it), or by the host start for the first one (:func:`.entities.apply`)."""
+        if now is not None:
+            self._now = max(self._now, now)
+        moment = self._now.timestamp()
         self._resolve_fold()
         delta = self.tally.take_delta()
         counts = {EXEC + status: n for status, n in delta.items() if n}
         changes = self.inventory.take_changes()
-        if not counts and not changes:
+        earliest = self.inventory.users.earliest
+        if earliest == self._remembered:
+            earliest = None  # told already
+        if not counts and not changes and earliest is None:
             return
         rows = changes.rows()
         states = {
@@ -259,8 +276,19 @@ class Reporter:
         def work(c: Conn) -> None:
             add_counters(c, counts)
             for module, (replaced, module_rows) in rows.items():
-                entities.apply(c, module, replaced, module_rows)
+                if not replaced:
+                    entities.apply(c, module, False, module_rows, moment)
+                    continue
+                entities.apply(c, module, True, module_rows, self._folded_at)
+                fresh = changes.fresh.get(module, set())
+                later = [row for row in module_rows if row[0] in fresh]
+                if later:
+                    entities.apply(c, module, False, later, moment)
             entities.set_states(c, states)
+            if earliest is not None:
+                # With the fold, the installation learns of a user that may be its
+                # first, even if this process dies before it can report it.
+                _remember_in(c, earliest)
             if counts:
                 c.execute(UPSERT_KV, (self._fold_key(), number))
 
@@ -270,6 +298,9 @@ class Reporter:
             self.inventory.give_back(changes)
             self._unsure = (number, delta) if counts else None
             raise
+        if earliest is not None:
+            self._remembered = earliest
+        self._folded_at = moment
 
     def _fold_key(self) -> str:
         return f"{FOLDED}{self.owner}"
@@ -304,9 +335,9 @@ class Reporter:
     def remember_earliest_user(self) -> None:
         """Keep the earliest user ever known, for ``first_email`` after deletions."""
         found = self.inventory.users.earliest
-        stored = self._earliest_user()
-        if found is not None and (stored is None or found < stored):
-            self.store.set("users.earliest", json.dumps([found[0].isoformat(), found[1]]))
+        if found is not None:
+            self.store.run(lambda c: _remember_in(c, found))
+            self._remembered = found
 
     def _earliest_user(self) -> tuple[datetime, str] | None:
         raw = self.store.get("users.earliest")
@@ -317,7 +348,7 @@ class Reporter:
     ) -> Report:
         """A complete report for ``trigger``; neither stored nor counted as sent.
         ``report_id`` is the claim's (a new one when empty)."""
-        self.fold()
+        self.fold(now)
         self.remember_earliest_user()
         located = self._location(now)
         sections, errors = self.registry.collect_all(self.drops)
@@ -422,6 +453,13 @@ class Reporter:
 
     def _salt(self) -> bytes:
         return bytes.fromhex(self.store.setdefault("privacy.salt", lambda: os.urandom(32).hex()))
+
+
+def _remember_in(c: Conn, user: tuple[datetime, str]) -> None:
+    """The installation's earliest user is ``user`` if it is earlier than the one kept."""
+    raw = get_in(c, "users.earliest")
+    if raw is None or user < _user(raw):
+        c.execute(UPSERT_KV, ("users.earliest", json.dumps([user[0].isoformat(), user[1]])))
 
 
 def _user(raw: str) -> tuple[datetime, str]:

@@ -53,7 +53,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     not_before REAL NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS entities (
-    module TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (module, key)
+    module TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, at REAL NOT NULL DEFAULT 0,
+    PRIMARY KEY (module, key)
 );
 CREATE TABLE IF NOT EXISTS history (
     id INTEGER PRIMARY KEY, report_id TEXT NOT NULL, sequence INTEGER NOT NULL,
