@@ -304,6 +304,31 @@ def test_a_commit_whose_outcome_is_unknown_is_read_back_not_built_again(
     assert (sequence, trigger) == (1, "startup")
 
 
+@pytest.mark.parametrize("committed", [True, False], ids=["committed", "rolled-back"])
+def test_a_fold_whose_outcome_is_unknown_counts_once(
+    state: Store, monkeypatch: pytest.MonkeyPatch, committed: bool
+) -> None:
+    reporter = _reporter(state)
+    receiver = reporter.tally.receiver
+    for _ in range(3):
+        receiver(None, status="completed")
+    run = state.run
+
+    def lost(work: Any) -> Any:
+        if committed:
+            run(work)  # the COMMIT went through; the answer to it was lost
+        raise FaultError
+
+    monkeypatch.setattr(state, "run", lost)
+    with pytest.raises(FaultError):
+        reporter.fold(START)
+    monkeypatch.setattr(state, "run", run)
+    receiver(None, status="failed")
+    reporter.fold(START)  # read back first: the lost fold's counts ride again if needed
+    reporter.fold(START)
+    assert state.counters("exec.") == {"completed": 3, "failed": 1}
+
+
 class TakesOver:
     """A collector of one process during whose ``collect()`` another node's process
     takes the same trigger over (it saw the claim unchanged for a lease on its own
