@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import socket
+from typing import Any
 
 import pytest
 import requests
@@ -49,6 +50,23 @@ def test_udp_datagrams_off_the_machine_are_refused() -> None:
             sock.sendto(b"query", 0, ("192.0.2.53", 53))
 
 
+@pytest.fixture
+def no_resolver(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """The real lookups behind the guard, replaced by stand-ins that fail the test: a
+    guard that let a lookup through would reach them, never the network's resolver."""
+    reached: list[object] = []
+
+    def stand_in(host: object, *args: object, **kwargs: object) -> Any:
+        reached.append(host)
+        raise AssertionError(f"the guard let a lookup of {host!r} through")
+
+    for name in ("getaddrinfo", "gethostbyname", "gethostbyname_ex", "gethostbyaddr"):
+        monkeypatch.setattr(loopback, f"_real_{name}", stand_in)
+    monkeypatch.setattr(loopback, "_real_getnameinfo", lambda address, flags: stand_in(address))
+    return reached
+
+
+@pytest.mark.usefixtures("no_resolver")
 @pytest.mark.parametrize("name", ["ip-api.com", "telemetry.maestrohub.com", "192.0.2.1"])
 def test_name_lookups_off_the_machine_are_refused(name: str) -> None:
     """The default endpoint's and GeoIP service's names: a test with the default
@@ -67,6 +85,7 @@ def test_name_lookups_off_the_machine_are_refused(name: str) -> None:
         socket.create_connection((name, 443), timeout=1)
 
 
+@pytest.mark.usefixtures("no_resolver")
 def test_the_libraries_that_resolve_through_python_are_refused_too() -> None:
     with pytest.raises(requests.ConnectionError, match="must stay on loopback"):
         requests.get("https://telemetry.maestrohub.com/v1/reports", timeout=1)

@@ -5,6 +5,7 @@ which uses only the testing kit; and the same test fails when the collector's
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 import tomllib
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 from dist_support import (
     BROKEN,
+    MODULE,
     MODULES_DOC,
     break_collect,
     clean_environment,
@@ -72,6 +74,30 @@ def test_the_section_rules_are_stated_once() -> None:
     readme = (MODULES_DOC.parent.parent / "README.md").read_text("utf-8")
     assert "docs/modules.md" in readme
     assert "dropped and counted" not in readme, "the README points to the page instead"
+
+
+def test_the_pages_collector_holds_its_lock_for_every_use_of_its_count() -> None:
+    """Thread-safe, as written: the receiver (host threads) and collect() (phonehome's
+    thread) read and write the count only inside ``with self._lock:``. (A test cannot
+    see a lost update on a Python with a GIL; the code can be read.)"""
+    tree = ast.parse(page_files()[MODULE])
+    [cls] = [n for n in tree.body if isinstance(n, ast.ClassDef)]
+    uses, guarded = 0, 0
+    for method in (n for n in cls.body if isinstance(n, ast.FunctionDef)):
+        if method.name == "__init__":
+            continue
+        locked = {
+            id(inner)
+            for block in ast.walk(method)
+            if isinstance(block, ast.With)
+            and any(ast.unparse(item.context_expr) == "self._lock" for item in block.items)
+            for inner in ast.walk(block)
+        }
+        for node in ast.walk(method):
+            if isinstance(node, ast.Attribute) and ast.unparse(node) == "self._writes":
+                uses += 1
+                guarded += id(node) in locked
+    assert uses >= 2 and guarded == uses
 
 
 def test_breaking_collect_changes_only_collect() -> None:
