@@ -25,6 +25,8 @@ import venv
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTRACT = ROOT / "contract"
@@ -103,10 +105,23 @@ def site_packages(python: Path) -> Path:
 
 
 def copy_installed(name: str, python: Path) -> None:
-    """Copy the installed distribution ``name`` (its files and metadata, as its RECORD
-    lists them) into ``python``'s environment: installed there too, for pip as well."""
-    dist = importlib.metadata.distribution(name)
+    """Copy the installed distribution ``name`` and those it requires (their files and
+    metadata, as their RECORDs list them) into ``python``'s environment: installed there
+    too, for pip as well. (blinker 1.6, the lowest version, requires typing-extensions.)"""
     target = site_packages(python)
+    todo, done = [name], set()
+    while todo:
+        dist = importlib.metadata.distribution(todo.pop())
+        done.add(canonicalize_name(dist.metadata["Name"]))
+        _copy_files(dist, target)
+        for line in dist.requires or ():
+            requirement = Requirement(line)
+            needed = requirement.marker is None or requirement.marker.evaluate({"extra": ""})
+            if needed and canonicalize_name(requirement.name) not in done:
+                todo.append(requirement.name)
+
+
+def _copy_files(dist: importlib.metadata.Distribution, target: Path) -> None:
     for file in dist.files or ():
         if file.suffix == ".pyc" or file.parts[0] == "..":  # bytecode, scripts
             continue
