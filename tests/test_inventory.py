@@ -355,6 +355,9 @@ def test_sync_never_keeps_extra_fields(inventory: Inventory) -> None:
     inventory.sync(
         "users", [{"id": "u1", "email": "alice@example.com", "created_at": T0, **extra}]
     )
+    # The host's rows are read on the worker (the host's thread only hands them over);
+    # once read, nothing of them is kept but what is counted.
+    inventory.settle()
     strings = strings_in(inventory)
     assert "mqtt" in strings  # the walk reaches what is kept
     assert "alice@example.com" in strings  # the one personal value kept, as first email
@@ -362,6 +365,29 @@ def test_sync_never_keeps_extra_fields(inventory: Inventory) -> None:
         assert SECRET not in text
         assert "Plant 7" not in text
         assert "owner@example.com" not in text
+
+
+def test_a_sync_costs_the_hosts_thread_the_same_at_any_size(inventory: Inventory) -> None:
+    rows: list[dict[str, object]] = [{"id": f"p{n}", "enabled": True} for n in range(10_000)]
+    assert inventory.sync("pipelines", rows)
+    # Nothing was read yet: the rows are the host's, by reference, until the worker
+    # reads them; saves and deletes made meanwhile apply on top, in order.
+    rows.append({"id": "late", "enabled": False})  # the host's list, changed after
+    inventory.pipelines.save("p1", pipeline_value(False, ["a.b"]))
+    inventory.pipelines.delete("p2")
+    inventory.pipelines.save("extra", pipeline_value(True, []))
+    snapshot = inventory.pipelines.snapshot()  # reads the sync, then replays
+    assert snapshot["total"] == 10_000 + 1 - 1 + 1
+    assert snapshot["enabled"] == 10_000 - 2 + 1
+    assert snapshot["nodes_by_type"] == {"a.b": 1}
+
+
+def test_a_newer_sync_wins_over_one_still_pending(inventory: Inventory) -> None:
+    inventory.sync("connections", [{"id": "c1", "type": "mqtt"}])
+    inventory.sync("connections", [{"id": "c2", "type": "s7"}])
+    assert inventory.connections.snapshot() == {"total": 1, "by_type": {"s7": 1}}
+    replaced, changes, fresh = inventory.connections.take_changes()
+    assert replaced and changes == [("c2", "s7")] and fresh == set()
 
 
 def test_after_fork_replaces_every_lock(inventory: Inventory) -> None:

@@ -479,7 +479,9 @@ def test_extra_arguments_full_of_secrets_are_never_stored(
     assert tally.totals()["completed"] == 1
     assert inventory.uns["storage_mode"] == "pebble"
     assert inventory.license == {"id": "LIC-1", "status": "active"}
-    # ... and nothing else was kept anywhere in the state.
+    # ... and nothing else was kept anywhere in the state, once the syncs are read
+    # (the worker reads them; until then the host's rows are only referenced).
+    inventory.settle()
     strings = strings_in([inventory, tally, pairs])
     assert "pebble" in strings and "first@example.com" in strings  # the walk reaches state
     for text in strings:

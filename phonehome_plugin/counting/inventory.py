@@ -20,7 +20,7 @@ import itertools
 import json
 import threading
 from collections import Counter
-from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypedDict
@@ -57,6 +57,27 @@ DELETED: Any = object()
 """In :meth:`Entities.take_changes`: the entity under that key is gone."""
 
 
+@dataclass(frozen=True, eq=False)
+class Pending:
+    """One module's sync as the host handed it over: its rows, unread, and how to read
+    one row's value. Read once, on the worker (:meth:`Entities.settle`)."""
+
+    rows: Sequence[Any]
+    value_of: Callable[[Mapping[str, Any]], Any]
+
+    def read(self) -> list[tuple[Hashable, Any]]:
+        """``(key, value)`` of each row that is a mapping with a usable id. A host that
+        changed the rows meanwhile costs the rows it changed, never the worker."""
+        parsed: list[tuple[Hashable, Any]] = []
+        try:
+            for row in list(self.rows):
+                if isinstance(row, Mapping) and (key := entity_id(row.get("id"))) is not None:
+                    parsed.append((key, self.value_of(row)))
+        except Exception:  # the rows changed under us (the host's, by reference)
+            pass
+        return parsed
+
+
 class Entities:
     """A set of entities keyed by id, each with an optional aggregated value.
 
@@ -71,33 +92,80 @@ class Entities:
         self._items: dict[Hashable, Any] = {}
         self._dirty: set[Hashable] = set()
         self._replaced = False
+        self._pending: Pending | None = None
+        """A sync handed over by the host's thread, not yet read (see :meth:`replace_later`)."""
+        self._since: list[tuple[Hashable, Any]] = []
+        """Saves and deletes (:data:`DELETED`) made after the pending sync, in order."""
 
     def __len__(self) -> int:
+        self.settle()
         return len(self._items)
 
     def replace(self, items: Iterable[tuple[Hashable, Any]]) -> None:
         with self.lock:
+            self._pending, self._since = None, []
             self._clear()
             for key, value in items:
                 self._put(key, value)
             self._replaced = True
             self._dirty.clear()
 
+    def replace_later(
+        self, rows: Sequence[Any], value_of: Callable[[Mapping[str, Any]], Any]
+    ) -> None:
+        """Replace the set by ``rows`` (the host's mappings, read later: see :meth:`settle`).
+
+        O(1) for the host's thread, whatever the number of rows: the rows are kept by
+        reference and read on the worker, where saves and deletes made meanwhile are
+        replayed on top of them, in order, as if the sync had been read at once."""
+        with self.lock:
+            self._pending, self._since = Pending(rows, value_of), []
+            self._replaced = True
+            self._dirty.clear()
+
+    def settle(self) -> None:
+        """Read a pending sync now (on the worker; every reader calls it first). The
+        rows are read outside the lock, so the host's saves never wait for them."""
+        with self.lock:
+            pending = self._pending
+        if pending is None:
+            return
+        parsed = pending.read()
+        with self.lock:
+            if self._pending is not pending:
+                return  # a newer sync came meanwhile; it is read next
+            self._pending = None
+            self._clear()
+            for key, value in parsed:
+                self._put(key, value)
+            for key, value in self._since:
+                if value is DELETED:
+                    if key in self._items:
+                        self._remove(key)
+                else:
+                    self._put(key, value)
+            self._since = []
+
     def save(self, key: Hashable, value: Any = None) -> None:
         with self.lock:
             self._put(key, value)
             self._dirty.add(key)
+            if self._pending is not None:
+                self._since.append((key, value))
 
     def delete(self, key: Hashable) -> None:
         with self.lock:
             if key in self._items:
                 self._remove(key)
             self._dirty.add(key)  # gone here; another process may still hold it
+            if self._pending is not None:
+                self._since.append((key, DELETED))
 
     def take_changes(self) -> tuple[bool, list[tuple[Hashable, Any]], set[Hashable]]:
         """``(True, every entity, the keys changed since the sync)`` when the set was
         replaced since the last take, else ``(False, the changed entities, {})`` with
         :data:`DELETED` for those gone."""
+        self.settle()
         with self.lock:
             if self._replaced:
                 self._replaced = False
@@ -116,6 +184,7 @@ class Entities:
                 self._dirty.update(key for key, _ in changes)
 
     def items(self) -> list[tuple[Hashable, Any]]:
+        self.settle()
         with self.lock:
             return list(self._items.items())
 
@@ -153,6 +222,7 @@ class TypedEntities(Entities):
             del self.by_type[kind]
 
     def snapshot(self) -> TypeCounts:
+        self.settle()
         with self.lock:
             return {"total": len(self._items), "by_type": dict(sorted(self.by_type.items()))}
 
@@ -187,6 +257,7 @@ class Pipelines(Entities):
                 del self.nodes[kind]
 
     def snapshot(self) -> PipelineCounts:
+        self.settle()
         with self.lock:
             return {
                 "total": len(self._items),
@@ -226,6 +297,22 @@ class Users(Entities):
             self.earliest = value
 
 
+def _user_of(row: Mapping[str, Any]) -> tuple[datetime, str] | None:
+    return user_value(row.get("created_at"), row.get("email"))
+
+
+def _type_of(row: Mapping[str, Any]) -> str:
+    return privacy.bucket(row.get("type"))
+
+
+def _pipeline_of(row: Mapping[str, Any]) -> tuple[bool, Counter[str]]:
+    return pipeline_value(row.get("enabled"), row.get("node_types"))
+
+
+def _nothing(row: Mapping[str, Any]) -> None:
+    return None
+
+
 def user_value(created_at: Any, email: Any) -> tuple[datetime, str] | None:
     """``(created_at, email)`` when both are well formed and comparable, else None."""
     if (
@@ -252,27 +339,29 @@ class Inventory:
         """The UNS and license states last handed to the shared state."""
 
     def sync(self, module: Any, items: Any) -> bool:
-        """Replace one module's state; False when the module or items are not understood."""
+        """Replace one module's state; False when the module or items are not understood.
+
+        Costs the host's thread O(1) whatever the number of items: they are read on
+        the worker (:meth:`Entities.replace_later`, :meth:`settle`)."""
         if not isinstance(items, list | tuple):
             return False
-        rows = [item for item in items if isinstance(item, Mapping)]
         parsers: dict[str, tuple[Entities, Callable[[Mapping[str, Any]], Any]]] = {
-            "users": (self.users, lambda r: user_value(r.get("created_at"), r.get("email"))),
-            "connections": (self.connections, lambda r: privacy.bucket(r.get("type"))),
-            "pipelines": (
-                self.pipelines,
-                lambda r: pipeline_value(r.get("enabled"), r.get("node_types")),
-            ),
-            "organizations": (self.organizations, lambda r: None),
-            "data_models": (self.data_models, lambda r: None),
+            "users": (self.users, _user_of),
+            "connections": (self.connections, _type_of),
+            "pipelines": (self.pipelines, _pipeline_of),
+            "organizations": (self.organizations, _nothing),
+            "data_models": (self.data_models, _nothing),
         }
         if not isinstance(module, str) or module not in parsers:  # a list would raise TypeError
             return False
         entities, value_of = parsers[module]
-        entities.replace(
-            (key, value_of(row)) for row in rows if (key := entity_id(row.get("id"))) is not None
-        )
+        entities.replace_later(items, value_of)
         return True
+
+    def settle(self) -> None:
+        """Read every sync still pending (worker side): see :meth:`Entities.settle`."""
+        for entities in self.modules().values():
+            entities.settle()
 
     def modules(self) -> dict[str, Entities]:
         """The entity sets by the module names of the host contract."""

@@ -259,7 +259,7 @@ class Reporter:
         self._resolve_fold()
         delta = self.tally.take_delta()
         counts = {EXEC + status: n for status, n in delta.items() if n}
-        changes = self.inventory.take_changes()
+        changes = self.inventory.take_changes()  # reads pending syncs first
         earliest = self.inventory.users.earliest
         if earliest == self._remembered:
             earliest = None  # told already
@@ -334,6 +334,7 @@ class Reporter:
 
     def remember_earliest_user(self) -> None:
         """Keep the earliest user ever known, for ``first_email`` after deletions."""
+        self.inventory.settle()
         found = self.inventory.users.earliest
         if found is not None:
             self.store.run(lambda c: _remember_in(c, found))
