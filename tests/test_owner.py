@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import time
 from collections.abc import Iterator
 from multiprocessing.connection import Connection, wait
 
@@ -17,6 +18,15 @@ from phonehome_plugin.state.owner import LEASE, Sightings
 FORK = multiprocessing.get_context("fork")
 WAIT = 60.0
 """Seconds to wait for a child's answer: only a hung child takes that long."""
+
+
+def _reaches(pid: int, status: str) -> None:
+    """Wait until process ``pid`` is in ``status`` (a readiness wait: it ends as soon as
+    the kernel says so; only a process that never gets there reaches the limit)."""
+    deadline = time.monotonic() + WAIT
+    while psutil.Process(pid).status() != status:
+        assert time.monotonic() < deadline, f"process {pid} never became {status}"
+        time.sleep(0.001)
 
 
 def _hold(pipe: Connection) -> None:
@@ -131,6 +141,7 @@ def test_a_stopped_holder_is_taken_over_and_counts_again_once_it_resumes(
     assert process.pid is not None
     os.kill(process.pid, signal.SIGSTOP)
     try:
+        _reaches(process.pid, psutil.STATUS_STOPPED)  # a signal lands asynchronously
         assert owner.alive(token) is False  # frozen: its claim is taken over
     finally:
         os.kill(process.pid, signal.SIGCONT)
@@ -145,5 +156,5 @@ def test_an_ended_holder_not_yet_reaped_is_gone(
     # Ended, not reaped (its sentinel closes at exit; nothing joins it): a zombie
     # keeps its PID and its start time.
     assert wait([process.sentinel], WAIT), "the child did not end"
-    assert psutil.Process(process.pid).status() == psutil.STATUS_ZOMBIE
+    _reaches(process.pid, psutil.STATUS_ZOMBIE)  # it may still be on its way out
     assert owner.alive(token) is False
