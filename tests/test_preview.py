@@ -116,7 +116,9 @@ def test_preview_in_normal_operation_exits_0_and_says_what_it_took_from_where(
         host.tick()  # the startup report went out: nothing waits to be sent
 
     shown = run_cli(
-        ["preview", "--json", "--config", str(config), "--data-dir", str(data)], tmp_path, shell_env
+        ["preview", "--json", "--config", str(config), "--data-dir", str(data)],
+        tmp_path,
+        shell_env,
     )
 
     assert shown.code == commands.OK, shown.stderr

@@ -74,7 +74,9 @@ def test_history_prints_the_exact_bytes_the_receiver_got(
         digest = hashlib.sha256(shown.stdout[:-1]).hexdigest()
         assert digest == hashlib.sha256(body).hexdigest()
         assert {e["sha256"] for e in events if e["sequence"] == sequence} == {digest}
-    by_id = run_cli(["history", "--show", json.loads(received[1])["report_id"], *where], tmp_path, shell_env)
+    by_id = run_cli(
+        ["history", "--show", json.loads(received[1])["report_id"], *where], tmp_path, shell_env
+    )
     assert by_id.stdout == received[1] + b"\n"
     last = run_cli(["history", "--show", "last", *where], tmp_path, shell_env)
     assert last.stdout == received[max(received)] + b"\n"
@@ -87,7 +89,9 @@ def test_history_diffs_a_report_against_the_one_before_field_by_field(
     where = ["--config", str(config), "--data-dir", str(data)]
 
     shown = run_cli(["history", "--diff", "2", *where], tmp_path, shell_env)
-    as_json = json.loads(run_cli(["history", "--diff", "2", "--json", *where], tmp_path, shell_env).stdout)
+    as_json = json.loads(
+        run_cli(["history", "--diff", "2", "--json", *where], tmp_path, shell_env).stdout
+    )
 
     assert shown.code == commands.OK, shown.stderr
     lines = shown.stdout.decode().splitlines()
@@ -98,8 +102,16 @@ def test_history_diffs_a_report_against_the_one_before_field_by_field(
     assert (as_json["report"], as_json["previous"]) == (2, 1)
     fields = {c["field"] for c in as_json["changes"]}
     assert "connections.by_type.mqtt" not in fields, "unchanged fields are not listed"
-    third = json.loads(run_cli(["history", "--diff", "3", "--json", *where], tmp_path, shell_env).stdout)
-    assert {"field": "connections.by_type.s7", "before": None, "after": 1, "present_before": False, "present_after": True} in third["changes"]
+    third = json.loads(
+        run_cli(["history", "--diff", "3", "--json", *where], tmp_path, shell_env).stdout
+    )
+    assert {
+        "field": "connections.by_type.s7",
+        "before": None,
+        "after": 1,
+        "present_before": False,
+        "present_after": True,
+    } in third["changes"]
 
 
 def test_the_first_report_diffs_against_nothing_and_an_unknown_one_is_one_line(

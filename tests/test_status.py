@@ -67,7 +67,9 @@ CLEAN: dict[str, str | None] = {"DO_NOT_TRACK": None, "MAESTROHUB_PHONEHOME_ENAB
 
 
 def status_json(config: Path, data: Path, root: Path, env: Mapping[str, str]) -> tuple[Run, Any]:
-    run = run_cli(["status", "--json", "--config", str(config), "--data-dir", str(data)], root, env)
+    run = run_cli(
+        ["status", "--json", "--config", str(config), "--data-dir", str(data)], root, env
+    )
     return run, json.loads(run.stdout)
 
 
@@ -76,7 +78,11 @@ def readable(config: Path, data: Path, root: Path, env: Mapping[str, str]) -> Ru
 
 
 def one_start(
-    section: Mapping[str, Any], data: Path, config: Path, environ: Mapping[str, str | None], at: Any
+    section: Mapping[str, Any],
+    data: Path,
+    config: Path,
+    environ: Mapping[str, str | None],
+    at: Any,
 ) -> None:
     """A host start (its own process and environment): the first tick, then shutdown."""
     with HostProcess(
@@ -182,9 +188,13 @@ def test_a_config_file_named_that_does_not_exist_is_one_line_and_exit_1(
     tmp_path: Path, shell_env: dict[str, str]
 ) -> None:
     typo = tmp_path / "confg.yaml"
-    run = run_cli(["status", "--config", str(typo), "--data-dir", str(tmp_path)], tmp_path, shell_env)
+    run = run_cli(
+        ["status", "--config", str(typo), "--data-dir", str(tmp_path)], tmp_path, shell_env
+    )
     from_env = run_cli(
-        ["status", "--data-dir", str(tmp_path)], tmp_path, {**shell_env, "MAESTROHUB_CONFIG": str(typo)}
+        ["status", "--data-dir", str(tmp_path)],
+        tmp_path,
+        {**shell_env, "MAESTROHUB_CONFIG": str(typo)},
     )
 
     for done in (run, from_env):
@@ -201,7 +211,7 @@ def test_the_config_file_read_is_always_named(tmp_path: Path, shell_env: dict[st
     shell = json.loads(none.stdout)["shell"]
     assert (shell["config_file"], shell["config_found"]) == ("config.yaml", False)
     heading = [line for line in found.stdout.decode().splitlines() if "shell's view" in line]
-    assert heading == [f"This shell's view (this shell's environment, config file config.yaml)"]
+    assert heading == ["This shell's view (this shell's environment, config file config.yaml)"]
     assert config.exists()
 
 
