@@ -4,20 +4,24 @@ left behind in the file."""
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import operator_support
-from e2e_support import START
+import pytest
+from e2e_support import START, settle
 from operator_support import (
     CountingServer,
     HostProcess,
     config_of,
+    make,
     phonehome_section,
     read_only,
     run_cli,
+    running,
     stored_bytes,
     write_config,
 )
@@ -25,6 +29,7 @@ from operator_support import (
 from phonehome_plugin.admin.forget import survey
 from phonehome_plugin.admin.locate import Sources
 from phonehome_plugin.cli import commands
+from phonehome_plugin.state.backends import open_store
 
 counting_server = operator_support.counting_server  # fixture
 shell_env = operator_support.shell_env  # fixture
@@ -134,3 +139,36 @@ def test_forget_yes_is_for_scripts_and_nothing_to_forget_is_done(
         ["forget", "--yes", "--data-dir", str(tmp_path / "nope")], tmp_path, shell_env
     )
     assert missing.code == commands.PROBLEM
+
+
+@pytest.mark.postgres
+def test_forget_erases_an_installation_kept_in_postgresql(
+    counting_server: CountingServer, tmp_path: Path, pg_url: str
+) -> None:
+    section = phonehome_section(counting_server, state_url=pg_url)
+    config = write_config(tmp_path / "config.yaml", section)
+    with running(make(config_of(section), tmp_path / "data")) as host:
+        host.tick()
+        settle(host)
+        host.create_user(EMAIL.decode())
+        settle(host)
+    where = ["--config", str(config), "--data-dir", str(tmp_path / "data")]
+
+    assert commands.main(["forget", "--yes", *where], out=io.StringIO()) == commands.OK
+
+    view = open_store(None, pg_url, read_only=True)
+    try:
+        counts = view.run(
+            lambda c: {
+                table: c.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+                for table in ("kv", "counters", "claims", "outbox", "history", "sent_reports")
+            }
+        )
+        assert set(counts.values()) == {0}, counts
+    finally:
+        view.close()
+    out = io.StringIO()
+    assert commands.main(["forget", "--yes", *where], out=out) == commands.OK
+    assert "erased" in out.getvalue(), (
+        "an emptied state is still a state: erasing it again is fine"
+    )

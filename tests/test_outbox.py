@@ -419,3 +419,35 @@ def test_settling_is_one_transaction(store: Store, make: Maker) -> None:
     assert outbox.pending() == [entry]
     assert store.counters("delivery.") == {}
     assert history.recent(store) == []
+
+
+# On both backends -------------------------------------------------------------------------
+
+
+def test_marks_retention_pace_and_kept_bodies_hold_on_each_backend(any_store: Store) -> None:
+    make = Maker()
+    outbox = Outbox(
+        any_store,
+        OutboxLimits(max_reports=4, max_age_days=7.0),
+        endpoint="https://t.example/r",
+        pace=Pace(burst=2, window=60.0),
+    )
+    startup, first_user = make("startup", NOW - 9 * DAY), make("first_user", NOW - 9 * DAY)
+    outbox.put(startup, NOW - 9 * DAY)
+    outbox.put(first_user, NOW - 9 * DAY)
+    for n in range(4):
+        outbox.put(make("periodic", NOW + n), NOW + n)
+    assert [e.trigger for e in outbox.pending()][:2] == ["startup", "first_user"]
+    outbox.mark_exported([startup.report_id], NOW, "f")
+    assert outbox.unexported()[0].report_id == first_user.report_id
+    outbox.put(make("periodic", NOW + 5), NOW + 5)
+    assert startup.report_id not in ids(outbox), "exported, it ages out"
+    leased = [outbox.lease(NOW + 10, hold=300) for _ in range(3)]
+    assert leased[2] is None and outbox.next_due(NOW + 10) == NOW + 70
+    first = leased[0]
+    assert first is not None
+    outbox.sent(first, event(first), {})
+    [kept] = history.kept(any_store)
+    assert (kept.body, kept.endpoint) == (first.body, "https://t.example/r")
+    assert kept.sha256 == hashlib.sha256(first.body).hexdigest()
+    assert history.digests(any_store) == {first.report_id: (kept.sha256, len(first.body))}
