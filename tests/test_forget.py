@@ -26,7 +26,7 @@ from operator_support import (
     write_config,
 )
 
-from phonehome_plugin.admin.forget import survey
+from phonehome_plugin.admin.forget import erase, survey
 from phonehome_plugin.admin.locate import Sources
 from phonehome_plugin.cli import commands
 from phonehome_plugin.state.backends import open_store
@@ -161,7 +161,15 @@ def test_forget_erases_an_installation_kept_in_postgresql(
         counts = view.run(
             lambda c: {
                 table: c.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
-                for table in ("kv", "counters", "claims", "outbox", "history", "sent_reports")
+                for table in (
+                    "kv",
+                    "counters",
+                    "claims",
+                    "outbox",
+                    "history",
+                    "sent_reports",
+                    "exports",
+                )
             }
         )
         assert set(counts.values()) == {0}, counts
@@ -172,3 +180,17 @@ def test_forget_erases_an_installation_kept_in_postgresql(
     assert "erased" in out.getvalue(), (
         "an emptied state is still a state: erasing it again is fine"
     )
+
+
+def test_what_is_erased_is_overwritten_even_where_sqlite_would_keep_it(tmp_path: Path) -> None:
+    store = open_store(tmp_path)
+    try:
+        # As a build of SQLite whose default leaves deleted bytes in free pages.
+        store.run(lambda c: c.execute("PRAGMA secure_delete = OFF"))
+        store.set("users.earliest", json.dumps(["2026-03-02T08:00:00+00:00", EMAIL.decode()]))
+        for n in range(200):  # enough rows that the email's page is freed, not rewritten
+            store.set(f"filler.{n}", "x" * 200)
+        erase(store)
+    finally:
+        store.close()
+    assert not any(EMAIL in content for content in stored_bytes(tmp_path).values())

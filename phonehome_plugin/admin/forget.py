@@ -82,14 +82,20 @@ def forget(sources: Sources) -> None:
     """Erase every row of every table of the plugin, in one transaction."""
     store = sources.open_writable()
     try:
-        sqlite = store.path is not None
-
-        def erase(c: Conn) -> None:
-            if sqlite:
-                c.execute("PRAGMA secure_delete = ON")
-            for table in _TABLE.findall(SCHEMA):
-                c.execute(f"DELETE FROM {table}")
-
-        store.run(erase)
+        erase(store)
     finally:
         store.close()
+
+
+def erase(store: Store) -> None:
+    """:func:`forget` on an open, writable ``store``."""
+    # Zeros over what is deleted, whatever the SQLite build's default (some have it off).
+    sqlite = store.path is not None
+
+    def work(c: Conn) -> None:
+        if sqlite:
+            c.execute("PRAGMA secure_delete = ON")
+        for table in _TABLE.findall(SCHEMA):
+            c.execute(f"DELETE FROM {table}")
+
+    store.run(work)
