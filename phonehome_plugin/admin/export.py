@@ -92,7 +92,7 @@ def export(
         stdout.flush()
     else:
         _write_whole(Path(target), lines)
-    written = manifest if manifest is not None else None
+    written = manifest
     if written is None and target != STDOUT:
         written = str(manifest_of(Path(target)))
     if written is not None:

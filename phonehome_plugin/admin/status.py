@@ -25,7 +25,7 @@ from typing import Any
 
 from phonehome_plugin.admin import startrecord
 from phonehome_plugin.admin.clock import stamp
-from phonehome_plugin.admin.locate import ProblemError, Sources, has_table
+from phonehome_plugin.admin.locate import Sources, has_table
 from phonehome_plugin.config import switch
 from phonehome_plugin.config.notice import masked, shown_settings
 from phonehome_plugin.config.settings import OutboxLimits, Settings
@@ -63,12 +63,13 @@ def status(sources: Sources) -> dict[str, Any]:
         try:
             record = startrecord.read(store)
             found = {"where": _where(sources, state_url), "found": True, **_state(store, record)}
+            note = _host_note(record)
         except BrokenStateError as error:  # damaged where only a later read looks
             problems.append(str(error))
             found = {"where": _where(sources, state_url), "found": False, "problem": str(error)}
+            note = f"the state cannot be read, so what the host decided is unknown ({error})"
         finally:
             store.close()
-        note = _host_note(record)
     host = None if record is None else _host(record)
     if host is not None and shell["telemetry"] != host["telemetry"]:
         note += (
@@ -187,6 +188,3 @@ def _last_built(store: Store) -> str | None:
     """When a process of the installation last claimed a trigger (host clock)."""
     row = store.run(lambda c: c.execute("SELECT max(claimed_at) FROM claims").fetchone())
     return None if row is None or row[0] is None else stamp(float(row[0]))
-
-
-__all__ = ["ProblemError", "Sources", "describe_event", "shell_view", "status"]

@@ -66,9 +66,10 @@ def upload(
     except OSError as error:
         raise ProblemError(f"cannot read {path}: {error.strerror or error}") from error
     expected = _manifest(manifest or manifest_of(path), named=manifest is not None)
-    if expected is not None and len(expected) != len([x for x in lines if x.strip()]):
+    reports = len([line for line in lines if line.strip()])
+    if expected is not None and len(expected) != reports:
         raise ProblemError(
-            f"{path} holds {len(lines)} report(s) where its manifest lists {len(expected)}"
+            f"{path} holds {reports} report(s) where its manifest lists {len(expected)}"
         )
     transport = Transport(settings)
     stop = cancel or threading.Event()

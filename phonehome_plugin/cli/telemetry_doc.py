@@ -125,3 +125,9 @@ def _kind(node: Mapping[str, Any]) -> str:
     if "object" in names and "additionalProperties" in node and not node.get("properties"):
         return "map"
     return " or ".join(names)
+
+
+if __name__ == "__main__":  # python -m phonehome_plugin.cli.telemetry_doc > docs/telemetry.md
+    import sys
+
+    sys.stdout.write(render())
