@@ -26,7 +26,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, cast
 
 from phonehome_plugin.admin import startrecord
@@ -91,6 +91,8 @@ def preview(sources: Sources, trigger: str = "periodic", now: datetime | None = 
         latest = None if source is None else _latest(source)
         pending = 0 if source is None else Outbox(source, shell.outbox).size()[0]
         scratch = _copy(source)
+    except BrokenStateError as error:  # damaged where only a later read looks
+        raise ProblemError(str(error)) from error
     finally:
         if source is not None:
             source.close()
@@ -134,7 +136,7 @@ def _build(
     if record is not None:
         host = cast(HostFacts, record.host)
         machine = cast(MachineFacts, record.machine)
-        started_at = datetime.fromtimestamp(record.started_at, now.tzinfo)
+        started_at = datetime.fromtimestamp(record.started_at, UTC)
     else:
         host = {"version": None, "edition": None}
         machine = machine_facts()
