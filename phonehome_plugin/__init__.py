@@ -12,6 +12,9 @@ what it may import; the arrows run one way, down this list:
 - ``cli/``: the ``phonehome`` command and the generated documentation;
 - the engine, the modules at the top: ``plugin`` (the entry point), ``runtime``
   (the hooks of one host start) and ``worker`` (the plugin's own thread);
+- ``admin/``: what operators see and do (status, preview, what was sent, export,
+  upload, forget) as plain data, for the command and the host's admin UI, and the
+  record each host start writes of what it decided;
 - ``reports/``: triggers, schedule, the report's shape, schema and facts;
 - ``delivery/``: one POST, retries and the sender;
 - ``state/``: the store and its backends, the outbox and the history;
@@ -21,7 +24,7 @@ what it may import; the arrows run one way, down this list:
 
 This module holds the version only and imports nothing, so any module may use it.
 The version is written here once: pyproject.toml reads it (``dynamic``).
-The engine may import: config, counting, delivery, guard, reports, state.
+The engine may import: admin, config, counting, delivery, guard, reports, state.
 """
 
 __version__ = "0.1.0"

@@ -44,7 +44,7 @@ import requests.adapters  # noqa: F401
 import tenacity  # noqa: F401
 
 from hookspecs import App
-from phonehome_plugin.config.notice import notice
+from phonehome_plugin.admin import startrecord
 from phonehome_plugin.config.settings import Settings
 from phonehome_plugin.config.switch import without_credentials
 from phonehome_plugin.counting.collectors import Registry
@@ -57,14 +57,13 @@ from phonehome_plugin.reports.system import MachineFacts, host_facts, machine_fa
 from phonehome_plugin.reports.triggers import Reporter
 from phonehome_plugin.state import forksafe, history, sqlite  # noqa: F401
 from phonehome_plugin.state.backends import open_store
-from phonehome_plugin.state.outbox import Outbox
+from phonehome_plugin.state.outbox import Outbox, Pace
 from phonehome_plugin.state.store import StateUnavailableError, Store
 
 log = logging.getLogger(__name__)
 
 FOLD_EVERY = timedelta(seconds=60)
 MAX_PENDING_TICKS = 64
-NOTICE_KEY = "notice.logged_at"
 FAR_PAST = datetime.min.replace(tzinfo=UTC)
 FAR_FUTURE = datetime.max.replace(tzinfo=UTC)
 STARTUP_RECHECK = timedelta(seconds=5)
@@ -276,7 +275,13 @@ class Worker:
             # The longest wait the sender sets: backoff (at most the interval) or
             # Retry-After (at most RETRY_AFTER_MAX), plus one series' deadline.
             horizon = max(self.settings.interval, RETRY_AFTER_MAX) + self.settings.timeout
-            outbox = Outbox(store, self.settings.outbox, horizon=horizon)
+            outbox = Outbox(
+                store,
+                self.settings.outbox,
+                horizon=horizon,
+                endpoint=without_credentials(self.settings.endpoint),
+                pace=Pace(),  # a backlog (after mode offline) drains at a bounded rate
+            )
             self.reporter = Reporter(
                 settings=self.settings,
                 store=store,
@@ -291,10 +296,8 @@ class Worker:
             self.sender = Sender(
                 outbox, Transport(self.settings), self.policy, self.settings.interval, self.cancel
             )
-            if store.get(NOTICE_KEY) is None:
-                where = without_credentials(self.settings.endpoint)
-                log.warning("%s", notice(where, self.settings.mode, self.settings.interval))
-                store.set(NOTICE_KEY, "logged")
+            # What this start decided, for `phonehome status`, and the notice if due.
+            startrecord.host_started(store, self.settings, self.app, self.machine or machine_facts)
             return store
         except forksafe.ForkedMidCallError:
             return None  # said once, at the fork

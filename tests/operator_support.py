@@ -1,11 +1,14 @@
 """Shared parts of the operator-control tests (switches and modes, the ``phonehome``
 command, the read-only store, the privacy pipeline): a loopback server (the project's
 fault server) that records what reached it and counts the connections it accepts,
-readers of every byte in a data dir and of the state as the command reads it, and a
-host driven through a short life."""
+readers of every byte in a data dir and of the state as the command reads it, a host
+driven through a short life, and a host start in a process of its own
+(:class:`HostProcess`), with an environment of its own, as a service runs."""
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import subprocess
 import sys
 import threading
@@ -13,6 +16,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -223,3 +227,153 @@ def installation(counting_server: CountingServer, tmp_path: Path) -> Installatio
         host.create_user("admin@example.com")
         settle(host)
     return Installation(tmp_path, data, config, list(counting_server.traffic.bodies))
+
+
+# A host start in a process of its own ---------------------------------------------------
+
+FORK = multiprocessing.get_context("fork")
+REPLY_WAIT = 60.0
+
+
+def _serve_host(
+    config: Mapping[str, Any],
+    data_dir: Path,
+    at: datetime,
+    config_path: Path | None,
+    environ: Mapping[str, str | None],
+    commands: Connection,
+) -> None:
+    """The child: its own environment (``None`` unsets a name), one host start, then
+    whatever the parent says, each reply sent once the plugin's worker is idle."""
+    for name, value in environ.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    host = SimHost(dict(config), data_dir, clock=SimClock(at), config_path=config_path)
+    host.start()
+
+    def idle() -> bool:
+        runtime: Any = host.app.plugin_manager.get_plugin("phonehome-runtime")
+        return runtime is None or bool(runtime.worker.wait_idle(30))
+
+    while True:
+        command, argument = commands.recv()
+        if command == "stop":
+            host.shutdown()
+            commands.send(True)
+            return
+        if command == "tick":
+            host.tick(argument)
+        elif command == "tick_at":
+            host.tick_at(argument)
+        elif command == "run_for":  # tick by tick, each handled before the next
+            seconds, step = argument
+            for _ in range(round(seconds / step)):
+                host.tick(step)
+                if not idle():
+                    break
+        elif command == "call":
+            name, args = argument
+            getattr(host, name)(*args)
+        commands.send((idle(), host.clock.now()))
+
+
+class HostProcess:
+    """One start of a simulated MaestroHub with the real plugin, in a forked process
+    with ``environ`` applied to its own environment (the test's stays as it is).
+
+    Every call returns once the plugin's worker in the child has handled it; the
+    child's clock starts at ``at`` and moves only as told.
+    """
+
+    def __init__(
+        self,
+        config: Mapping[str, Any],
+        data_dir: Path,
+        at: datetime = START,
+        *,
+        config_path: Path | None = None,
+        environ: Mapping[str, str | None] | None = None,
+    ) -> None:
+        self._ours, theirs = FORK.Pipe()
+        self.process = FORK.Process(
+            target=_serve_host,
+            args=(dict(config), data_dir, at, config_path, dict(environ or {}), theirs),
+            daemon=True,
+        )
+        self.process.start()
+        self.now = at
+
+    def _ask(self, command: str, argument: Any = None) -> Any:
+        self._ours.send((command, argument))
+        assert self._ours.poll(REPLY_WAIT), "the host process hung or died"
+        return self._ours.recv()
+
+    def _do(self, command: str, argument: Any = None) -> None:
+        settled, self.now = self._ask(command, argument)
+        assert settled, "the plugin's worker in the host process did not settle"
+
+    def tick(self, seconds: float | None = None) -> None:
+        self._do("tick", seconds)
+
+    def tick_at(self, when: datetime) -> None:
+        self._do("tick_at", when)
+
+    def run_for(self, seconds: float, step: float) -> None:
+        """Tick every ``step`` seconds for ``seconds``, each tick handled before the next
+        (a host ticking faster than reports are built may have ticks dropped)."""
+        self._do("run_for", (seconds, step))
+
+    def call(self, name: str, *args: Any) -> None:
+        """``SimHost.<name>(*args)`` in the child (``create_user``, ``save_connection``...)."""
+        self._do("call", (name, args))
+
+    def stop(self) -> None:
+        """``on_shutdown``, then the process ends."""
+        if self.process.is_alive():
+            self._ask("stop")
+        self.process.join(10)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(5)
+
+    def __enter__(self) -> HostProcess:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+SWITCH_NAMES = ("DO_NOT_TRACK", "MAESTROHUB_PHONEHOME_ENABLED", "MAESTROHUB_CONFIG")
+
+
+@pytest.fixture
+def shell_env() -> dict[str, str]:
+    """An operator's shell for a real ``phonehome`` process: none of the switches, no
+    config path from the environment (each test adds what it means to)."""
+    env = {k: v for k, v in os.environ.items() if k not in SWITCH_NAMES}
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    return env
+
+
+def write_config(path: Path, section: Mapping[str, Any]) -> Path:
+    """``section`` as ``modules.phonehome`` of a config.yaml at ``path``."""
+    path.write_text(yaml.safe_dump(config_of(section)), "utf-8")
+    return path
+
+
+def blocks(text: str) -> dict[str, dict[str, str]]:
+    """``phonehome status``'s readable output: each heading (its first word or two,
+    ``The host``, ``The installation's state``, ``This shell's view``, ``Settings``)
+    mapped to its ``label  value`` lines."""
+    found: dict[str, dict[str, str]] = {}
+    current: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.startswith("  "):
+            name = " ".join(line.split(" (")[0].split(",")[0].split()[:3])
+            current = found.setdefault(name, {})
+            continue
+        label, _, value = line.strip().partition("  ")
+        current[label] = value.strip()
+    return found

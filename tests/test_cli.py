@@ -14,6 +14,8 @@ import json
 import os
 import re
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -26,6 +28,7 @@ from operator_support import (
     CountingServer,
     Installation,
     Run,
+    blocks,
     config_of,
     listing,
     make,
@@ -37,6 +40,9 @@ from operator_support import (
 )
 from test_bounded import PEAK_MAX, alias_bomb, traced
 
+from phonehome_plugin import __version__
+from phonehome_plugin.admin.clock import stamp
+from phonehome_plugin.admin.locate import LINE_MAX
 from phonehome_plugin.cli import commands, telemetry_doc
 from phonehome_plugin.config.settings import DEFAULT_ENDPOINT
 from phonehome_plugin.reports import schema
@@ -62,11 +68,6 @@ def call(*argv: str) -> tuple[int, str]:
     return commands.main(list(argv), out=out), out.getvalue()
 
 
-def readable(text: str) -> dict[str, str]:
-    """``status``'s readable lines (a 14-column label, then the value) as a mapping."""
-    return {line[:14].strip(): line[14:] for line in text.splitlines()}
-
-
 def snapshot(directory: Path) -> dict[str, str] | None:
     if not directory.exists():
         return None
@@ -82,12 +83,10 @@ def assert_one_line_error(run: Run, *, naming: str) -> None:
     assert naming in lines[0]
 
 
-# status -------------------------------------------------------------------------------
+# status (the host-process cases are in test_status.py) --------------------------------
 
 
-def test_status_tells_on_mode_endpoint_instance_last_report_outbox_and_next_report(
-    installation: Installation,
-) -> None:
+def test_status_tells_the_host_the_state_and_the_shell_apart(installation: Installation) -> None:
     bodies = pending_bodies(installation.data)
     with read_only(installation.data) as store:
         instance_id = store.get("instance_id")
@@ -97,48 +96,42 @@ def test_status_tells_on_mode_endpoint_instance_last_report_outbox_and_next_repo
     )
 
     assert code == commands.OK
-    status = readable(text)
-    assert status["telemetry"] == "on"
-    assert status["mode"] == "offline"
-    assert status["reason"].startswith("on: mode offline")
-    assert status["endpoint"].endswith("/v1/reports")
-    assert status["instance id"] == instance_id
-    assert status["last report"] == "#1 startup at 2026-03-02T08:00:00Z: sent (HTTP 202)"
+    shown = blocks(text)
+    host = shown["The host"]
+    assert host["telemetry"] == "on"
+    assert host["mode"] == "offline"
+    assert host["reason"].startswith("on: mode offline, reports are kept")
+    assert host["endpoint"].endswith("/v1/reports (not used in mode offline)")
+    assert host["config file"] == str(installation.config)
+    state = shown["The installation's state"]
+    assert state["instance id"] == instance_id
+    assert state["last report"] == "#1 startup at 2026-03-02T08:00:00Z: sent (HTTP 202)"
     assert len(bodies) == 2
-    assert status["outbox"] == f"2 report(s), {sum(map(len, bodies))} bytes"
-    assert ISO_SECOND.match(status["next periodic"])
+    assert state["outbox"] == f"2 report(s), {sum(map(len, bodies))} bytes"
+    assert state["not exported"] == "2"
+    assert state["kept bodies"] == "1"
+    assert ISO_SECOND.match(state["next periodic"].split()[0])
+    assert shown["This shell's view"]["telemetry"] == "on"
 
 
 def test_status_json_carries_the_same_facts(installation: Installation) -> None:
-    _, text = call(
-        "status", "--config", str(installation.config), "--data-dir", str(installation.data)
-    )
-    code, raw = call(
-        "status",
-        "--json",
-        "--config",
-        str(installation.config),
-        "--data-dir",
-        str(installation.data),
-    )
+    where = ["--config", str(installation.config), "--data-dir", str(installation.data)]
+    _, text = call("status", *where)
+    code, raw = call("status", "--json", *where)
 
     assert code == commands.OK
     info = json.loads(raw)
-    assert set(info) == {
-        "telemetry",
-        "reason",
-        "mode",
-        "endpoint",
-        "instance_id",
-        "last_report",
-        "outbox",
-        "next_periodic",
-        "failures",
-        "next_retry",
-    }
-    shown = readable(text)
-    for key, value in info.items():
-        assert shown[key.replace("_", " ")] == ("-" if value is None else str(value))
+    assert set(info) == {"host", "host_note", "shell", "state", "problems"}
+    assert info["problems"] == []
+    shown = blocks(text)
+    assert shown["The host"]["note"] == info["host_note"]
+    assert shown["The host"]["interval"] == f"{info['host']['interval']} s"
+    state = shown["The installation's state"]
+    for key in ("instance_id", "last_report", "outbox", "failures", "next_retry", "last_built"):
+        value = info["state"][key]
+        assert state[key.replace("_", " ")] == ("-" if value is None else str(value))
+    assert shown["This shell's view"]["reason"] == info["shell"]["reason"]
+    assert shown["Settings"]["mode"] == info["host"]["settings"]["mode"] == "offline"
 
 
 def test_next_periodic_is_when_the_plugin_builds_its_next_periodic_report(
@@ -151,36 +144,41 @@ def test_next_periodic_is_when_the_plugin_builds_its_next_periodic_report(
         settle(host)
         code, raw = call("status", "--json", "--data-dir", str(data))
         assert code == commands.OK
-        due = datetime.fromisoformat(json.loads(raw)["next_periodic"].replace("Z", "+00:00"))
+        due = datetime.fromisoformat(
+            json.loads(raw)["state"]["next_periodic"].replace("Z", "+00:00")
+        )
         assert START < due <= START + timedelta(hours=1, minutes=5)
 
         host.tick((due - host.clock.now()).total_seconds() - 1)
         settle(host)
-        assert json.loads(call("status", "--json", "--data-dir", str(data))[1])[
+        outbox = json.loads(call("status", "--json", "--data-dir", str(data))[1])["state"][
             "outbox"
-        ].startswith("1 report(s)"), "not yet due"
+        ]
+        assert outbox.startswith("1 report(s)"), "not yet due"
         host.tick(2)
         settle(host)
-        assert json.loads(call("status", "--json", "--data-dir", str(data))[1])[
+        outbox = json.loads(call("status", "--json", "--data-dir", str(data))[1])["state"][
             "outbox"
-        ].startswith("2 report(s)"), "the periodic report was built when status said"
+        ]
+        assert outbox.startswith("2 report(s)"), "the periodic report was built when status said"
 
 
-def test_a_stored_slot_that_is_not_a_number_gives_no_next_periodic(tmp_path: Path) -> None:
-    store = backends.open_store(tmp_path)
-    store.instance_id()
+def test_a_stored_slot_that_is_not_a_number_gives_no_next_periodic(
+    installation: Installation,
+) -> None:
+    store = backends.open_store(installation.data)
     store.set("periodic.last_slot", "not a slot")
     store.close()
-    code, text = call("status", "--data-dir", str(tmp_path))
+    code, text = call("status", "--data-dir", str(installation.data))
     assert code == commands.OK
-    assert readable(text)["next periodic"] == "-"
+    assert blocks(text)["The installation's state"]["next periodic"] == "-"
 
 
 def test_stamp_is_iso_8601_utc_to_the_second() -> None:
-    assert commands.stamp(START.timestamp() + 0.75) == "2026-03-02T08:00:00Z"
+    assert stamp(START.timestamp() + 0.75) == "2026-03-02T08:00:00Z"
 
 
-def test_status_names_the_switch_that_turned_telemetry_off(
+def test_status_names_the_switch_that_turned_this_shell_off(
     installation: Installation, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("DO_NOT_TRACK", "1")
@@ -194,21 +192,24 @@ def test_status_names_the_switch_that_turned_telemetry_off(
     )
     assert code == commands.OK
     info = json.loads(raw)
-    assert info["telemetry"] == "off"
-    assert info["reason"] == "off: DO_NOT_TRACK=1 is set"
-    assert info["instance_id"] is not None, "the state of an earlier start is still shown"
+    assert info["shell"]["telemetry"] == "off"
+    assert info["shell"]["reason"] == "off: DO_NOT_TRACK=1 is set"
+    assert info["shell"]["switch"] == "DO_NOT_TRACK"
+    assert info["host"]["telemetry"] == "on", "what the host recorded is its own"
+    assert info["state"]["instance_id"] is not None, "the state of an earlier start is shown"
 
 
-def test_status_without_config_file_shows_the_defaults(tmp_path: Path) -> None:
-    code, text = call(
-        "status", "--config", str(tmp_path / "config.yaml"), "--data-dir", str(tmp_path)
-    )
+def test_status_without_config_file_shows_the_defaults_as_this_shells_view(
+    tmp_path: Path,
+) -> None:
+    code, text = call("status", "--data-dir", str(tmp_path))
     assert code == commands.OK, "no state file yet is no problem: telemetry never ran here"
-    status = readable(text)
-    assert (status["telemetry"], status["mode"]) == ("on", "send")
-    assert status["endpoint"] == DEFAULT_ENDPOINT
-    assert status["instance id"] == "-"
-    assert "never ran" in status["state"]
+    shown = blocks(text)
+    assert shown["The host"]["telemetry"] == "unknown"
+    assert "never ran" in shown["The installation's state"]["state"]
+    assert shown["This shell's view"]["telemetry"] == "on"
+    assert shown["Settings"]["endpoint"] == DEFAULT_ENDPOINT
+    assert "next periodic" not in text
 
 
 def test_status_of_a_missing_data_dir_tells_what_it_can_and_fails_in_one_line(
@@ -217,7 +218,7 @@ def test_status_of_a_missing_data_dir_tells_what_it_can_and_fails_in_one_line(
     missing = tmp_path / "no-such-dir"
     run = run_cli(["status", "--data-dir", str(missing)], tmp_path, cli_env)
     assert_one_line_error(run, naming=str(missing))
-    assert readable(run.stdout.decode())["telemetry"] == "on"
+    assert blocks(run.stdout.decode())["This shell's view"]["telemetry"] == "on"
     assert not missing.exists()
 
 
@@ -242,16 +243,17 @@ def test_status_never_creates_a_file_in_the_data_dir(
     assert snapshot(data) == before
 
 
-# preview ------------------------------------------------------------------------------
+# preview (built through the Reporter: test_preview.py) -------------------------------
 
 
-def test_preview_prints_the_oldest_pending_body_and_a_newline(
+def test_preview_pending_prints_the_oldest_stored_body_and_a_newline(
     installation: Installation, cli_env: dict[str, str]
 ) -> None:
     oldest = pending_bodies(installation.data)[0]
+    where = ["--data-dir", str(installation.data)]
 
-    code, text = call("preview", "--data-dir", str(installation.data))
-    real = run_cli(["preview", "--data-dir", str(installation.data)], installation.root, cli_env)
+    code, text = call("preview", "--pending", *where)
+    real = run_cli(["preview", "--pending", *where], installation.root, cli_env)
 
     assert code == commands.OK
     assert text == oldest.decode() + "\n"
@@ -259,49 +261,16 @@ def test_preview_prints_the_oldest_pending_body_and_a_newline(
     assert json.loads(oldest)["trigger"] == "startup"
 
 
-def test_preview_with_nothing_pending_exits_3_with_one_line(
-    counting_server: CountingServer, tmp_path: Path, cli_env: dict[str, str]
-) -> None:
-    data = tmp_path / "data"
-    with running(make(config_of(phonehome_section(counting_server)), data)) as host:
-        host.tick()
-        settle(host)  # the startup report was sent: nothing waits
-
-    run = run_cli(["preview", "--data-dir", str(data)], tmp_path, cli_env)
-
-    assert run.code == commands.NOTHING
-    assert run.stdout == b""
-    assert len(run.stderr.splitlines()) == 1 and "Traceback" not in run.stderr
-
-
-def test_preview_is_byte_for_byte_the_body_the_receiver_gets_next(
-    counting_server: CountingServer, tmp_path: Path, cli_env: dict[str, str]
-) -> None:
-    traffic = counting_server.traffic
-    traffic.status, traffic.retry_after = 503, "120"
-    traffic.geoip = {**traffic.geoip, "city": "München", "isp": "Überland Netz"}
-    data = tmp_path / "data"
-    with running(make(config_of(phonehome_section(counting_server)), data)) as host:
-        host.tick()
-        settle(host)
-        assert len(traffic.bodies) == 1, "the startup report was refused and waits"
-        # A terminal that cannot print the body's non-ASCII still gets its exact bytes.
-        env = {**cli_env, "PYTHONIOENCODING": "ascii"}
-        preview = run_cli(["preview", "--data-dir", str(data)], tmp_path, env)
-        status = run_cli(["status", "--json", "--data-dir", str(data)], tmp_path, cli_env)
-        waiting = len(traffic.bodies)
-        traffic.status = 202
-        host.tick(180)
-        settle(host)
-
-    assert preview.code == commands.OK, preview.stderr
-    held = json.loads(status.stdout)
-    assert held["failures"] == "1 failed send series in a row"
-    assert held["next_retry"] >= "2026-03-02T08:02:00Z", "Retry-After 120 s is honoured"
-    assert held["outbox"].startswith("1 report(s)")
-    assert preview.stdout.endswith(b"\n")
-    assert traffic.bodies[waiting] == preview.stdout[:-1]
-    assert "München".encode() in preview.stdout
+def test_preview_builds_with_the_hosts_recorded_settings(installation: Installation) -> None:
+    code, raw = call(
+        "preview", "--json", "--trigger", "first_user", "--data-dir", str(installation.data)
+    )
+    assert code == commands.OK
+    made = json.loads(raw)
+    assert made["report"]["trigger"] == "first_user"
+    assert made["report"]["location"]["city"] is None, "mode offline looks nothing up"
+    assert made["pending"] == 2
+    assert made["report"]["sequence"] == 4, "after the three the installation made"
 
 
 # history ------------------------------------------------------------------------------
@@ -312,7 +281,12 @@ def test_history_readable_and_json(installation: Installation) -> None:
     code_json, raw = call("history", "--json", "--data-dir", str(installation.data))
 
     assert (code, code_json) == (commands.OK, commands.OK)
-    assert text == "#1 startup at 2026-03-02T08:00:00Z: sent (HTTP 202)\n"
+    sha256 = hashlib.sha256(installation.sent[0]).hexdigest()
+    size = len(installation.sent[0])
+    assert text == (
+        f"#1 startup at 2026-03-02T08:00:00Z: sent (HTTP 202) [sha256 {sha256[:16]}, "
+        f"{size} bytes]\n"
+    )
     [event] = json.loads(raw)
     sent = json.loads(installation.sent[0])
     assert event == {
@@ -322,6 +296,8 @@ def test_history_readable_and_json(installation: Installation) -> None:
         "at": "2026-03-02T08:00:00Z",
         "result": "sent",
         "detail": "HTTP 202",
+        "sha256": sha256,
+        "bytes": size,
     }
 
 
@@ -359,7 +335,7 @@ def test_history_of_an_installation_that_sent_nothing(
     assert call("history", "--json", "--data-dir", str(data)) == (commands.OK, "[]\n")
 
 
-# export -------------------------------------------------------------------------------
+# export (nine days offline, upload: test_export.py) ----------------------------------
 
 
 def test_export_writes_the_exact_pending_bodies_as_json_lines(
@@ -367,17 +343,24 @@ def test_export_writes_the_exact_pending_bodies_as_json_lines(
 ) -> None:
     bodies = pending_bodies(installation.data)
     readable_file, json_file = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    where = ["--data-dir", str(installation.data)]
 
-    code, text = call("export", str(readable_file), "--data-dir", str(installation.data))
-    code_json, raw = call("export", str(json_file), "--json", "--data-dir", str(installation.data))
+    code, text = call("export", str(readable_file), "--no-mark", *where)
+    code_json, raw = call("export", str(json_file), "--json", *where)
 
     assert (code, code_json) == (commands.OK, commands.OK)
     assert len(bodies) == 2
     assert readable_file.read_bytes() == b"".join(body + b"\n" for body in bodies)
     assert json_file.read_bytes() == readable_file.read_bytes()
-    assert text == f"exported 2 report(s) to {readable_file}\n"
-    assert json.loads(raw) == {"exported": 2, "file": str(json_file)}
-    assert pending_bodies(installation.data) == bodies, "export only reads"
+    manifest = f"{readable_file}.manifest.json"
+    assert text == f"exported 2 report(s) to {readable_file}, manifest {manifest}\n"
+    assert json.loads(raw) == {
+        "exported": 2,
+        "file": str(json_file),
+        "manifest": f"{json_file}.manifest.json",
+        "marked": True,
+    }
+    assert pending_bodies(installation.data) == bodies, "export leaves them in the outbox"
 
 
 def test_export_with_nothing_pending_writes_an_empty_file(
@@ -391,7 +374,15 @@ def test_export_with_nothing_pending_writes_an_empty_file(
 
     assert call("export", str(target), "--json", "--data-dir", str(data)) == (
         commands.OK,
-        json.dumps({"exported": 0, "file": str(target)}) + "\n",
+        json.dumps(
+            {
+                "exported": 0,
+                "file": str(target),
+                "manifest": f"{target}.manifest.json",
+                "marked": False,
+            }
+        )
+        + "\n",
     )
     assert target.read_bytes() == b""
 
@@ -444,6 +435,85 @@ def test_help_documents_the_exit_codes(capsys: pytest.CaptureFixture[str]) -> No
         assert code in text
 
 
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert commands.main(["--version"], out=io.StringIO()) == commands.OK
+    assert capsys.readouterr().out == f"phonehome {__version__} (maestrohub-phonehome)\n"
+
+
+SUBCOMMANDS = (
+    "status",
+    "preview",
+    "history",
+    "export",
+    "upload",
+    "forget",
+    "schema",
+    "docs",
+    "demo",
+)
+
+
+@pytest.mark.parametrize("command", SUBCOMMANDS)
+def test_help_is_plain_text_and_shows_the_defaults(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert commands.main([command, "--help"], out=io.StringIO()) == commands.OK
+    text = capsys.readouterr().out
+    for markup in ("``", ":mod:", ":func:", ":class:", ":data:", ".. "):
+        assert markup not in text, f"reST markup {markup!r} in `phonehome {command} --help`"
+    words = " ".join(text.split())
+    if command in ("status", "preview", "history", "export", "forget"):
+        assert "(default: ~/maestrohub/data)" in words
+        assert "else ./config.yaml if it exists" in words
+    assert "exit codes: 0 done" in words
+
+
+@pytest.mark.parametrize(
+    ("command", "shown"),
+    [("history", "(default: 20)"), ("demo", "(default: 4)"), ("preview", "(default: periodic)")],
+)
+def test_help_shows_each_default(
+    command: str, shown: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    commands.main([command, "--help"], out=io.StringIO())
+    assert shown in " ".join(capsys.readouterr().out.split())
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["demo", "--hours", "-2"],
+        ["demo", "--hours", "0"],
+        ["history", "--limit", "0"],
+        ["history", "--show", "1", "--diff", "2"],
+        ["preview", "--trigger", "hourly"],
+    ],
+)
+def test_arguments_are_validated(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert commands.main(argv, out=io.StringIO()) == commands.USAGE
+    assert "usage: phonehome" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "module", ["phonehome_plugin", "phonehome_plugin.cli", "phonehome_plugin.cli.commands"]
+)
+def test_every_module_of_the_command_runs_with_python_m(
+    module: str, tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", module, "--version"],
+        cwd=tmp_path,
+        env=cli_env,
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    assert (done.returncode, done.stdout) == (
+        0,
+        f"phonehome {__version__} (maestrohub-phonehome)\n".encode(),
+    )
+
+
 def test_wrong_usage_of_the_real_command(tmp_path: Path, cli_env: dict[str, str]) -> None:
     run = run_cli([], tmp_path, cli_env)
     assert run.code == commands.USAGE
@@ -486,9 +556,10 @@ def test_the_config_path_comes_from_maestrohub_config(
         {**cli_env, "MAESTROHUB_CONFIG": str(config)},
     )
     assert run.code == commands.OK
-    assert json.loads(run.stdout)["reason"] == (
+    assert json.loads(run.stdout)["shell"]["reason"] == (
         "off: modules.phonehome.enabled is false in config.yaml"
     )
+    assert json.loads(run.stdout)["shell"]["config_file"] == str(config)
 
 
 @pytest.mark.parametrize("command", ["preview", "history", "export"])
@@ -599,7 +670,12 @@ def test_the_commands_read_an_installation_kept_in_postgresql(
     code, raw = call("status", "--json", "--config", str(config), "--data-dir", str(data))
     assert code == commands.OK
     info = json.loads(raw)
-    assert info["instance_id"] and info["outbox"].startswith("1 report(s)")
+    assert info["state"]["instance_id"] and info["state"]["outbox"].startswith("1 report(s)")
+    assert info["host"]["state"].startswith("PostgreSQL postgresql://")
+    made = json.loads(
+        call("preview", "--json", "--config", str(config), "--data-dir", str(data))[1]
+    )
+    assert made["report"]["instance_id"] == info["state"]["instance_id"]
     out = tmp_path / "pending.jsonl"
     assert call("export", str(out), "--config", str(config), "--data-dir", str(data))[0] == 0
     [body] = out.read_bytes().splitlines()
@@ -636,7 +712,11 @@ def test_an_invalid_section_is_one_line_naming_the_file_and_the_key(
         f"phonehome: {config}: modules.phonehome.enabled: expected true or false, got 'no'; "
         "telemetry is off"
     )
-    assert run.stdout == b""
+    if command == "status":  # what can be told still is: this shell's view is off
+        shell = blocks(run.stdout.decode())["This shell's view"]
+        assert shell["telemetry"] == "off"
+    else:
+        assert run.stdout == b""
 
 
 @pytest.mark.parametrize("command", ["status", "preview", "history"])
@@ -673,7 +753,7 @@ def test_an_alias_bomb_config_is_one_line_in_a_real_process(
     )
     assert_one_line_error(run, naming="modules.phonehome.enabled: expected true or false")
     assert "got a list of 9 items" in run.stderr
-    assert run.stdout == b""
+    assert len(run.stdout) < 4096, "this shell's view, bounded"
 
 
 def test_a_config_nested_too_deeply_for_the_parser_is_one_line(
@@ -693,5 +773,13 @@ def test_a_yaml_error_is_quoted_by_its_first_line_cut_short(
     config.write_text("modules: *" + "a" * 1_000_000 + "\n")
     assert commands.main(["status", "--config", str(config)], io.StringIO()) == commands.PROBLEM
     [line] = capsys.readouterr().err.splitlines()
-    assert line.startswith(f"phonehome: cannot read {config}: found undefined alias")
-    assert len(line) <= len(f"phonehome: cannot read {config}: ") + commands.LINE_MAX
+    head = f"phonehome: cannot read {config}: line 1, column 10: "
+    assert line.startswith(f"{head}found undefined alias")
+    assert len(line) <= len(head) + LINE_MAX
+
+
+def test_a_yaml_error_names_its_line_and_column(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("modules:\n  phonehome:\n    enabled: false\n   mode: log\n")
+    run = run_cli(["status", "--config", str(config)], tmp_path, cli_env)
+    assert_one_line_error(run, naming=f"cannot read {config}: line 4, column 4: ")

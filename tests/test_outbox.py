@@ -1,7 +1,9 @@
-"""The outbox on a real SQLite file: bounds, eviction order, age, leases and the gate."""
+"""The outbox on a real SQLite file: bounds, eviction order, age (and what an export must
+write first), leases, the gate, the drain rate, and the bodies kept of every outcome."""
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import sqlite3
 from collections.abc import Iterator
@@ -15,7 +17,16 @@ from hypothesis import strategies as st
 from phonehome_plugin.config.settings import OutboxLimits
 from phonehome_plugin.state import history
 from phonehome_plugin.state.backends import open_store
-from phonehome_plugin.state.outbox import DAY, FAILURES_KEY, GATE_KEY, Entry, Outbox
+from phonehome_plugin.state.outbox import (
+    DAY,
+    DRAIN_BURST,
+    FAILURES_KEY,
+    GATE_KEY,
+    PACE_KEY,
+    Entry,
+    Outbox,
+    Pace,
+)
 from phonehome_plugin.state.store import Store
 
 NOW = 1_772_438_400.0  # 2026-03-02T08:00:00Z
@@ -132,19 +143,59 @@ def test_reports_past_the_age_bound_are_dropped_on_put_and_on_lease(
     store: Store, make: Maker
 ) -> None:
     outbox = outbox_with(store, max_age_days=7.0)
-    old_first_user = make("first_user", NOW - 7 * DAY - 1)
-    fresh = make("startup", NOW - 7 * DAY + 60)
-    outbox.put(old_first_user, NOW - 7 * DAY)  # fresh when stored
+    old = make("periodic", NOW - 7 * DAY - 1)
+    fresh = make("periodic", NOW - 7 * DAY + 60)
+    outbox.put(old, NOW - 7 * DAY)  # fresh when stored
     outbox.put(fresh, NOW - 7 * DAY + 60)
     assert len(ids(outbox)) == 2
     outbox.put(make("periodic", NOW), NOW)  # a week later: the oldest is too old
-    assert old_first_user.report_id not in ids(outbox)
+    assert old.report_id not in ids(outbox)
     assert store.counters("delivery.") == {"dropped": 1, "evicted": 1}
     # Leasing at a later time drops what has aged since, before anything is sent.
     leased = outbox.lease(NOW + 120, hold=300)
     assert leased is not None and leased.report_id != fresh.report_id
     assert fresh.report_id not in ids(outbox)
     assert store.counters("delivery.") == {"dropped": 2, "evicted": 2}
+
+
+def test_a_startup_or_first_user_report_no_export_wrote_outlives_the_age_bound(
+    store: Store, make: Maker
+) -> None:
+    outbox = outbox_with(store, max_age_days=7.0)
+    startup, first_user = make("startup", NOW - 9 * DAY), make("first_user", NOW - 9 * DAY)
+    outbox.put(startup, NOW - 9 * DAY)
+    outbox.put(first_user, NOW - 9 * DAY)
+    outbox.put(make("periodic", NOW - 8 * DAY), NOW - 8 * DAY)
+    outbox.put(make("periodic", NOW), NOW)
+    assert outbox.lease(NOW + 1, hold=0) is not None
+    assert [e.trigger for e in outbox.pending()] == ["startup", "first_user", "periodic"]
+
+    outbox.mark_exported([startup.report_id, "no-such-report"], NOW, "/tmp/x.jsonl")
+    assert outbox.unexported() == [first_user, *outbox.pending()[2:]]
+    outbox.put(make("periodic", NOW + 1), NOW + 1)
+    assert [e.trigger for e in outbox.pending()] == ["first_user", "periodic", "periodic"]
+    assert store.run(lambda c: c.execute("SELECT count(*) FROM exports").fetchone()[0]) == 0, (
+        "the mark of a report that has gone goes too"
+    )
+
+
+def test_eviction_spares_what_no_export_wrote_until_all_else_has_gone(
+    store: Store, make: Maker
+) -> None:
+    outbox = outbox_with(store, max_reports=3)
+    startup, first_user = make("startup"), make("first_user")
+    exported_startup = make("startup")
+    for entry in (startup, first_user, exported_startup):
+        outbox.put(entry, NOW)
+    outbox.mark_exported([exported_startup.report_id, first_user.report_id], NOW, "f")
+    periodic = make("periodic")
+    outbox.put(periodic, NOW)  # one too many: a periodic report goes first (this one)
+    assert periodic.report_id not in ids(outbox)
+    outbox.put(make("startup"), NOW)  # then the startup report an export wrote
+    assert exported_startup.report_id not in ids(outbox)
+    outbox.put(make("startup"), NOW)  # then the first-user report an export wrote
+    assert first_user.report_id not in ids(outbox)
+    assert startup.report_id in ids(outbox)
 
 
 RANK = {"periodic": 0, "startup": 1, "first_user": 2}
@@ -226,6 +277,69 @@ def test_sent_forgets_the_report_counts_and_records_in_one_go(store: Store, make
     assert [e.result for e in history.recent(store)] == ["sent"]
 
 
+def test_every_outcome_keeps_the_exact_body_with_its_endpoint_and_sha256(
+    store: Store, make: Maker
+) -> None:
+    outbox = Outbox(store, OutboxLimits(), endpoint="https://t.example/r")
+    failed, sent, logged = make(size=30), make(size=40), make(size=50)
+    for entry in (failed, sent, logged):
+        outbox.put(entry, NOW)
+    outbox.failed(failed, event(failed, "failed"), {}, lambda failures: NOW + 60)
+    outbox.sent(sent, event(sent), {})
+    outbox.logged(logged, event(logged, "logged"))
+    kept = {s.report_id: s for s in history.kept(store)}
+    assert {rid: (s.result, s.endpoint, s.body) for rid, s in kept.items()} == {
+        failed.report_id: ("failed", "https://t.example/r", failed.body),
+        sent.report_id: ("sent", "https://t.example/r", sent.body),
+        logged.report_id: ("logged", "", logged.body),
+    }
+    assert kept[sent.report_id].sha256 == hashlib.sha256(sent.body).hexdigest()
+    # The same report sent after it failed: one body, its latest outcome.
+    outbox.sent(failed, event(failed), {})
+    assert history.kept_report(store, str(failed.sequence)) == history.Sent(
+        failed.report_id,
+        failed.sequence,
+        "periodic",
+        NOW,
+        "https://t.example/r",
+        "sent",
+        "test",
+        hashlib.sha256(failed.body).hexdigest(),
+        failed.body,
+    )
+
+
+# The drain rate -------------------------------------------------------------------------
+
+
+def test_a_paced_outbox_leases_a_burst_per_window_and_says_when_the_next_is_due(
+    store: Store, make: Maker
+) -> None:
+    outbox = Outbox(store, OutboxLimits(), pace=Pace(burst=3, window=60.0))
+    for _ in range(8):
+        outbox.put(make(), NOW)
+    leased = [outbox.lease(NOW, hold=300) for _ in range(4)]
+    assert [e is not None for e in leased] == [True, True, True, False]
+    assert outbox.next_due(NOW) == NOW + 60
+    assert outbox.lease(NOW + 59, hold=300) is None
+    assert outbox.lease(NOW + 60, hold=300) is not None, "a new window"
+    # Another process of the installation shares the window (it lives in the store).
+    other = Outbox(store, OutboxLimits(), pace=Pace(burst=3, window=60.0))
+    assert other.lease(NOW + 61, hold=300) is not None
+    assert other.lease(NOW + 62, hold=300) is not None
+    assert other.lease(NOW + 63, hold=300) is None
+    # A clock set back starts a window of its own instead of waiting for the old one.
+    assert outbox.lease(NOW - 3600, hold=300) is not None
+
+
+def test_an_unpaced_outbox_leases_all_that_is_due(store: Store, make: Maker) -> None:
+    outbox = outbox_with(store)
+    for _ in range(3 * DRAIN_BURST):
+        outbox.put(make(), NOW)
+    assert all(outbox.lease(NOW, hold=300) for _ in range(3 * DRAIN_BURST))
+    assert store.get(PACE_KEY) is None
+
+
 def test_rejected_forgets_the_report_as_a_counted_loss(store: Store, make: Maker) -> None:
     outbox = outbox_with(store)
     entry = make()
@@ -305,3 +419,35 @@ def test_settling_is_one_transaction(store: Store, make: Maker) -> None:
     assert outbox.pending() == [entry]
     assert store.counters("delivery.") == {}
     assert history.recent(store) == []
+
+
+# On both backends -------------------------------------------------------------------------
+
+
+def test_marks_retention_pace_and_kept_bodies_hold_on_each_backend(any_store: Store) -> None:
+    make = Maker()
+    outbox = Outbox(
+        any_store,
+        OutboxLimits(max_reports=4, max_age_days=7.0),
+        endpoint="https://t.example/r",
+        pace=Pace(burst=2, window=60.0),
+    )
+    startup, first_user = make("startup", NOW - 9 * DAY), make("first_user", NOW - 9 * DAY)
+    outbox.put(startup, NOW - 9 * DAY)
+    outbox.put(first_user, NOW - 9 * DAY)
+    for n in range(4):
+        outbox.put(make("periodic", NOW + n), NOW + n)
+    assert [e.trigger for e in outbox.pending()][:2] == ["startup", "first_user"]
+    outbox.mark_exported([startup.report_id], NOW, "f")
+    assert outbox.unexported()[0].report_id == first_user.report_id
+    outbox.put(make("periodic", NOW + 5), NOW + 5)
+    assert startup.report_id not in ids(outbox), "exported, it ages out"
+    leased = [outbox.lease(NOW + 10, hold=300) for _ in range(3)]
+    assert leased[2] is None and outbox.next_due(NOW + 10) == NOW + 70
+    first = leased[0]
+    assert first is not None
+    outbox.sent(first, event(first), {})
+    [kept] = history.kept(any_store)
+    assert (kept.body, kept.endpoint) == (first.body, "https://t.example/r")
+    assert kept.sha256 == hashlib.sha256(first.body).hexdigest()
+    assert history.digests(any_store) == {first.report_id: (kept.sha256, len(first.body))}

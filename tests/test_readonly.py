@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import json
 import sqlite3
 import threading
@@ -33,6 +34,7 @@ from operator_support import (
     running,
 )
 
+from phonehome_plugin.cli import commands
 from phonehome_plugin.config.settings import OutboxLimits
 from phonehome_plugin.state import backends, forksafe, history, sqlite
 from phonehome_plugin.state.outbox import Entry, Outbox
@@ -63,8 +65,23 @@ WRITES: dict[str, Callable[[Store], object]] = {
     "history record": lambda s: history.record(
         s, history.Event("r-new", 99, "periodic", 0.0, "sent", "HTTP 202")
     ),
+    "kept body": lambda s: s.run(
+        lambda c: history.keep(
+            c,
+            history.Event("r-new", 99, "periodic", 0.0, "sent", "HTTP 202"),
+            b"{}",
+            "",
+            history.KeptLimits(),
+        )
+    ),
+    "export mark": lambda s: Outbox(s, OutboxLimits()).mark_exported(["r-new"], 0.0, "f"),
 }
 """One call of each kind of write the plugin makes."""
+
+
+def call(*argv: str) -> tuple[int, str]:
+    out = io.StringIO()
+    return commands.main(list(argv), out=out), out.getvalue()
 
 
 def not_refused(store: Store) -> list[str]:
@@ -370,3 +387,28 @@ def test_postgresql_read_only_reads_refuses_every_write_and_holds_no_writer_back
         assert writer.next_sequence() == sequence + 2, "only the writer's own writes happened"
     finally:
         writer.close()
+
+
+def test_the_command_reads_state_an_earlier_version_wrote(
+    installation: Installation, tmp_path: Path
+) -> None:
+    """Before kept bodies and export marks: the newer tables do not exist until a host
+    start of this version adds them, and reading must not need them."""
+    conn = sqlite3.connect(installation.data / FILENAME)
+    with conn:
+        conn.execute("DROP TABLE sent_reports")
+        conn.execute("DROP TABLE exports")
+    conn.close()
+    before = fingerprint(installation.data)
+    where = ["--config", str(installation.config), "--data-dir", str(installation.data)]
+
+    code, raw = call("status", "--json", *where)
+    assert code == commands.OK
+    assert json.loads(raw)["state"]["kept_bodies"] == 0
+    code, raw = call("history", "--json", *where)
+    assert code == commands.OK and json.loads(raw)[0]["sha256"] is None
+    assert call("preview", *where)[0] == commands.OK
+    assert call("export", str(tmp_path / "x.jsonl"), "--no-mark", *where)[0] == commands.OK
+    assert len((tmp_path / "x.jsonl").read_bytes().splitlines()) == 2
+    assert call("history", "--show", "1", *where)[0] == commands.PROBLEM
+    assert fingerprint(installation.data) == before

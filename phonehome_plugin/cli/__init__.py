@@ -7,5 +7,5 @@ Its ``demo`` subcommand alone imports :mod:`phonehome_plugin.testing.demo`, insi
 the subcommand's function, so the shipped command loads no simulation tooling for
 anything else.
 
-May import: config, reports, state.
+May import: admin, config, reports, state.
 """

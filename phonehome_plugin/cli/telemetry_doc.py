@@ -69,10 +69,12 @@ whose key never leaves the installation) or `omit`.
 
 | command | shows |
 |---|---|
-| `phonehome status` | on or off and why, mode, instance id, endpoint, last report and its result, outbox, next report |
-| `phonehome preview` | the exact bytes of the next report to be sent |
-| `phonehome history` | every recent report: when, which, with which result |
-| `phonehome export FILE` | pending reports, one JSON object a line, for upload by hand |
+| `phonehome status` | what the host decided at its last start with telemetry on (as it recorded it: switch, mode, endpoint, config file), this shell's own view beside it, instance id, last report, outbox, next report |
+| `phonehome preview` | the next report, built now from the installation's state by the code that builds real ones, without sending or consuming anything |
+| `phonehome history` | every recent report: when, which, with which result; `--show N` its exact bytes (sha256 as the receiver got them), `--diff N` what changed from the one before |
+| `phonehome export FILE` | stored reports not exported yet (`--all`: every one), one JSON object a line, with a manifest of their sha256, for a site with no way out |
+| `phonehome upload FILE` | an export sent from a connected machine, each report under its own `Idempotency-Key` (twice is once) |
+| `phonehome forget` | erases the local telemetry state after a confirmation: the next start is a new installation |
 | `phonehome schema` | the JSON Schema below, as a file |
 
 ## Fields
@@ -123,3 +125,9 @@ def _kind(node: Mapping[str, Any]) -> str:
     if "object" in names and "additionalProperties" in node and not node.get("properties"):
         return "map"
     return " or ".join(names)
+
+
+if __name__ == "__main__":  # python -m phonehome_plugin.cli.telemetry_doc > docs/telemetry.md
+    import sys
+
+    sys.stdout.write(render())

@@ -33,12 +33,20 @@ _TRUE = frozenset({"true", "1", "yes", "on"})
 
 @dataclass(frozen=True)
 class Decision:
-    """Whether telemetry runs; ``reason`` is one line for the log and ``status``."""
+    """Whether telemetry runs; ``reason`` is one line for the log and ``status``.
+
+    ``switch`` names what decided (``DO_NOT_TRACK``, ``MAESTROHUB_PHONEHOME_ENABLED``,
+    ``modules.phonehome`` for an invalid section, ``modules.phonehome.enabled``, or
+    ``default`` when nothing is set) and ``source`` where it was set
+    (``environment``, ``config.yaml`` or ``default``).
+    """
 
     on: bool
     reason: str
     settings: Settings | None
     config_error: str | None = None
+    switch: str = "default"
+    source: str = "default"
 
 
 def resolve(host_config: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Decision:
@@ -46,18 +54,57 @@ def resolve(host_config: Mapping[str, Any], environ: Mapping[str, str] | None = 
     env = os.environ if environ is None else environ
     dnt = env.get(ENV_DNT, "").strip()
     if dnt and dnt.lower() not in ("0", "false"):
-        return Decision(False, f"off: {ENV_DNT}={label(dnt)} is set", None)
+        return Decision(
+            False, f"off: {ENV_DNT}={label(dnt)} is set", None, None, ENV_DNT, "environment"
+        )
     flag = env.get(ENV_ENABLED, "").strip().lower()
     if flag and flag not in _TRUE:
-        return Decision(False, f"off: {ENV_ENABLED}={label(env[ENV_ENABLED])}", None)
+        return Decision(
+            False,
+            f"off: {ENV_ENABLED}={label(env[ENV_ENABLED])}",
+            None,
+            None,
+            ENV_ENABLED,
+            "environment",
+        )
     try:
-        settings = parse(section_of(host_config))
+        section = section_of(host_config)
+        settings = parse(section)
     except ConfigError as error:
-        return Decision(False, f"off: invalid config.yaml, {error}", None, str(error))
+        reason = f"off: invalid config.yaml, {error}"
+        return Decision(False, reason, None, str(error), "modules.phonehome", "config.yaml")
     if not settings.enabled:
-        return Decision(False, "off: modules.phonehome.enabled is false in config.yaml", settings)
+        return Decision(
+            False,
+            "off: modules.phonehome.enabled is false in config.yaml",
+            settings,
+            None,
+            "modules.phonehome.enabled",
+            "config.yaml",
+        )
+    switch, source = (
+        ("modules.phonehome.enabled", "config.yaml")
+        if "enabled" in section
+        else (
+            "default",
+            "default",
+        )
+    )
+    return Decision(True, f"on: {doing(settings)}", settings, None, switch, source)
+
+
+def doing(settings: Settings) -> str:
+    """What telemetry does in ``settings.mode``, in a few words; only mode ``send``
+    says "sending"."""
     where = without_credentials(settings.endpoint)
-    return Decision(True, f"on: mode {settings.mode}, sending to {where}", settings)
+    if settings.mode == "send":
+        return f"mode send, sending to {where}"
+    if settings.mode == "log":
+        return f"mode log, reports are logged and not sent (endpoint {where} unused)"
+    return (
+        "mode offline, reports are kept for `phonehome export` and not sent "
+        f"(endpoint {where} unused)"
+    )
 
 
 def without_credentials(url: str) -> str:

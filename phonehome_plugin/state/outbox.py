@@ -5,6 +5,24 @@ final 4xx, or eviction). The outbox is bounded by count, bytes and age; when a
 bound is passed, the oldest periodic reports go first and the first-user report
 last, and every eviction is counted.
 
+Reports for air-gapped sites (mode ``offline``): a startup or first-user report
+that ``phonehome export`` has not written yet is never dropped for its age, and is
+evicted for count or bytes only once every periodic and every exported report has
+gone: it is the one report of its kind. :meth:`Outbox.mark_exported` records what an
+export wrote (the ``exports`` table), so that the next export writes only the new
+reports (:meth:`Outbox.unexported`).
+
+Every report that goes through delivery (sent, refused, failed, logged) has its
+exact body kept in the history (:func:`.history.keep`), in the transaction that
+settles it, with the endpoint it went to.
+
+Going back to mode ``send`` after a long time offline: the sender drains the
+backlog at a bounded rate (:class:`Pace`, which the worker sets): at most
+:data:`DRAIN_BURST` reports per :data:`DRAIN_WINDOW` seconds of host clock across
+the installation (the window is kept in the store), so that the receiver never sees
+a burst of hundreds of reports from one installation. Normal operation (a startup,
+a first-user and a periodic report at once) is well within it.
+
 Sending goes through :meth:`Outbox.lease`: the sender takes one due report at a
 time, and the lease (a not-before time a little ahead on the host's clock) keeps
 the other processes of the installation from sending the same report at the same
@@ -26,19 +44,43 @@ from typing import Any
 
 from phonehome_plugin.config.settings import OutboxLimits
 from phonehome_plugin.state import history
-from phonehome_plugin.state.store import Conn, Store, add_counters
+from phonehome_plugin.state.store import UPSERT_KV, Conn, Store, add_counters
 
 DAY = 86400.0
 GATE_KEY = "delivery.not_before"
 """kv: host-clock epoch seconds before which no report is sent (0 when open)."""
 FAILURES_KEY = "delivery.consecutive_failures"
 """kv: failed series in a row, the exponent of the backoff between series."""
+PACE_KEY = "delivery.window"
+"""kv: ``"<start> <count>"``: host-clock start of the current drain window, and the
+reports leased in it."""
+DRAIN_BURST = 10
+"""Reports leased at most per :data:`DRAIN_WINDOW`, across the installation."""
+DRAIN_WINDOW = 60.0
+"""Seconds of host clock of one drain window."""
 
-# Eviction order: periodic reports are the most replaceable, the first-user
-# report (once in the life of the installation) the least.
+
+@dataclass(frozen=True)
+class Pace:
+    """At most ``burst`` reports leased per ``window`` seconds of host clock."""
+
+    burst: int = DRAIN_BURST
+    window: float = DRAIN_WINDOW
+
+
+_EXPORTED = "report_id IN (SELECT report_id FROM exports)"
+# Eviction order: periodic reports are the most replaceable, then the reports an
+# export has written (startup before first-user), then the startup reports no
+# export wrote, and the first-user report (once in the life of the installation)
+# last of all.
 _EVICTION_ORDER = (
-    "ORDER BY CASE trigger WHEN 'periodic' THEN 0 WHEN 'startup' THEN 1 ELSE 2 END, created_at"
+    "ORDER BY CASE WHEN trigger = 'periodic' THEN 0 "
+    f"WHEN {_EXPORTED} THEN (CASE trigger WHEN 'startup' THEN 1 ELSE 2 END) "
+    "WHEN trigger = 'startup' THEN 3 ELSE 4 END, created_at"
 )
+_AGES_OUT = f"(trigger = 'periodic' OR {_EXPORTED})"
+"""Reports the age bound applies to: a startup or first-user report no export wrote
+stays (an air-gapped site exports by hand, and may do so rarely)."""
 _SET_TWO = (
     "INSERT INTO kv (key, value) VALUES (?, ?), (?, ?) "
     "ON CONFLICT (key) DO UPDATE SET value = excluded.value"
@@ -77,14 +119,27 @@ def _entry(row: Any) -> Entry:
 class Outbox:
     """Outbox operations on a :class:`~.store.Store`; ``now`` is always the host's clock."""
 
-    def __init__(self, store: Store, limits: OutboxLimits, horizon: float = 2 * DAY) -> None:
+    def __init__(
+        self,
+        store: Store,
+        limits: OutboxLimits,
+        horizon: float = 2 * DAY,
+        endpoint: str = "",
+        kept: history.KeptLimits | None = None,
+        pace: Pace | None = None,
+    ) -> None:
         """``horizon``: the longest wait the sender ever sets (seconds). A report or the
         gate held back further than that from a ``now`` was held back by a clock that
         was ahead at the time: it is due, so that one wrong tick cannot hold every
-        report until the wrong date comes."""
+        report until the wrong date comes. ``endpoint`` (credentials masked) is
+        recorded with every kept body; ``kept`` bounds the kept bodies; ``pace`` bounds
+        the rate of leases (None: unbounded, for tools that drain on purpose)."""
         self.store = store
         self.limits = limits
         self.horizon = horizon
+        self.endpoint = endpoint
+        self.kept = kept or history.KeptLimits()
+        self.pace = pace
 
     def put(self, entry: Entry, now: float) -> int:
         """Store ``entry`` and enforce the bounds; returns how many reports were evicted."""
@@ -123,11 +178,17 @@ class Outbox:
             )
             gone += 1
         add_counters(c, {"delivery.dropped": gone, "delivery.evicted": gone})
+        # A mark whose report has gone (sent, evicted) tells nothing any more.
+        c.execute("DELETE FROM exports WHERE report_id NOT IN (SELECT report_id FROM outbox)")
         return gone
 
     def _expire(self, c: Conn, now: float) -> int:
         cutoff = now - self.limits.max_age_days * DAY
-        return int(c.execute("DELETE FROM outbox WHERE created_at < ?", (cutoff,)).rowcount)
+        return int(
+            c.execute(
+                f"DELETE FROM outbox WHERE created_at < ? AND {_AGES_OUT}", (cutoff,)
+            ).rowcount
+        )
 
     def due(self, now: float, limit: int = 16) -> list[Entry]:
         """Reports whose not-before time has come, oldest first (the gate aside)."""
@@ -152,18 +213,48 @@ class Outbox:
 
     def next_due(self, now: float | None = None) -> float | None:
         """When the sender may next try a report (host clock), or None when empty;
-        given ``now``, a time beyond the horizon from it is ``now`` (see ``__init__``)."""
+        given ``now``, a time beyond the horizon from it is ``now`` (see ``__init__``).
+        A full drain window holds it back to the window's end."""
 
         def work(c: Conn) -> float | None:
             earliest = c.execute("SELECT min(not_before) FROM outbox").fetchone()[0]
             if earliest is None:
                 return None
             due = max(float(earliest), _gate(c))
+            pace = self.pace
+            start, count = _window(c)
+            if pace is not None and count >= pace.burst and (now is None or start <= now):
+                due = max(due, start + pace.window)
             if now is not None and due > now + self.horizon:
                 return now
             return due
 
         return self.store.run(work)
+
+    # Export (mode offline) -----------------------------------------------------------
+
+    def unexported(self) -> list[Entry]:
+        """The stored reports no export has written yet, in sequence order."""
+        rows = self.store.run(
+            lambda c: c.execute(
+                f"SELECT {_COLUMNS} FROM outbox WHERE NOT {_EXPORTED} ORDER BY sequence"
+            ).fetchall()
+        )
+        return [_entry(row) for row in rows]
+
+    def mark_exported(self, report_ids: list[str], at: float, target: str) -> None:
+        """Record that an export to ``target`` wrote ``report_ids`` at ``at`` (epoch
+        seconds); a report no longer stored is not marked."""
+
+        def work(c: Conn) -> None:
+            c.executemany(
+                "INSERT INTO exports (report_id, at, target) "
+                "SELECT report_id, ?, ? FROM outbox WHERE report_id = ? "
+                "ON CONFLICT (report_id) DO UPDATE SET at = excluded.at, target = excluded.target",
+                [(at, target, report_id) for report_id in report_ids],
+            )
+
+        self.store.run(work)
 
     def size(self) -> tuple[int, int]:
         """How many reports are stored, and their bytes."""
@@ -188,6 +279,12 @@ class Outbox:
             add_counters(c, {"delivery.dropped": expired, "delivery.evicted": expired})
             if now < _gate(c) <= now + self.horizon:
                 return None
+            pace = self.pace
+            start, count = _window(c)
+            if pace is not None and not 0 <= now - start < pace.window:
+                start, count = now, 0  # a new window (or a clock set back)
+            if pace is not None and count >= pace.burst:
+                return None
             row = c.execute(
                 f"SELECT {_COLUMNS} FROM outbox WHERE {_DUE} ORDER BY sequence LIMIT 1",
                 (now, now + self.horizon),
@@ -199,6 +296,8 @@ class Outbox:
                 "UPDATE outbox SET not_before = ? WHERE report_id = ?",
                 (now + hold, entry.report_id),
             )
+            if pace is not None:
+                c.execute(UPSERT_KV, (PACE_KEY, f"{start!r} {count + 1}"))
             return entry
 
         return self.store.run(work)
@@ -213,22 +312,25 @@ class Outbox:
         )
 
     def sent(self, entry: Entry, event: history.Event, counts: Mapping[str, int]) -> None:
-        """A 2xx: forget the report, open the gate, record it."""
+        """A 2xx: forget the report, open the gate, record it and keep its body."""
 
         def work(c: Conn) -> None:
             c.execute("DELETE FROM outbox WHERE report_id = ?", (entry.report_id,))
             _open_gate(c)
             add_counters(c, counts)
             history.append(c, event)
+            history.keep(c, event, entry.body, self.endpoint, self.kept)
 
         self.store.run(work)
 
     def logged(self, entry: Entry, event: history.Event) -> None:
-        """Mode ``log``: the report was logged instead of sent; forget and record it."""
+        """Mode ``log``: the report was logged instead of sent; forget and record it
+        (its body is kept too, with no endpoint: it went nowhere)."""
 
         def work(c: Conn) -> None:
             c.execute("DELETE FROM outbox WHERE report_id = ?", (entry.report_id,))
             history.append(c, event)
+            history.keep(c, event, entry.body, "", self.kept)
 
         self.store.run(work)
 
@@ -262,6 +364,8 @@ class Outbox:
             )
             add_counters(c, {**counts, "delivery.failed": 1})
             history.append(c, event)
+            # What left for the endpoint, though it did not take it (yet).
+            history.keep(c, event, entry.body, self.endpoint, self.kept)
             return failures, when
 
         return self.store.run(work)
@@ -274,3 +378,13 @@ def _gate(c: Conn) -> float:
 
 def _open_gate(c: Conn) -> None:
     c.execute(_SET_TWO, (FAILURES_KEY, "0", GATE_KEY, "0"))
+
+
+def _window(c: Conn) -> tuple[float, int]:
+    """The drain window's start and the reports leased in it (``(0.0, 0)`` if none)."""
+    row = c.execute("SELECT value FROM kv WHERE key = ?", (PACE_KEY,)).fetchone()
+    try:
+        start, count = str(row[0]).split() if row else ("0", "0")
+        return float(start), int(count)
+    except ValueError:  # not written by this code: a new window
+        return 0.0, 0

@@ -60,8 +60,18 @@ CREATE TABLE IF NOT EXISTS history (
     id INTEGER PRIMARY KEY, report_id TEXT NOT NULL, sequence INTEGER NOT NULL,
     trigger TEXT NOT NULL, at REAL NOT NULL, result TEXT NOT NULL, detail TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS sent_reports (
+    report_id TEXT PRIMARY KEY, sequence INTEGER NOT NULL, trigger TEXT NOT NULL,
+    at REAL NOT NULL, endpoint TEXT NOT NULL, result TEXT NOT NULL, detail TEXT NOT NULL,
+    sha256 TEXT NOT NULL, body BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS exports (
+    report_id TEXT PRIMARY KEY, at REAL NOT NULL, target TEXT NOT NULL
+);
 """
-"""The tables, in SQLite's dialect (:mod:`.postgres` maps the types for PostgreSQL)."""
+"""The tables, in SQLite's dialect (:mod:`.postgres` maps the types for PostgreSQL).
+``sent_reports`` keeps the bodies of delivered reports (:mod:`.history`), ``exports``
+what ``phonehome export`` wrote (:mod:`.outbox`)."""
 
 
 def statements(script: str) -> list[str]:
