@@ -311,7 +311,12 @@ def test_outbox_must_be_a_mapping(value: Any) -> None:
 
 def test_privacy_choices_merge_with_send_defaults() -> None:
     privacy = parse({"privacy": {"email": "hash", "public_ip": "omit"}}).privacy
-    assert privacy == {"email": "hash", "hostname": "send", "public_ip": "omit", "location": "send"}
+    assert privacy == {
+        "email": "hash",
+        "hostname": "send",
+        "public_ip": "omit",
+        "location": "send",
+    }
 
 
 @pytest.mark.parametrize("choice", ["send", "country", "omit"])
@@ -684,7 +689,9 @@ def test_headers_reject_bad_names_and_values(headers: dict[Any, Any], where: str
 
 def test_a_header_value_is_never_quoted_in_an_error() -> None:
     message = _error_of({"headers": {"Authorization": "Bearer SECRET-4711\n"}})
-    assert message == "modules.phonehome.headers.Authorization: expected one line of printable ASCII"
+    assert (
+        message == "modules.phonehome.headers.Authorization: expected one line of printable ASCII"
+    )
 
 
 def test_headers_must_be_a_mapping() -> None:

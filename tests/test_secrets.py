@@ -91,7 +91,7 @@ def test_the_filter_masks_known_secrets_in_message_arguments_and_tracebacks(
     except ValueError:
         logger.exception("oops")
     assert len(records) == 2, "no record is dropped"
-    assert [_text(r) for r in records][0] == '"GET /json?key=*** HTTP/1.1" 200'
+    assert _text(records[0]) == '"GET /json?key=*** HTTP/1.1" 200'
     assert "SECRET-TOKEN" not in _text(records[1])
     assert "failed with ***" in _text(records[1])
     assert "ab" in redactor.redact("ab cd"), "too short to search whole lines for"
@@ -128,14 +128,15 @@ def test_on_the_plugins_threads_every_url_is_masked(
 def test_a_record_whose_arguments_do_not_format_is_passed_on_untouched(
     logged: tuple[logging.Logger, list[logging.LogRecord], Redactor],
 ) -> None:
-    logger, records, redactor = logged
+    redactor = logged[2]
     redactor.add({"SECRET-TOKEN"})
     assert redactor.filter(logging.makeLogRecord({"msg": "%s %s", "args": ("one",)}))
 
 
 def test_protect_puts_one_filter_on_each_library_logger() -> None:
-    import phonehome_plugin.delivery.sender  # noqa: F401  (its logger exists)
     import urllib3.connectionpool  # noqa: F401
+
+    import phonehome_plugin.delivery.sender  # noqa: F401  (its logger exists)
 
     redactor = secrets.protect({"SECRET-PROTECTED"})
     for name in ("phonehome_plugin", "phonehome_plugin.delivery.sender", "urllib3.connectionpool"):

@@ -222,7 +222,10 @@ def test_a_token_in_the_endpoint_query_never_reaches_the_log_line() -> None:
     decision = switch.resolve({"modules": {"phonehome": {"endpoint": url}}}, {})
     assert decision.on
     assert "s3cret" not in decision.reason
-    assert decision.reason == "on: mode send, sending to https://telemetry.example/v1?token=***&site=***"
+    assert (
+        decision.reason
+        == "on: mode send, sending to https://telemetry.example/v1?token=***&site=***"
+    )
     assert switch.without_credentials(url) == "https://telemetry.example/v1?token=***&site=***"
 
 

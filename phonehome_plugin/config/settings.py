@@ -123,7 +123,8 @@ class Categories:
     def collector_on(self, name: str) -> bool:
         """Whether collector ``name``'s section may be sent."""
         allowed = any(fnmatch.fnmatchcase(name, glob) for glob in self.collectors_allow)
-        return allowed and not any(fnmatch.fnmatchcase(name, glob) for glob in self.collectors_deny)
+        denied = any(fnmatch.fnmatchcase(name, glob) for glob in self.collectors_deny)
+        return allowed and not denied
 
 
 @dataclass(frozen=True, repr=False)
