@@ -58,13 +58,23 @@ def test_url_secrets_are_the_substrings_a_line_could_carry() -> None:
     assert url_secrets("host=db password='p w'") >= {"p w"}
 
 
+class Keeping(logging.Handler):
+    """Keeps every record it handles."""
+
+    def __init__(self, records: list[logging.LogRecord]) -> None:
+        super().__init__()
+        self.records = records
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
 @pytest.fixture
 def logged() -> Iterator[tuple[logging.Logger, list[logging.LogRecord], Redactor]]:
     """A logger with a fresh Redactor on it, and the records (as handled) it passed on."""
     logger = logging.getLogger("phonehome_plugin.tests.secrets")
     records: list[logging.LogRecord] = []
-    handler = logging.Handler()
-    handler.emit = records.append  # type: ignore[method-assign]
+    handler = Keeping(records)
     redactor = Redactor()
     logger.addFilter(redactor)
     logger.addHandler(handler)
