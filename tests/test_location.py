@@ -258,9 +258,9 @@ def test_a_hung_service_is_given_up_on_at_the_timeout(store: Store) -> None:
 
 
 def test_a_trickling_service_is_cut_off_at_the_timeout(store: Store) -> None:
-    # A byte every 50 ms keeps every per-read timeout happy: only the deadline ends it
-    # (the whole answer would take longer than the hang detector).
-    with FaultServer(then=Trickle(200, every=0.05)) as server:
+    # A byte a second keeps every per-read timeout happy: only the deadline ends it (the
+    # whole answer, some 40 bytes, would take longer than the hang detector).
+    with FaultServer(then=Trickle(200, every=1.0)) as server:
         clock = Moved()
         looking = Looking(settings(server.geoip_url, timeout=2.0), store, clock)
         assert server.wait_for(lambda s: len(s.requests) == 1, HANG)
