@@ -13,6 +13,7 @@ nor the base64 form of a user info as it travels in an ``Authorization`` header.
 from __future__ import annotations
 
 import base64
+import io
 import logging
 import socket
 from collections.abc import Iterator
@@ -20,10 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from e2e_support import GEOIP, START, tick
 from faultservers import FaultServer, Linger, Proxy, Reply, Tls, make_tls
 
 from hookspecs import hookimpl
+from phonehome_plugin.cli import commands
 from phonehome_plugin.testing.simclock import SimClock
 from phonehome_plugin.testing.simhost import SimHost
 
@@ -171,7 +174,8 @@ def test_no_secret_reaches_a_log_line_or_the_state_file(
     endpoint, geo, proxy = servers
     caplog.set_level(logging.DEBUG)
     data_dir = tmp_path / "data"
-    drive(section(endpoint, geo, proxy, tls), data_dir)
+    config = section(endpoint, geo, proxy, tls)
+    drive(config, data_dir)
 
     # The run did what it should, secrets and all: they reached their servers.
     assert len(endpoint.reports) >= 2, "the startup report (retried) and a periodic one"
@@ -194,6 +198,16 @@ def test_no_secret_reaches_a_log_line_or_the_state_file(
     assert stored, "the state file exists"
     for path in stored:
         assert leaks(path.read_bytes()) == [], path.name
+
+    # And what the operator's command shows of it.
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(yaml.safe_dump({"modules": {"phonehome": config}}))
+    for output in ("--json", None):
+        out = io.StringIO()
+        argv = ["status", "--config", str(config_file), "--data-dir", str(data_dir)]
+        assert commands.main(argv + ([output] if output else []), out=out) == commands.OK
+        assert "/v1/reports" in out.getvalue()
+        assert leaks(out.getvalue().encode()) == [], out.getvalue()
 
 
 def _closed_port() -> int:

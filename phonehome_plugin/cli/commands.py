@@ -163,7 +163,7 @@ def status(args: argparse.Namespace, out: TextIO) -> int:
         "telemetry": "on" if decision.on else "off",
         "reason": decision.reason,
         "mode": settings.mode if settings else None,
-        "endpoint": settings.endpoint if settings else None,
+        "endpoint": switch.without_credentials(settings.endpoint) if settings else None,
     }
     state, broken = _state_status(args, settings.interval if settings else 3600)
     info.update(state)
