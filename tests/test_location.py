@@ -159,6 +159,15 @@ def test_the_cache_never_holds_the_url_or_its_key(store: Store) -> None:
         assert server.geoip_requests == 1, "found in the cache by its digest"
 
 
+def test_an_earlier_versions_entry_with_the_url_is_emptied_even_when_the_lookup_fails(
+    store: Store,
+) -> None:
+    url = "http://127.0.0.1:9/json?key=SECRET-GEO-KEY"
+    store.set(location.CACHE_KEY, json.dumps({"url": url, "at": NOW, "value": FOUND}))
+    assert find(url, store) == location.EMPTY, "nothing listens on port 9"
+    assert "SECRET" not in (store.get(location.CACHE_KEY) or "")
+
+
 def test_another_url_or_privacy_choice_is_looked_up_again(store: Store) -> None:
     with FaultServer(geoip=ANSWER) as server:
         find(server.geoip_url, store)

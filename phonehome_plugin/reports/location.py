@@ -19,8 +19,9 @@ What the operator chose (``privacy``) is applied before anything is asked or kep
   from the answer before it is cached, so they are neither reported nor stored.
 
 The cache entry is keyed by a digest of the URL and the choice, never the URL itself:
-a location service's ``?key=`` does not end up in the state. Where no lookup may be
-made, the entry is emptied: what an earlier one found is not kept either.
+a location service's ``?key=`` does not end up in the state (an entry of an earlier
+version, which kept the URL, is emptied when it is read). Where no lookup may be made,
+the entry is emptied too: what an earlier one found is not kept either.
 
 The answer is read to its end, but never more than :data:`ANSWER_LIMIT` bytes
 (an answer is a few hundred): a larger one is a failure, cut off unread rather
@@ -107,6 +108,10 @@ def _cached(store: Store, key: str, now: float) -> dict[str, Any] | None:
         return None
     try:
         entry = json.loads(raw)
+        if "url" in entry:
+            # An entry of an earlier version, which kept the URL (and any key in it).
+            store.set(CACHE_KEY, "")
+            return None
         if entry["key"] == key and 0 <= now - float(entry["at"]) < CACHE_SECONDS:
             return {name: entry["value"].get(name) for name in EMPTY}
     except (ValueError, KeyError, TypeError, AttributeError):
