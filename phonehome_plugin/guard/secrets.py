@@ -10,19 +10,21 @@ bounded by the length of its input:
   still tell which service is meant. A libpq ``key=value`` string (a ``state_url``
   may be one) keeps its keys and loses the values of the secret ones.
 - :func:`url_secrets` lists the secret parts of a URL as the exact substrings a
-  log line could carry them as (user info, password, query string), for
+  log line could carry them as (user info, password, query values), for
 - :class:`Redactor`, a :class:`logging.Filter` that replaces those substrings with
   ``***`` in every record of the loggers it is put on (:func:`protect`), its
   exception text included; on the plugin's own threads (named ``phonehome-...``)
-  it also masks every URL it finds. It is put on the plugin's loggers and those of
-  the HTTP and database libraries it drives (urllib3 logs each request line, query
-  string included, at DEBUG), so that a secret the plugin hands to them cannot come
-  back out in a log line whatever level the host logs at. Records of other threads
-  are changed only where they hold one of the configured secrets.
+  it also masks every URL it finds, and every query value of a request target. It is
+  put on the plugin's loggers and those of the HTTP and database libraries it drives
+  (urllib3 logs each request line, query string included, at DEBUG), so that a
+  secret the plugin hands to them cannot come back out in a log line whatever level
+  the host logs at. Records of other threads are changed only where they hold one of
+  the configured secrets.
 
-Secrets shorter than :data:`SECRET_MIN` characters are masked inside URLs but not
-searched for in whole lines: replacing every ``ab`` in a foreign log line would
-garble it without protecting anything worth the name.
+Secrets shorter than :data:`SECRET_MIN` characters are masked inside URLs (and, on
+the plugin's threads, in request targets) but not searched for in whole lines:
+replacing every ``ab`` in a foreign log line would garble it without protecting
+anything worth the name.
 """
 
 from __future__ import annotations
@@ -45,6 +47,9 @@ THREAD_PREFIX = "phonehome-"
 
 _QUERY_NAME = re.compile(r"[A-Za-z0-9_.\-\[\]]{1,40}")
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"<>]+")
+# A query's values where a line quotes a request target without its URL's head, as
+# urllib3's request line does: ``"POST /v1/reports?token=abc HTTP/1.1"``.
+_QUERY_VALUE = re.compile(r"(?<=[?&])([^=&\s'\"#?]+)=[^&\s'\"#]*")
 # libpq keyword/value connection strings: the values of these keys are secret.
 _LIBPQ_SECRET = re.compile(
     r"\b(password|sslpassword|passfile|sslkey)\s*=\s*('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE
@@ -88,8 +93,8 @@ def _masked_pair(pair: str) -> str:
 
 def url_secrets(url: str | None) -> set[str]:
     """The secret substrings of ``url`` as a log line could quote them: the user info
-    (whole, and its password alone), the query string (with and without its ``?``)
-    and each query value; for a libpq string, its secret values."""
+    (whole, and its password alone), each query value (a name without a value: the
+    name), the fragment; for a libpq string, its secret values."""
     found: set[str] = set()
     if not url:
         return found
@@ -109,7 +114,6 @@ def url_secrets(url: str | None) -> set[str]:
         # masked in every line would garble the database library's own messages).
         found.add(userinfo.partition(":")[2])
     if parts.query:
-        found.update({parts.query, "?" + parts.query})
         for pair in parts.query.split("&"):
             name, _, value = pair.partition("=")
             found.update({value} if value else {name})
@@ -144,6 +148,7 @@ class Redactor(logging.Filter):
         """``text`` with every known secret (and, when ``urls``, every URL) masked."""
         if urls:
             text = _URL.sub(lambda m: mask_url(m[0]), text)
+            text = _QUERY_VALUE.sub(lambda m: f"{m[1]}={MASK}", text)
         for secret in self._secrets:
             if secret in text:
                 text = text.replace(secret, MASK)
