@@ -296,6 +296,15 @@ def test_the_lookup_goes_through_the_configured_proxy(store: Store) -> None:
     assert method == "GET" and headers["user-agent"] == USER_AGENT
 
 
+def test_the_configured_proxy_wins_over_the_environments(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with FaultServer(geoip=ANSWER) as server, Proxy() as proxy, Proxy() as other:
+        monkeypatch.setenv("HTTP_PROXY", other.url)
+        assert find(server.geoip_url, store, proxy=proxy.url) == FOUND
+        assert (len(proxy.forwarded), other.connections) == (1, 0)
+
+
 def test_an_https_lookup_tunnels_through_the_proxy_trusting_the_ca_bundle(
     store: Store, tls: Tls
 ) -> None:
