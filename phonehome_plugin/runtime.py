@@ -22,7 +22,6 @@ from phonehome_plugin.counting.collectors import Registry
 from phonehome_plugin.counting.inventory import Inventory
 from phonehome_plugin.counting.tally import ExecutionTally
 from phonehome_plugin.delivery.retry import RetryPolicy
-from phonehome_plugin.guard import bounded
 from phonehome_plugin.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -56,18 +55,13 @@ class Runtime:
         here: the worker starts one when the first tick brings work (see .worker)."""
         list(receivers.connect_all(self._pairs, self.app))
         self.registry.connect(self.app)
+        # Each module's registration on its own: one that raises costs its own
+        # collectors and one log line naming it, never another module's (see
+        # counting.collectors); those registered later are called by pluggy.
         try:
-            self.app.plugin_manager.hook.phonehome_register_collectors.call_historic(
-                kwargs={"register": self.registry.register}
-            )
-        except Exception as error:  # a third party's registration bug is its own
-            # Bounded: a third party's exception text may be huge, slow or secret.
-            said = bounded.describe(error.args[0]) if error.args else ""
-            log.warning(
-                "phonehome: a plugin failed to register its collectors: %s %s",
-                bounded.type_name(error),
-                said,
-            )
+            self.registry.ask(self.app.plugin_manager)
+        except Exception:  # ask() never raises; this is the host's last line of defence
+            log.exception("phonehome: asking the modules for collectors failed")
         _watch_forks(self)
 
     @hookimpl

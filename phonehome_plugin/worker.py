@@ -320,11 +320,18 @@ class Worker:
             reporter.startup(ticks[0])
             self._startup_pending = not reporter.startup_settled()
         if self._started and not self._startup_pending:
+            candidates = [*self._pending_users, *users]
+            if not reporter.first_user_made:
+                # Owed by the installation (its creator died, or could not reach the
+                # state): any process makes it, once its claim's holder is gone.
+                owed = reporter.owed_first_user()
+                if owed is not None and owed not in candidates:
+                    candidates.append(owed)
             # Triggers another process claimed are kept until settled: if that process
-            # died before storing the report, this one takes over when the lease ends.
+            # dies before storing the report, this one takes over (see state.owner).
             self._pending_users = [
                 user
-                for user in [*self._pending_users, *users]
+                for user in candidates
                 if reporter.first_user(user, max(now, user[0])) is None
                 and not reporter.first_user_settled(user)
             ]
@@ -337,7 +344,7 @@ class Worker:
                 reporter.startup(moment)
                 self._startup_pending = not reporter.startup_settled()
             reporter.periodic(moment)
-        reporter.fold()
+        reporter.fold(now)
         self._deliver(now)
         self._plan(now)
 
@@ -385,8 +392,10 @@ class Worker:
     def _final(self) -> None:
         try:
             if self.reporter is not None:
+                self.reporter.retire()
                 self.reporter.fold()
                 self.reporter.remember_earliest_user()
+                self.reporter.forget_folds()
             if self.sender is not None:
                 self.sender.transport.close()
         finally:

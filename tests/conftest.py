@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 
 import pytest
@@ -20,9 +19,9 @@ pytest_plugins = [
 
 @pytest.fixture(autouse=True)
 def _stay_on_loopback(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Every outgoing connection of the test process must go to a loopback address."""
-    monkeypatch.setattr(socket.socket, "connect", loopback.connect)
-    monkeypatch.setattr(socket.socket, "connect_ex", loopback.connect_ex)
+    """Every outgoing connection and every name lookup of the test process must stay on
+    loopback (a lookup of another name asks the network's DNS server)."""
+    loopback.install(monkeypatch.setattr)
     yield
 
 

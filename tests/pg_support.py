@@ -4,6 +4,7 @@ prepares); tests that need one skip, saying why, when no server answers."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -62,13 +63,20 @@ def _free_port() -> int:
 
 @pytest.fixture
 def pgbouncer_url(pg_url: str) -> Iterator[str]:
-    """``pg_url`` through a PgBouncer of the test's own in transaction pooling mode, with
+    """``pg_url`` through a PgBouncer of the test's own (see :func:`pgbouncer`)."""
+    with pgbouncer(pg_url) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def pgbouncer(url: str) -> Iterator[str]:
+    """``url`` through a PgBouncer of the caller's own in transaction pooling mode, with
     one server connection for every client (so clients' statements meet on it); skips,
     saying why, when Debian's ``pgbouncer`` is not installed."""
     binary = shutil.which("pgbouncer") or shutil.which("pgbouncer", path="/usr/sbin")
     if not binary:
         pytest.skip("pgbouncer is not installed (Debian's package: apt-get install pgbouncer)")
-    parts = urlsplit(pg_url)
+    parts = urlsplit(url)
     database = parts.path.lstrip("/")
     user = parts.username or "postgres"
     port = _free_port()
@@ -97,7 +105,7 @@ def pgbouncer_url(pg_url: str) -> Iterator[str]:
         if not _listening(port, process):
             error = process.stderr.read().decode(errors="replace") if process.stderr else ""
             pytest.skip(f"pgbouncer did not start: {' '.join(error.split())[:200]}")
-        yield urlunsplit(parts._replace(netloc=f"{user}@127.0.0.1:{port}"))
+        yield urlunsplit(parts._replace(netloc=f"{user}@127.0.0.1:{port}", query=""))
     finally:
         process.terminate()
         process.wait(30)
@@ -125,3 +133,101 @@ def _listening(port: int, process: subprocess.Popen[bytes]) -> bool:
                 return True
         time.sleep(0.05)
     return False
+
+
+PG_BIN = sorted(Path("/usr/lib/postgresql").glob("*/bin"))
+
+
+class PgCluster:
+    """A PostgreSQL cluster of the test's own (Debian's ``initdb`` / ``pg_ctl``), on its
+    own port and socket dir, so a test may stop, restart (``-m immediate``) and kill it,
+    and fill its connection slots. Runs as the ``postgres`` user when the test runs as
+    root (the server refuses root). Never the shared server on 5432."""
+
+    def __init__(self, max_connections: int = 40) -> None:
+        if not PG_BIN:
+            pytest.skip("Debian's postgresql package is not installed (no initdb)")
+        self.bin = PG_BIN[-1]
+        # Its own directory, which the postgres user can reach (pytest's are private).
+        home = self.home = Path(tempfile.mkdtemp(prefix="phonehome-pgcluster-"))
+        self.data = home / "data"
+        self.port = _free_port()
+        self.as_user: list[str] = []
+        if os.geteuid() == 0:
+            if not _user_exists("postgres"):
+                pytest.skip("running as root and there is no postgres user to run a server as")
+            self.as_user = ["runuser", "-u", "postgres", "--"]
+        home.mkdir(parents=True, exist_ok=True)
+        home.chmod(0o755)
+        if self.as_user:
+            import pwd
+
+            user = pwd.getpwnam("postgres")
+            os.chown(home, user.pw_uid, user.pw_gid)
+        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync")
+        (self.data / "postgresql.auto.conf").write_text(
+            f"port = {self.port}\nlisten_addresses = '127.0.0.1'\n"
+            f"unix_socket_directories = '{home}'\nmax_connections = {max_connections}\n"
+            "superuser_reserved_connections = 0\n"
+            # Only the server dies in these tests, never the machine: a write the OS
+            # has is safe without fsync. A commit, though, must be in the WAL when
+            # acknowledged, or an immediate restart would lose it.
+            "fsync = off\nfull_page_writes = off\n"
+        )
+        self.start()
+
+    def _run(self, tool: str, *args: str) -> None:
+        done = subprocess.run(
+            [*self.as_user, str(self.bin / tool), *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+            cwd=self.home,
+        )
+        if done.returncode != 0:
+            pytest.fail(f"{tool} {' '.join(args)} failed: {done.stderr[-400:]}")
+
+    def url(self, database: str = "postgres", **params: str) -> str:
+        query = "&".join(f"{k}={v}" for k, v in params.items())
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}" + (
+            f"?{query}" if query else ""
+        )
+
+    def start(self) -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.home / "log"), "-w", "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop")
+
+    def restart_immediate(self) -> None:
+        """The server dies as in a crash (no checkpoint, clients cut), then recovers."""
+        self.stop("immediate")
+        self.start()
+
+    def admin(self, database: str = "postgres") -> Any:
+        import psycopg
+
+        return psycopg.connect(self.url(database), autocommit=True, connect_timeout=10)
+
+    def new_database(self) -> str:
+        name = f"phonehome_{uuid.uuid4().hex[:10]}"
+        with self.admin() as conn:
+            conn.execute(f"CREATE DATABASE {name}")
+        return name
+
+    def close(self) -> None:
+        with contextlib.suppress(BaseException):
+            self.stop("immediate")
+        shutil.rmtree(self.home, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def pg_cluster() -> Iterator[PgCluster]:
+    """A cluster of this test module's own (see :class:`PgCluster`)."""
+    pytest.importorskip("psycopg")
+    cluster = PgCluster()
+    try:
+        yield cluster
+    finally:
+        cluster.close()

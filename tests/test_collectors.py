@@ -3,23 +3,29 @@ only their section."""
 
 from __future__ import annotations
 
+import itertools
+import logging
 import queue
 import threading
 from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import pluggy
 import pytest
-from test_bounded import Hostile, HostileStr
+from test_bounded import Hostile, HostileDict, HostileInt, HostileStr
 
 import hookspecs
-from hookspecs import signals
+from hookspecs import hookimpl, signals
 from phonehome_plugin.counting import collectors
 from phonehome_plugin.counting.collectors import Registry
 from phonehome_plugin.counting.tally import ExecutionTally
 from phonehome_plugin.guard import privacy
 from phonehome_plugin.guard.privacy import DropCounter
+from phonehome_plugin.testing.examples import historian
 from phonehome_plugin.testing.examples.historian import HistorianCollector
+from phonehome_plugin.testing.kit import Harness
 
 SECRET = "hunter2-secret-value"
 TIMEOUT = 0.05
@@ -729,3 +735,335 @@ def test_a_huge_self_referencing_section_is_read_in_bounded_work(
         "collector_key": 2 * (1_000_000 - privacy.KEYS_MAX),
         "collector_value": 1,
     }
+
+
+# Reading what collect() returned: on the runner, bounded, built-in values only ----------
+
+
+class Recording(Mapping[str, Any]):
+    """A mapping of ``items`` that records the thread each of its methods ran on."""
+
+    def __init__(self, items: dict[str, Any]) -> None:
+        self.items_ = items
+        self.threads: set[str] = set()
+
+    def _seen(self) -> None:
+        self.threads.add(threading.current_thread().name)
+
+    def __getitem__(self, key: str) -> Any:
+        self._seen()
+        return self.items_[key]
+
+    def __iter__(self) -> Iterator[str]:
+        self._seen()
+        return iter(self.items_)
+
+    def __len__(self) -> int:
+        self._seen()
+        return len(self.items_)
+
+
+def test_the_workers_thread_runs_none_of_a_collectors_code(
+    registry: Registry, drops: DropCounter
+) -> None:
+    result = Recording({"series": 3, "by_type": Recording({"influx": 2})})
+    threads: set[str] = set()
+
+    def collect() -> Any:
+        threads.add(threading.current_thread().name)
+        return result
+
+    registry.register(SimpleNamespace(name="acme.live", collect=collect))
+    sections, errors = registry.collect_all(drops)
+    assert (sections, errors) == ({"acme.live": {"series": 3, "by_type": {"influx": 2}}}, {})
+    nested = result.items_["by_type"]
+    assert threads == result.threads == nested.threads == {"phonehome-collect"}
+
+
+def test_a_dict_is_read_through_dicts_own_slots(registry: Registry, drops: DropCounter) -> None:
+    """A dict subclass's own ``__iter__``, ``__len__``, ``__getitem__`` are never called,
+    nor the methods of str and int subclasses in it: their built-in values are used."""
+
+    class Lying(str):
+        def __len__(self) -> int:
+            raise AssertionError("its own __len__ was called")
+
+    section = HostileDict({Lying("series"): HostileInt(3), "mode": HostileStr("fast")})
+    section["nested"] = HostileDict({"n": HostileInt(1)})
+    registry.register(Collector("acme.hostile", section))
+    sections, errors = registry.collect_all(drops)
+    assert errors == {}
+    assert sections == {"acme.hostile": {"series": 3, "mode": "fast", "nested": {"n": 1}}}
+    [(key, value)] = [(k, v) for k, v in sections["acme.hostile"].items() if k == "series"]
+    assert (type(key), type(value)) == (str, int)
+
+
+def test_huge_values_are_dropped_without_being_copied(
+    registry: Registry, drops: DropCounter
+) -> None:
+    registry.register(
+        Collector(
+            "acme.huge",
+            {
+                "text": "x" * 10_000_000,
+                "number": 10**100_000,
+                "k" * 10_000_000: 1,
+                "fine": 2,
+                "deep": {"deeper": {"x": 1}, "ok": 1},
+            },
+        )
+    )
+    sections, errors = registry.collect_all(drops)
+    assert errors == {}
+    assert sections == {"acme.huge": {"fine": 2, "deep": {"ok": 1}}}
+    assert drops.take() == {"collector_value": 3, "collector_key": 1}
+
+
+class Endless(Mapping[str, int]):
+    """A mapping without end: its keys never stop, and its length is never found: a
+    Python loop that ends only when the test releases it (or shutdown interrupts it)."""
+
+    def __init__(self, name: str, release: threading.Event) -> None:
+        self.name = name
+        self.release = release
+
+    def __getitem__(self, key: str) -> int:
+        return 1
+
+    def __iter__(self) -> Iterator[str]:
+        return (f"k{i}" for i in itertools.count())
+
+    def __len__(self) -> int:
+        STUCK.add(self.name)
+        while not self.release.is_set():
+            pass
+        STUCK.discard(self.name)
+        return 0
+
+
+@pytest.mark.usefixtures("exact_timeout")
+def test_an_endless_mapping_costs_its_section_and_no_thread_outlives_shutdown(
+    registry: Registry, drops: DropCounter, release: threading.Event
+) -> None:
+    before = _collect_threads()
+    endless = Endless("acme.endless", release)
+    registry.register(Collector("acme.endless", endless))
+    registry.register(Collector("acme.fine"))
+    sections, errors = registry.collect_all(drops)
+    assert sections == {"acme.fine": {"value": 1}}
+    assert errors == {"acme.endless": f"collect() took longer than {TIMEOUT} s"}
+    [runner] = _collect_threads() - before
+    assert runner.is_alive() and not release.is_set(), "still spinning in its __len__"
+
+    registry.disconnect()  # shutdown: the runner is stopped inside the mapping's code
+    runner.join(HANG)
+    assert not runner.is_alive()
+    assert not release.is_set(), "it ended while the mapping's loop would still spin"
+    # And nothing starts once shut down.
+    assert registry.collect_all(drops) == (
+        {},
+        {
+            "acme.endless": "collect() still running from an earlier report",
+            "acme.fine": "phonehome was shutting down",
+        },
+    )
+    assert _collect_threads() - before == set()
+
+
+class Slow(Mapping[str, int]):
+    """Three entries, the second of which takes until the test releases it."""
+
+    def __init__(self, release: threading.Event) -> None:
+        self.release = release
+        self.read: list[str] = []
+
+    def __getitem__(self, key: str) -> int:
+        self.read.append(key)
+        if key == "b":
+            STUCK.add("acme.slow")
+            self.release.wait(HANG)
+            STUCK.discard("acme.slow")
+        return 1
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(["a", "b", "c"])
+
+    def __len__(self) -> int:
+        return 3
+
+
+@pytest.mark.usefixtures("exact_timeout")
+def test_reading_stops_at_the_next_entry_once_the_deadline_passed(
+    registry: Registry, drops: DropCounter, release: threading.Event
+) -> None:
+    before = _collect_threads()
+    slow = Slow(release)
+    registry.register(Collector("acme.slow", slow))
+    _, errors = registry.collect_all(drops)
+    assert errors == {"acme.slow": f"collect() took longer than {TIMEOUT} s"}
+    release.set()
+    _wait_for_runners(before)
+    assert slow.read == ["a", "b"], "nothing read after the caller gave up"
+    assert "acme.slow" not in registry._hung, "its call returned: called again next time"
+
+
+# Registration: each module on its own ----------------------------------------------------
+
+
+class Module:
+    """A MaestroHub module: registers ``collectors``, then raises ``then`` if given."""
+
+    def __init__(self, *collectors: object, then: Exception | None = None) -> None:
+        self.collectors = collectors
+        self.then = then
+        self.calls = 0
+
+    @hookimpl(optionalhook=True)
+    def phonehome_register_collectors(self, register: Callable[[Any], None]) -> None:
+        self.calls += 1
+        for collector in self.collectors:
+            register(collector)
+        if self.then is not None:
+            raise self.then
+
+
+@pytest.fixture
+def pm() -> pluggy.PluginManager:
+    manager = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+    manager.add_hookspecs(hookspecs.host)
+    manager.add_hookspecs(hookspecs.phonehome)
+    return manager
+
+
+def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+@pytest.mark.parametrize("bad_first", [True, False])
+def test_a_raising_registration_costs_its_own_module_only(
+    registry: Registry,
+    pm: pluggy.PluginManager,
+    drops: DropCounter,
+    caplog: pytest.LogCaptureFixture,
+    bad_first: bool,
+) -> None:
+    good = Module(Collector("acme.good"))
+    bad = Module(Collector("acme.partial"), then=RuntimeError(SECRET))
+    for name, module in [("acme_bad", bad), ("acme_good", good)][:: 1 if bad_first else -1]:
+        pm.register(module, name=name)
+    registry.ask(pm)
+    assert (good.calls, bad.calls) == (1, 1)
+    assert list(registry.collectors) == ["acme.good"]
+    sections, errors = registry.collect_all(drops)
+    assert sections == {"acme.good": {"value": 1}}
+    assert errors == {"acme.partial": "its module's registration raised RuntimeError"}
+    assert SECRET not in repr(errors)
+    [line] = _warnings(caplog)
+    assert line.startswith(
+        "phonehome: module acme_bad (test_collectors) failed to register its collectors: "
+        "RuntimeError"
+    )
+    assert [(module, type(error)) for module, error in registry.refused] == [
+        ("acme_bad (test_collectors)", RuntimeError)
+    ]
+
+
+def test_register_raises_in_the_modules_own_code(
+    registry: Registry, pm: pluggy.PluginManager, caplog: pytest.LogCaptureFixture
+) -> None:
+    raised: list[Exception] = []
+
+    class Careful:
+        @hookimpl(optionalhook=True)
+        def phonehome_register_collectors(self, register: Callable[[Any], None]) -> None:
+            for candidate in (object(), Collector("acme.first"), Collector("acme.first")):
+                try:
+                    register(candidate)
+                except (TypeError, ValueError) as error:
+                    raised.append(error)
+
+    pm.register(Careful())
+    registry.ask(pm)
+    assert [type(e) for e in raised] == [TypeError, ValueError]
+    assert list(registry.collectors) == ["acme.first"]
+    assert [error for _, error in registry.refused] == raised
+    assert [
+        line.split(": a collector was refused: ")[1].split()[0] for line in _warnings(caplog)
+    ] == [
+        "TypeError",
+        "ValueError",
+    ]
+
+
+def test_a_name_registered_by_another_module_is_refused(
+    registry: Registry, pm: pluggy.PluginManager, drops: DropCounter
+) -> None:
+    pm.register(Module(Collector("acme.same", {"first": 1})), name="first")
+    pm.register(Module(Collector("acme.same", {"second": 2})), name="second")
+    registry.ask(pm)
+    [(module, error)] = registry.refused
+    assert module == "second (test_collectors)" and isinstance(error, ValueError)
+    assert registry.collect_all(drops)[0] == {"acme.same": {"first": 1}}
+
+
+def test_a_late_registration_never_raises_into_the_host(
+    registry: Registry,
+    pm: pluggy.PluginManager,
+    app: FakeApp,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    registry.connect(app)
+    registry.ask(pm)
+    late = Module(object(), Counting())
+    pm.register(late, name="acme_late")  # pluggy calls it now, inside the host's call
+    assert late.calls == 1
+    assert list(registry.collectors) == ["acme.counting"]
+    signals.execution_finished.send(app, pipeline_id="p", status="completed", duration_ms=1)
+    assert registry.collectors["acme.counting"].collect() == {"finished": 1}
+    [line] = _warnings(caplog)
+    assert line.startswith("phonehome: module test_collectors: a collector was refused: TypeError")
+    assert [type(error) for _, error in registry.refused] == [TypeError]
+
+
+def test_every_module_is_called_once(registry: Registry, pm: pluggy.PluginManager) -> None:
+    """One implementing the hook under another name (``specname``), and one registered
+    by another module from within its hook, are called once each, like the rest."""
+    inner = Module(Collector("acme.inner"))
+
+    class Outer:
+        @hookimpl(optionalhook=True)
+        def phonehome_register_collectors(self, register: Callable[[Any], None]) -> None:
+            register(Collector("acme.outer"))
+            pm.register(inner)
+
+    class Renamed:
+        calls = 0
+
+        @hookimpl(optionalhook=True, specname="phonehome_register_collectors")
+        def register_mine(self, register: Callable[[Any], None]) -> None:
+            Renamed.calls += 1
+            register(Collector("acme.renamed"))
+
+    pm.register(Outer())
+    pm.register(Renamed())
+    registry.ask(pm)
+    assert (inner.calls, Renamed.calls) == (1, 1)
+    assert sorted(registry.collectors) == ["acme.inner", "acme.outer", "acme.renamed"]
+
+
+def test_a_raising_registration_leaves_the_good_modules_section_in_the_report(
+    tmp_path: Path,
+) -> None:
+    """Done when: a registration that raises, in either order against a good module,
+    leaves the good module's section in the report (the plugin's, end to end)."""
+    bad = Module(Collector("acme.partial"), then=RuntimeError("the historian is down"))
+    for order in ([bad, historian], [historian, bad]):
+        with Harness(tmp_path / f"data-{len(order)}-{order[0] is bad}", plugins=order) as kit:
+            with pytest.raises(RuntimeError, match="the historian is down"):
+                kit.start()  # the kit raises it in the author's test; the host runs on
+            kit.tick()
+            [report] = kit.reports
+            assert kit.section("acme.historian")["series"] == 0
+            assert report["diagnostics"]["collector_errors"] == {
+                "acme.partial": "its module's registration raised RuntimeError"
+            }

@@ -24,13 +24,13 @@ def store(any_store: Store) -> Store:
     return any_store
 
 
-def _fold(store: Store, inventory: Inventory) -> None:
-    """What the worker does with one process's changes (see Reporter.fold)."""
+def _fold(store: Store, inventory: Inventory, at: float = 0.0) -> None:
+    """What the worker does with one process's changes, known as of ``at``."""
     rows = inventory.take_changes().rows()
 
     def work(c: object) -> None:
         for module, (replaced, module_rows) in rows.items():
-            entities.apply(c, module, replaced, module_rows)  # type: ignore[arg-type]
+            entities.apply(c, module, replaced, module_rows, at)  # type: ignore[arg-type]
 
     store.run(work)
 
@@ -69,10 +69,24 @@ def test_changes_of_two_processes_add_up_by_key(opener: Opener) -> None:
 def test_a_sync_in_any_process_replaces_the_module(store: Store) -> None:
     saved, synced = Inventory(), Inventory()
     saved.connections.save("old", "mqtt")
-    _fold(store, saved)
+    _fold(store, saved, at=10.0)
     synced.sync("connections", [{"id": "n1", "type": "s7"}, {"id": "n2", "type": "s7"}])
-    _fold(store, synced)
+    _fold(store, synced, at=20.0)  # the sync came after "old" was saved: it is gone
     assert _installation(store).connections.snapshot() == {"total": 2, "by_type": {"s7": 2}}
+
+
+def test_a_late_sync_undoes_nothing_another_process_changed_since(opener: Opener) -> None:
+    one, two = opener(), opener()
+    early, other = Inventory(), Inventory()
+    early.sync("connections", [{"id": "n1", "type": "s7"}])  # at its start, 100
+    other.connections.save("n2", "mqtt")  # saved at 150, carried over at 160
+    other.connections.save("n1", "opcua")  # changed after the early sync too
+    _fold(two, other, at=160.0)
+    _fold(one, early, at=100.0)  # reaches the state only now (it was unreachable)
+    assert _installation(one).connections.snapshot() == {
+        "total": 2,
+        "by_type": {"mqtt": 1, "opcua": 1},
+    }
 
 
 def test_no_local_id_and_no_email_is_kept_as_it_is(store: Store) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 import blinker
 import pluggy
 import pytest
+from dist_support import CONTRACT, MODULE, page_files
 
 import hookspecs
 from hookspecs import host, phonehome, signals
@@ -255,12 +256,24 @@ def test_the_collector_protocols_have_exactly_the_contract_members() -> None:
     assert members(phonehome.CollectorWithReceivers) == {"receivers"}
 
 
-def test_the_readme_example_collector_is_a_collector() -> None:
-    class HistorianCollector:  # as README, "Module authors: adding a collector"
-        name = "acme.historian"
-
-        def collect(self) -> dict[str, int]:
-            return {"writes": 0}
-
-    assert isinstance(HistorianCollector(), hookspecs.Collector)
+def test_the_collector_of_the_module_authors_page_is_a_collector() -> None:
+    """docs/modules.md's collector (tests/test_modules_doc.py runs it end to end)."""
+    source = page_files()[MODULE]
+    namespace: dict[str, Any] = {"__name__": "acme_historian.telemetry"}
+    exec(compile(source, MODULE, "exec"), namespace)
+    collector = namespace["HistorianCollector"]()
+    assert isinstance(collector, hookspecs.CollectorWithReceivers)
     assert not isinstance(object(), hookspecs.Collector)
+    [(signal, _)] = collector.receivers()
+    assert signal is signals.execution_finished
+
+
+# The distribution ------------------------------------------------------------------------
+
+
+def test_the_installed_contract_is_this_one_with_its_own_version() -> None:
+    assert importlib.metadata.version("maestrohub-hookspecs") == hookspecs.__version__
+    written = (CONTRACT / "hookspecs" / "__init__.py").read_text("utf-8")
+    assert f'__version__ = "{hookspecs.__version__}"' in written, "the contract of this tree"
+    requires = importlib.metadata.requires("maestrohub-hookspecs") or []
+    assert sorted(r.split(">")[0] for r in requires) == ["blinker", "pluggy"]

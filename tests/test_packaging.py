@@ -1,4 +1,12 @@
-"""The source archive runs its own test suite, and the metadata says what is true.
+"""Two distributions, each built as it claims; the source archive runs its own test
+suite; and the metadata says what is true.
+
+The repository builds ``maestrohub-phonehome`` (its root) and ``maestrohub-hookspecs``,
+the contract (``contract/``), which MaestroHub, the plugin and every module depend on.
+A module that adds collectors depends on the contract alone, so the contract must work
+without the plugin: a fresh virtualenv holding pluggy, blinker, the contract's wheel
+and a collector module's wheel, and no phonehome, runs a host that loads every entry
+point (the slow test at the end).
 
 ``python -m build --sdist``, unpacked anywhere, must take ``pip install -e ".[test]"
 && python -m pytest`` as a clone does: so it must carry every file the tests, tox, CI
@@ -23,6 +31,7 @@ from __future__ import annotations
 
 import ast
 import fnmatch
+import json
 import shlex
 import tomllib
 from collections.abc import Iterator
@@ -30,6 +39,16 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import pytest
+from dist_support import (
+    build_wheel,
+    copy_installed,
+    fresh_venv,
+    pip,
+    run,
+    site_packages,
+    written_module,
+)
 from packaging.requirements import Requirement
 from packaging.version import Version
 
@@ -37,7 +56,14 @@ ROOT = Path(__file__).resolve().parent.parent
 PYPROJECT: dict[str, Any] = tomllib.loads((ROOT / "pyproject.toml").read_text("utf-8"))
 PROJECT: dict[str, Any] = PYPROJECT["project"]
 SETUPTOOLS: dict[str, Any] = PYPROJECT["tool"]["setuptools"]
-PACKAGES = ("phonehome_plugin", "hookspecs")
+CONTRACT = ROOT / "contract"
+CONTRACT_PYPROJECT: dict[str, Any] = tomllib.loads(
+    (CONTRACT / "pyproject.toml").read_text("utf-8")
+)
+CONTRACT_PROJECT: dict[str, Any] = CONTRACT_PYPROJECT["project"]
+DISTRIBUTIONS = {"maestrohub-phonehome": ROOT, "maestrohub-hookspecs": CONTRACT}
+PACKAGES = {"phonehome_plugin": ROOT, "hookspecs": CONTRACT}
+"""Each package, and the folder of the distribution it belongs to."""
 
 NEEDED = (
     "README.md",
@@ -51,7 +77,10 @@ NEEDED = (
     "tests/conftest.py",
     "phonehome_plugin/reports/report.schema.json",
     "phonehome_plugin/py.typed",
-    "hookspecs/py.typed",
+    "contract/pyproject.toml",
+    "contract/README.md",
+    "contract/LICENSE",
+    "contract/hookspecs/py.typed",
 )
 """Files the suite, tox or CI read, beside the modules of tests/ and bench/."""
 
@@ -97,10 +126,17 @@ def _manifest(lines: list[str]) -> set[str]:
     return chosen
 
 
+def _setuptools_of(root: Path) -> dict[str, Any]:
+    pyproject = PYPROJECT if root == ROOT else CONTRACT_PYPROJECT
+    found: dict[str, Any] = pyproject["tool"]["setuptools"]
+    return found
+
+
 def _package_data(path: Path) -> bool:
-    """True when pyproject.toml's package-data ships ``path`` (a file in a package)."""
-    for package, patterns in SETUPTOOLS["package-data"].items():
-        folder = ROOT / package.replace(".", "/")
+    """True when its distribution's package-data ships ``path`` (a file in a package)."""
+    root = CONTRACT if path.is_relative_to(CONTRACT) else ROOT
+    for package, patterns in _setuptools_of(root)["package-data"].items():
+        folder = root / package.replace(".", "/")
         if path.is_relative_to(folder):
             inner = path.relative_to(folder).as_posix()
             if any(fnmatch.fnmatch(inner, pattern) for pattern in patterns):
@@ -109,15 +145,16 @@ def _package_data(path: Path) -> bool:
 
 
 def _package_files() -> Iterator[Path]:
-    for package in PACKAGES:
-        yield from _files_under(ROOT / package)
+    for package, root in PACKAGES.items():
+        yield from _files_under(root / package)
 
 
 @cache
 def shipped() -> frozenset[str]:
-    """Every file the sdist holds (beside PKG-INFO, setup.cfg and the egg-info)."""
+    """Every file maestrohub-phonehome's sdist holds (beside PKG-INFO, setup.cfg and
+    the egg-info): its own package, and the contract's whole source, through MANIFEST.in."""
     files = _manifest((ROOT / "MANIFEST.in").read_text("utf-8").splitlines())
-    for path in _package_files():
+    for path in _files_under(ROOT / "phonehome_plugin"):
         if path.suffix == ".py" or _package_data(path):
             files.add(_relative(path))
     files.update([PROJECT["readme"], "pyproject.toml", "MANIFEST.in", *PROJECT["license-files"]])
@@ -177,6 +214,15 @@ def test_the_archive_holds_every_file_the_tests_and_benchmarks_name() -> None:
     assert missing == {}, f"named by a test or benchmark, not in the sdist: {missing}"
 
 
+def test_the_archive_holds_the_contracts_whole_source() -> None:
+    """The Quick start installs the contract from ./contract: so must the unpacked sdist."""
+    source = {_relative(p) for p in _files_under(CONTRACT / "hookspecs") if p.suffix != ".pyc"}
+    assert "contract/hookspecs/phonehome.py" in source
+    assert sorted(source - shipped()) == []
+    left_by_a_build = {_relative(p) for p in _files_under(CONTRACT) if "egg-info" in str(p)}
+    assert left_by_a_build & shipped() == set()
+
+
 def test_every_file_of_the_packages_reaches_a_wheel_too() -> None:
     other = [path for path in _package_files() if path.suffix not in (".py", ".pyc")]
     assert "phonehome_plugin/reports/report.schema.json" in map(_relative, other)
@@ -184,50 +230,22 @@ def test_every_file_of_the_packages_reaches_a_wheel_too() -> None:
 
 
 def test_both_packages_say_they_are_typed() -> None:
-    for package in PACKAGES:
-        assert (ROOT / package / "py.typed").is_file()
-        assert "py.typed" in SETUPTOOLS["package-data"][package]
+    for package, root in PACKAGES.items():
+        assert (root / package / "py.typed").is_file()
+        assert "py.typed" in _setuptools_of(root)["package-data"][package]
 
 
 # Metadata --------------------------------------------------------------------------------
 
 
-def test_the_license_is_an_spdx_expression_with_its_file_and_no_classifier() -> None:
-    assert PROJECT["license"] == "Apache-2.0"
-    assert PROJECT["license-files"] == ["LICENSE"]
-    head = (ROOT / "LICENSE").read_text("utf-8").split()[:5]
-    assert head == ["Apache", "License", "Version", "2.0,", "January"]
-    # PEP 639: no license classifier beside a license expression (setuptools refuses).
-    assert [c for c in PROJECT.get("classifiers", []) if c.startswith("License ::")] == []
+def _pyproject(root: Path) -> dict[str, Any]:
+    return PYPROJECT if root == ROOT else CONTRACT_PYPROJECT
 
 
-def test_the_build_backend_reads_a_license_expression() -> None:
-    [setuptools] = [
-        r
-        for r in map(Requirement, PYPROJECT["build-system"]["requires"])
-        if r.name == "setuptools"
-    ]
-    lowest = [Version(s.version) for s in setuptools.specifier if s.operator == ">="]
-    assert lowest and min(lowest) >= Version("77"), "setuptools 77 reads project.license-files"
-
-
-def test_the_classifiers_name_the_pythons_tox_runs() -> None:
-    pythons = {
-        c.rsplit(" ", 1)[-1]
-        for c in PROJECT["classifiers"]
-        if c.startswith("Programming Language :: Python :: 3.")
-    }
-    assert pythons == {"3.11", "3.12", "3.13"}
-    assert PROJECT["requires-python"] == ">=3.11"
-    assert "Typing :: Typed" in PROJECT["classifiers"]
-
-
-def test_the_version_is_written_once_in_the_package() -> None:
-    assert "version" not in PROJECT
-    assert "version" in PROJECT["dynamic"]
-    assert SETUPTOOLS["dynamic"]["version"] == {"attr": "phonehome_plugin.__version__"}
-    # A literal assignment, so that setuptools reads it without importing the package.
-    tree = ast.parse((ROOT / "phonehome_plugin" / "__init__.py").read_text("utf-8"))
+def _written_version(package: str) -> Version:
+    """The package's ``__version__``: a literal assignment in its ``__init__``, so that
+    setuptools reads it without importing the package."""
+    tree = ast.parse((PACKAGES[package] / package / "__init__.py").read_text("utf-8"))
     versions = [
         node.value.value
         for node in tree.body
@@ -236,7 +254,76 @@ def test_the_version_is_written_once_in_the_package() -> None:
         and isinstance(node.value, ast.Constant)
     ]
     assert len(versions) == 1 and isinstance(versions[0], str)
-    Version(versions[0])  # raises InvalidVersion unless PEP 440 allows it
+    return Version(versions[0])  # raises InvalidVersion unless PEP 440 allows it
+
+
+@pytest.mark.parametrize("root", DISTRIBUTIONS.values(), ids=DISTRIBUTIONS)
+def test_the_license_is_an_spdx_expression_with_its_file_and_no_classifier(root: Path) -> None:
+    project = _pyproject(root)["project"]
+    assert project["license"] == "Apache-2.0"
+    assert project["license-files"] == ["LICENSE"]
+    assert (root / "LICENSE").read_text("utf-8") == (ROOT / "LICENSE").read_text("utf-8")
+    head = (ROOT / "LICENSE").read_text("utf-8").split()[:5]
+    assert head == ["Apache", "License", "Version", "2.0,", "January"]
+    # PEP 639: no license classifier beside a license expression (setuptools refuses).
+    assert [c for c in project.get("classifiers", []) if c.startswith("License ::")] == []
+
+
+@pytest.mark.parametrize("root", DISTRIBUTIONS.values(), ids=DISTRIBUTIONS)
+def test_the_build_backend_reads_a_license_expression(root: Path) -> None:
+    [setuptools] = [
+        r
+        for r in map(Requirement, _pyproject(root)["build-system"]["requires"])
+        if r.name == "setuptools"
+    ]
+    lowest = [Version(s.version) for s in setuptools.specifier if s.operator == ">="]
+    assert lowest and min(lowest) >= Version("77"), "setuptools 77 reads project.license-files"
+
+
+@pytest.mark.parametrize("root", DISTRIBUTIONS.values(), ids=DISTRIBUTIONS)
+def test_the_classifiers_name_the_pythons_tox_runs(root: Path) -> None:
+    project = _pyproject(root)["project"]
+    pythons = {
+        c.rsplit(" ", 1)[-1]
+        for c in project["classifiers"]
+        if c.startswith("Programming Language :: Python :: 3.")
+    }
+    assert pythons == {"3.11", "3.12", "3.13"}
+    assert project["requires-python"] == ">=3.11"
+    assert "Typing :: Typed" in project["classifiers"]
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_each_version_is_written_once_in_its_package(package: str) -> None:
+    project = _pyproject(PACKAGES[package])["project"]
+    assert "version" not in project
+    assert "version" in project["dynamic"]
+    dynamic = _setuptools_of(PACKAGES[package])["dynamic"]
+    assert dynamic["version"] == {"attr": f"{package}.__version__"}
+    _written_version(package)
+
+
+def test_the_plugin_depends_on_the_contract_it_is_built_with() -> None:
+    """Its lower bound is the contract's version here (the only one the suite tests), its
+    upper bound the next major (which renames something of the contract)."""
+    [contract] = [
+        r for r in map(Requirement, PROJECT["dependencies"]) if r.name == CONTRACT_PROJECT["name"]
+    ]
+    version = _written_version("hookspecs")
+    assert str(contract.specifier) == f"<{version.major + 1},>={version.major}.{version.minor}"
+    assert contract.specifier.contains(version)
+    assert _setuptools_of(ROOT)["packages"]["find"]["include"] == ["phonehome_plugin*"]
+
+
+def test_the_contract_depends_on_pluggy_and_blinker_alone_as_the_plugin_does() -> None:
+    def bounds(requirements: list[str]) -> dict[str, str]:
+        return {r.name: str(r.specifier) for r in map(Requirement, requirements)}
+
+    contract = bounds(CONTRACT_PROJECT["dependencies"])
+    assert set(contract) == {"pluggy", "blinker"}
+    plugin = bounds(PROJECT["dependencies"])
+    assert {name: plugin[name] for name in contract} == contract
+    assert _setuptools_of(CONTRACT)["packages"] == ["hookspecs"]
 
 
 def test_the_sdist_builder_is_a_development_tool_only() -> None:
@@ -246,3 +333,82 @@ def test_the_sdist_builder_is_a_development_tool_only() -> None:
     assert "build" in names(PROJECT["optional-dependencies"]["dev"])
     assert "build" not in names(PROJECT["dependencies"])
     assert "build" not in names(PROJECT["optional-dependencies"]["test"])
+
+
+# The contract without the plugin -------------------------------------------------------
+
+BARE_HOST = """
+import importlib.util
+import json
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pluggy
+
+import hookspecs.host
+from hookspecs import PROJECT_NAME, signals
+
+
+class App:
+    version, edition, config, config_path = "2.3.0", "core", {}, None
+    data_dir = Path(".")
+    started_at = datetime(2026, 3, 2, 8, 0, tzinfo=timezone.utc)
+
+
+pm = pluggy.PluginManager(PROJECT_NAME)
+pm.add_hookspecs(hookspecs.host)
+pm.load_setuptools_entrypoints(PROJECT_NAME)
+pm.check_pending()
+app = App()
+app.plugin_manager = pm
+pm.hook.on_startup.call_historic(kwargs={"app": app})
+for module in ("users", "connections", "pipelines", "organizations", "data_models"):
+    signals.inventory_synced.send(app, module=module, items=[])
+signals.execution_finished.send(app, pipeline_id="p1", status="completed", duration_ms=5)
+pm.hook.on_tick(app=app, now=app.started_at + timedelta(seconds=10))
+user = {"id": "u1", "email": "admin@example.com", "created_at": app.started_at}
+pm.hook.on_user_created(app=app, user=user)
+pm.hook.on_shutdown(app=app)
+print(json.dumps({
+    "plugins": sorted(name for name, _ in pm.list_name_plugin()),
+    "phonehome": importlib.util.find_spec("phonehome_plugin") is not None,
+}))
+"""
+"""A host as the contract describes one (section 1), in a few lines, on the contract alone."""
+
+
+@pytest.mark.slow
+def test_the_contract_and_a_collector_module_run_on_a_host_without_phonehome(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Done when: in a fresh virtualenv with pluggy, blinker, the contract distribution
+    and a collector distribution (the one docs/modules.md writes), but without
+    phonehome, a host loads every entry point and runs: no error."""
+    wheels = tmp_path / "wheels"
+    build_wheel(CONTRACT, wheels)
+    _, module_wheel = written_module(tmp_path_factory.mktemp("modules-doc"))
+    python = fresh_venv(tmp_path / "venv")
+    for name in ("pluggy", "blinker"):  # already installed there, as on any host
+        copy_installed(name, python)
+    pip(
+        "install",
+        "--quiet",
+        "--no-index",
+        "--find-links",
+        wheels,
+        "--find-links",
+        module_wheel.parent,
+        "maestrohub-hookspecs",
+        "acme-historian",
+        python=python,
+    )
+    site = site_packages(python)
+    installed = {p.name.split("-")[0].lower() for p in site.glob("*.dist-info")}
+    assert installed >= {"acme_historian", "blinker", "maestrohub_hookspecs", "pluggy"}
+    # Nothing else but what those require (blinker 1.6: typing_extensions).
+    assert installed - {"acme_historian", "blinker", "maestrohub_hookspecs", "pluggy"} <= {
+        "typing_extensions"
+    }
+
+    outcome = json.loads(run([python, "-I", "-c", BARE_HOST], cwd=tmp_path))
+    assert outcome == {"plugins": ["acme_historian"], "phonehome": False}

@@ -78,7 +78,7 @@ def test_the_store_reconnects_after_its_backend_is_terminated(
         assert store.next_sequence() == sequence
     # Between operations too: a claim, mid-way through the installation's life.
     _terminate(pg_url, _backend(store))
-    assert store.claim("periodic:1", "me", NOW, 120.0)
+    assert store.claim("periodic:1", "me", NOW)
     assert store.is_done("periodic:1") is False
     assert not store.memory
     store.close()
@@ -307,7 +307,7 @@ def test_behind_pgbouncer_in_transaction_mode_every_count_and_report_is_kept(
         for round_ in range(12):
             for n, store in enumerate(stores):
                 store.add({"exec.completed": 5, f"exec.p{n}": 1})
-                if store.claim(f"periodic:{round_}", f"owner-{n}", NOW + round_, 120.0):
+                if store.claim(f"periodic:{round_}", f"owner-{n}", NOW + round_):
                     claimed.append(f"periodic:{round_}")
                     store.next_sequence()
                     store.finish_claim(f"periodic:{round_}")

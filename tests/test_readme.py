@@ -120,9 +120,35 @@ def test_every_accepted_key_is_documented() -> None:
 # tox.ini and pyproject.toml: the versions CI tests are the versions declared ------------
 
 
+CONTRACT_DEP = "{toxinidir}/contract"
+"""How tox installs the contract: from the repository, since it is not on PyPI."""
+CONTRACT_NAME = "maestrohub-hookspecs"
+
+
+def _tox_lines(env: str | None) -> list[str]:
+    section = TOX[f"testenv:{env}"] if env else TOX["testenv"]
+    return [line.strip() for line in section["deps"].splitlines() if line.strip()]
+
+
 def _tox_deps(env: str) -> list[Requirement]:
-    lines = TOX[f"testenv:{env}"]["deps"].splitlines()
-    return [Requirement(line.strip()) for line in lines if line.strip()]
+    """An env's deps from PyPI, as requirements (the contract's folder left out)."""
+    return [Requirement(line) for line in _tox_lines(env) if line != CONTRACT_DEP]
+
+
+def test_both_quick_start_commands_install_the_contract_from_the_clone() -> None:
+    for command in _quick_start():
+        install = shlex.split(command.split("&&")[0])
+        assert install[:4] == ["python3", "-m", "pip", "install"]
+        assert install[4:] == ["-e", "./contract", "-e", ".[test]"]
+    assert (ROOT / "contract" / "pyproject.toml").is_file()
+
+
+def test_every_tox_env_that_installs_the_package_installs_the_contract_first() -> None:
+    assert _tox_lines(None) == [CONTRACT_DEP]
+    assert _tox_lines("min")[0] == CONTRACT_DEP
+    for env in ("type", "bench"):  # they inherit [testenv]'s
+        assert "deps" not in TOX[f"testenv:{env}"]
+    assert TOX["testenv:lint"]["skip_install"] == "true"
 
 
 def _lower_bound(requirement: Requirement) -> Version:
@@ -132,6 +158,15 @@ def _lower_bound(requirement: Requirement) -> Version:
 
 def test_the_min_env_pins_every_runtime_dependency_at_its_declared_lower_bound() -> None:
     declared = {r.name.lower(): _lower_bound(r) for r in map(Requirement, PROJECT["dependencies"])}
+    # The contract comes from the repository (CONTRACT_DEP): its version there is the
+    # lower bound declared for it, so the min env runs with that bound too.
+    written = (ROOT / "contract" / "hookspecs" / "__init__.py").read_text("utf-8")
+    found = re.search(r'^__version__ = "([^"]+)"', written, re.M)
+    assert found, "the contract's version is written in its __init__"
+    contract = Version(found[1])
+    assert declared.pop(CONTRACT_NAME) == Version(f"{contract.major}.{contract.minor}")
+    assert contract == Version(f"{contract.major}.{contract.minor}")
+    assert CONTRACT_DEP in _tox_lines("min")
     pinned: dict[str, Version] = {}
     for requirement in _tox_deps("min"):
         [pin] = requirement.specifier

@@ -55,7 +55,7 @@ WRITES: dict[str, Callable[[Store], object]] = {
     "instance_id (an insert even when the id exists)": lambda s: s.instance_id(),
     "add": lambda s: s.add({"lifetime.executions": 1}),
     "take (a delete, even of nothing)": lambda s: s.take("no such prefix."),
-    "claim": lambda s: s.claim("test.claim", "me", 0.0, 60.0),
+    "claim": lambda s: s.claim("test.claim", "me", 0.0),
     "outbox put": lambda s: Outbox(s, OutboxLimits()).put(
         Entry("r-new", 99, "periodic", 0.0, b"{}"), 0.0
     ),

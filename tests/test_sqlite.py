@@ -61,7 +61,7 @@ def test_a_data_dir_that_cannot_exist_means_memory_with_one_warning(
     assert len(warnings_of(caplog)) == 1
     # Memory is a full store: every operation works.
     assert opened.next_sequence() == 1
-    assert opened.claim("k", "me", 0.0, 60.0)
+    assert opened.claim("k", "me", 0.0)
     opened.add({"delivery.failed": 2})
     assert opened.take("delivery.") == {"failed": 2}
     opened.close()

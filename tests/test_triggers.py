@@ -16,9 +16,10 @@ from phonehome_plugin.counting.collectors import Registry
 from phonehome_plugin.counting.inventory import Inventory
 from phonehome_plugin.counting.tally import ExecutionTally
 from phonehome_plugin.reports.system import host_facts, machine_facts
-from phonehome_plugin.reports.triggers import LEASE, Reporter
+from phonehome_plugin.reports.triggers import Reporter
 from phonehome_plugin.state.backends import open_store
 from phonehome_plugin.state.outbox import Outbox
+from phonehome_plugin.state.owner import LEASE
 from phonehome_plugin.state.store import Store
 
 
@@ -303,9 +304,35 @@ def test_a_commit_whose_outcome_is_unknown_is_read_back_not_built_again(
     assert (sequence, trigger) == (1, "startup")
 
 
+@pytest.mark.parametrize("committed", [True, False], ids=["committed", "rolled-back"])
+def test_a_fold_whose_outcome_is_unknown_counts_once(
+    state: Store, monkeypatch: pytest.MonkeyPatch, committed: bool
+) -> None:
+    reporter = _reporter(state)
+    receiver = reporter.tally.receiver
+    for _ in range(3):
+        receiver(None, status="completed")
+    run = state.run
+
+    def lost(work: Any) -> Any:
+        if committed:
+            run(work)  # the COMMIT went through; the answer to it was lost
+        raise FaultError
+
+    monkeypatch.setattr(state, "run", lost)
+    with pytest.raises(FaultError):
+        reporter.fold(START)
+    monkeypatch.setattr(state, "run", run)
+    receiver(None, status="failed")
+    reporter.fold(START)  # read back first: the lost fold's counts ride again if needed
+    reporter.fold(START)
+    assert state.counters("exec.") == {"completed": 3, "failed": 1}
+
+
 class TakesOver:
-    """A collector of one process during whose ``collect()`` another process takes the
-    same trigger over (the first one's lease has run out: it stalled mid-build)."""
+    """A collector of one process during whose ``collect()`` another node's process
+    takes the same trigger over (it saw the claim unchanged for a lease on its own
+    clock: the first one stalled mid-build)."""
 
     name = "acme.stall"
 
@@ -316,6 +343,7 @@ class TakesOver:
     def collect(self) -> dict[str, int]:
         if self.other is not None:
             # Claimed, not yet settled: the new owner is still building too.
+            assert self.other._claim(self.other._startup_key(), START) is None  # seen
             self.claimed = self.other._claim(self.other._startup_key(), LATER)
             self.other = None
         return {"stalls": 1}
@@ -331,6 +359,7 @@ def test_a_process_whose_claim_was_taken_over_mid_build_stores_nothing(
     stall = TakesOver()
     registry.register(stall)
     slow = _reporter(state, registry)
+    slow.owner = "a-process-of-another-node"  # whose life cannot be looked at
     other_store = open_store(tmp_path)
     try:
         other = stall.other = _reporter(other_store)

@@ -186,19 +186,20 @@ def test_every_schedule_decision_uses_the_host_clock(
 def test_a_startup_claimed_by_a_process_that_died_is_taken_over_after_the_lease(
     endpoint: Endpoint, config: dict[str, object], tmp_path: Path
 ) -> None:
-    from phonehome_plugin.reports import shape, triggers
+    from phonehome_plugin.reports import shape
+    from phonehome_plugin.state import owner
     from phonehome_plugin.state.backends import open_store
 
     store = open_store(tmp_path)
     # Another process of this host start claimed the startup report, then died.
-    assert store.claim(f"startup:{shape.iso(START)}", "dead-worker", START.timestamp(), 120)
+    assert store.claim(f"startup:{shape.iso(START)}", "dead-worker", START.timestamp())
     store.close()
     host = make_host(config, tmp_path)
     host.start()
     tick(host)
-    tick(host, triggers.LEASE / 2)
+    tick(host, owner.LEASE / 2)
     assert endpoint.by_trigger("startup") == [], "the lease of the other process still runs"
-    tick(host, triggers.LEASE)
+    tick(host, owner.LEASE)
     assert len(endpoint.by_trigger("startup")) == 1
     tick(host, 600)
     assert len(endpoint.by_trigger("startup")) == 1

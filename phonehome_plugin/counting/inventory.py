@@ -94,16 +94,17 @@ class Entities:
                 self._remove(key)
             self._dirty.add(key)  # gone here; another process may still hold it
 
-    def take_changes(self) -> tuple[bool, list[tuple[Hashable, Any]]]:
-        """``(True, every entity)`` when the set was replaced since the last take,
-        else ``(False, the changed entities)`` with :data:`DELETED` for those gone."""
+    def take_changes(self) -> tuple[bool, list[tuple[Hashable, Any]], set[Hashable]]:
+        """``(True, every entity, the keys changed since the sync)`` when the set was
+        replaced since the last take, else ``(False, the changed entities, {})`` with
+        :data:`DELETED` for those gone."""
         with self.lock:
             if self._replaced:
                 self._replaced = False
-                self._dirty.clear()
-                return True, list(self._items.items())
+                fresh, self._dirty = self._dirty, set()
+                return True, list(self._items.items()), fresh
             keys, self._dirty = self._dirty, set()
-            return False, [(key, self._items.get(key, DELETED)) for key in keys]
+            return False, [(key, self._items.get(key, DELETED)) for key in keys], set()
 
     def give_back(self, replaced: bool, changes: list[tuple[Hashable, Any]]) -> None:
         """Undo a :meth:`take_changes` whose changes could not be stored: they go
@@ -288,9 +289,11 @@ class Inventory:
         :meth:`give_back` when it could not be stored."""
         taken = Changes()
         for name, entities in self.modules().items():
-            replaced, changes = entities.take_changes()
+            replaced, changes, fresh = entities.take_changes()
             if replaced or changes:
                 taken.modules[name] = (replaced, changes)
+            if fresh:
+                taken.fresh[name] = {entity_key(key) for key in fresh}
         for key, state in (("uns", self.uns), ("license", self.license)):
             if state and state is not self._stored.get(key):
                 taken.states[key] = state
@@ -337,6 +340,9 @@ class Changes:
 
     modules: dict[str, tuple[bool, list[tuple[Hashable, Any]]]] = field(default_factory=dict)
     states: dict[str, dict[str, Any]] = field(default_factory=dict)
+    fresh: dict[str, set[str]] = field(default_factory=dict)
+    """Of a replaced module: the shared state's keys of the entities changed since the
+    sync (a later value than the sync's, dated by the fold, not by the sync)."""
 
     def __bool__(self) -> bool:
         return bool(self.modules or self.states)

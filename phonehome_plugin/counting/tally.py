@@ -101,3 +101,8 @@ class ExecutionTally:
                     counts[status] = 0
             self._retired = dict.fromkeys(_BUCKETS, 0)
             self._folded = dict.fromkeys(_BUCKETS, 0)
+
+    def give_back(self, delta: dict[str, int]) -> None:
+        """Undo a :meth:`take_delta` whose counts were not stored: they ride with the
+        next take. (Worker thread only, as :meth:`take_delta`.)"""
+        self._folded = {status: self._folded[status] - delta.get(status, 0) for status in _BUCKETS}

@@ -26,6 +26,7 @@ from phonehome_plugin.reports import location, schedule, schema, shape
 from phonehome_plugin.reports.shape import Diagnostics, Report, Trigger
 from phonehome_plugin.reports.system import HostFacts, MachineFacts
 from phonehome_plugin.state import entities
+from phonehome_plugin.state import owner as ownership
 from phonehome_plugin.state.outbox import Entry, Outbox
 from phonehome_plugin.state.store import (
     UPSERT_KV,
@@ -39,13 +40,15 @@ from phonehome_plugin.state.store import (
 
 log = logging.getLogger(__name__)
 
-LEASE = 120.0
-"""Seconds (host clock) after which another process may take over an unfinished claim."""
 EXEC = "exec."
 EXEC_REPORTED = "exec_reported."
 LAST_SLOT = "periodic.last_slot"
 STARTUPS = "startup.recent"
 FIRST_USER = "first_user"
+FOLDED = "fold."
+"""kv key prefix: a reporter's last fold number (see :meth:`Reporter.fold`)."""
+SINCE = "installation.since"
+"""The ``started_at`` of the first host start that opened the installation's state."""
 
 
 @dataclass
@@ -62,12 +65,34 @@ class Reporter:
     started_at: datetime
     machine: Callable[[], MachineFacts]
     drops: privacy.DropCounter = field(default_factory=privacy.DropCounter)
-    owner: str = field(default_factory=lambda: f"{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    owner: str = field(default_factory=ownership.register)
+    sightings: ownership.Sightings = field(default_factory=ownership.Sightings)
     instance_id: str = ""
+    first_user_made: bool = False
+    """Seen by :meth:`owed_first_user`: the first-user report was made (or refused)."""
 
     def __post_init__(self) -> None:
-        self.instance_id = self.store.instance_id()
+        since = shape.iso(self.started_at)
+
+        def opened(c: Conn) -> str:
+            for key, value in (("instance_id", str(uuid.uuid4())), (SINCE, since)):
+                c.execute(
+                    "INSERT INTO kv (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
+                    (key, value),
+                )
+            return str(get_in(c, "instance_id"))
+
+        self.instance_id = self.store.run(opened)
         self._machine: MachineFacts | None = None
+        self._folds = 0
+        self._now = self.started_at
+        """The latest host ``now`` this reporter was given."""
+        self._folded_at = self.started_at.timestamp()
+        """The ``now`` of the last fold that committed (at first, the host start)."""
+        self._remembered: tuple[datetime, str] | None = None
+        """The earliest user this reporter last told the state of."""
+        self._unsure: tuple[str, dict[str, int]] | None = None
+        """A fold that raised: its number and counts, until :meth:`_resolve_fold`."""
 
     # Triggers ------------------------------------------------------------------
 
@@ -116,6 +141,29 @@ class Reporter:
         """True once ``user`` needs no first-user report: one was made, or it is not first."""
         earliest = self._earliest_user()
         return self.store.is_done(FIRST_USER) or (earliest is not None and earliest < user)
+
+    def owed_first_user(self) -> tuple[datetime, str] | None:
+        """The installation's earliest user, while its first-user report is owed: it was
+        created after the first host start that opened the installation's state began
+        (:data:`SINCE`, so under telemetry), and no first-user report was made. Any
+        process then makes it (its claim's holder first, while alive): so a creating
+        process that died, or that could not reach the state, loses no first-user
+        report, once any process knows that user (a fold carries it over; after a
+        crash, a host start's inventory). A user from before the plugin's time is not
+        "created" as far as telemetry goes, and is owed nothing. One transaction."""
+
+        def read(c: Conn) -> tuple[str | None, str | None, Any]:
+            done = c.execute("SELECT done FROM claims WHERE key=?", (FIRST_USER,)).fetchone()
+            return get_in(c, "users.earliest"), get_in(c, SINCE), done
+
+        raw, since, done = self.store.run(read)
+        self.first_user_made = done is not None and bool(done[0])
+        if raw is None or since is None or self.first_user_made:
+            return None
+        earliest = _user(raw)
+        if earliest[0] <= datetime.fromisoformat(since):
+            return None
+        return earliest
 
     def first_user(self, user: tuple[datetime, str], now: datetime) -> Report | None:
         """The first-user report, if ``user`` (created_at, email) is the installation's first.
@@ -173,37 +221,105 @@ class Reporter:
         return schedule.slot_of(now.timestamp(), interval, offset)
 
     def _claim(self, key: str, now: datetime) -> str | None:
-        """The report id of trigger ``key`` once this process holds its claim, else None."""
-        return self.store.claim_report(
-            key, self.owner, now.timestamp(), LEASE, shape.report_id(now)
-        )
+        """The report id of trigger ``key`` once this process holds its claim, else None.
+
+        Another holder's claim is taken over only when that holder is known to be gone,
+        or has held it unchanged for a lease on this process's own clock (:mod:`.owner`)."""
+        moment = now.timestamp()
+
+        def may_take(holder: str, stamp: float) -> bool:
+            return ownership.may_take(self.sightings, key, holder, stamp, moment)
+
+        return self.store.claim_report(key, self.owner, moment, shape.report_id(now), may_take)
+
+    def retire(self) -> None:
+        """This reporter builds nothing more: a claim it left unsettled is free at once
+        for the other reporters of this process (see :func:`.owner.alive`)."""
+        ownership.retire(self.owner)
 
     # Building ------------------------------------------------------------------
 
-    def fold(self) -> None:
+    def fold(self, now: datetime | None = None) -> None:
         """Move this process's execution counts into the store's lifetime totals, and
-        its inventory changes into the installation's entities (:mod:`.entities`)."""
+        its inventory changes into the installation's entities (:mod:`.entities`), in
+        one transaction.
+
+        Exactly once, whatever fails: a fold that raised is resolved at the next one by
+        reading back the fold's number (stored with it, under this reporter's own key):
+        found, it committed (its ``COMMIT`` was cut off after the fact); not found, its
+        counts ride again. Inventory changes are values, not sums, so they simply go
+        again either way.
+
+        ``now`` (default: the latest ``now`` this reporter was given) dates the
+        changes; a sync in this process is dated by the previous fold (it came after
+        it), or by the host start for the first one (:func:`.entities.apply`)."""
+        if now is not None:
+            self._now = max(self._now, now)
+        moment = self._now.timestamp()
+        self._resolve_fold()
         delta = self.tally.take_delta()
-        self.store.add({EXEC + status: n for status, n in delta.items()})
+        counts = {EXEC + status: n for status, n in delta.items() if n}
         changes = self.inventory.take_changes()
-        if not changes:
+        earliest = self.inventory.users.earliest
+        if earliest == self._remembered:
+            earliest = None  # told already
+        if not counts and not changes and earliest is None:
             return
         rows = changes.rows()
         states = {
             {"uns": entities.UNS_KEY, "license": entities.LICENSE_KEY}[key]: json.dumps(state)
             for key, state in changes.states.items()
         }
+        self._folds += 1
+        number = str(self._folds)
 
         def work(c: Conn) -> None:
+            add_counters(c, counts)
             for module, (replaced, module_rows) in rows.items():
-                entities.apply(c, module, replaced, module_rows)
+                if not replaced:
+                    entities.apply(c, module, False, module_rows, moment)
+                    continue
+                entities.apply(c, module, True, module_rows, self._folded_at)
+                fresh = changes.fresh.get(module, set())
+                later = [row for row in module_rows if row[0] in fresh]
+                if later:
+                    entities.apply(c, module, False, later, moment)
             entities.set_states(c, states)
+            if earliest is not None:
+                # With the fold, the installation learns of a user that may be its
+                # first, even if this process dies before it can report it.
+                _remember_in(c, earliest)
+            if counts:
+                c.execute(UPSERT_KV, (self._fold_key(), number))
 
         try:
             self.store.run(work)
         except BaseException:
-            self.inventory.give_back(changes)  # carried the next time
+            self.inventory.give_back(changes)
+            self._unsure = (number, delta) if counts else None
             raise
+        if earliest is not None:
+            self._remembered = earliest
+        self._folded_at = moment
+
+    def _fold_key(self) -> str:
+        return f"{FOLDED}{self.owner}"
+
+    def _resolve_fold(self) -> None:
+        """Settle a fold whose outcome is unknown (see :meth:`fold`); raises, and stays
+        unknown, while the state cannot be read."""
+        if self._unsure is None:
+            return
+        number, delta = self._unsure
+        if self.store.get(self._fold_key()) != number:
+            self.tally.give_back(delta)
+        self._unsure = None
+
+    def forget_folds(self) -> None:
+        """At shutdown, after the last fold: this reporter's fold number is needed no more."""
+        if self._unsure is None:
+            key = self._fold_key()
+            self.store.run(lambda c: c.execute("DELETE FROM kv WHERE key=?", (key,)))
 
     def installation_inventory(self) -> Inventory:
         """What the whole installation holds, from its shared state (every process's
@@ -219,23 +335,20 @@ class Reporter:
     def remember_earliest_user(self) -> None:
         """Keep the earliest user ever known, for ``first_email`` after deletions."""
         found = self.inventory.users.earliest
-        stored = self._earliest_user()
-        if found is not None and (stored is None or found < stored):
-            self.store.set("users.earliest", json.dumps([found[0].isoformat(), found[1]]))
+        if found is not None:
+            self.store.run(lambda c: _remember_in(c, found))
+            self._remembered = found
 
     def _earliest_user(self) -> tuple[datetime, str] | None:
         raw = self.store.get("users.earliest")
-        if raw is None:
-            return None
-        at, email = json.loads(raw)
-        return datetime.fromisoformat(at).astimezone(UTC), str(email)
+        return None if raw is None else _user(raw)
 
     def build(
         self, trigger: Trigger, now: datetime, sequence: int = 0, report_id: str = ""
     ) -> Report:
         """A complete report for ``trigger``; neither stored nor counted as sent.
         ``report_id`` is the claim's (a new one when empty)."""
-        self.fold()
+        self.fold(now)
         self.remember_earliest_user()
         located = self._location(now)
         sections, errors = self.registry.collect_all(self.drops)
@@ -342,6 +455,18 @@ class Reporter:
 
     def _salt(self) -> bytes:
         return bytes.fromhex(self.store.setdefault("privacy.salt", lambda: os.urandom(32).hex()))
+
+
+def _remember_in(c: Conn, user: tuple[datetime, str]) -> None:
+    """The installation's earliest user is ``user`` if it is earlier than the one kept."""
+    raw = get_in(c, "users.earliest")
+    if raw is None or user < _user(raw):
+        c.execute(UPSERT_KV, ("users.earliest", json.dumps([user[0].isoformat(), user[1]])))
+
+
+def _user(raw: str) -> tuple[datetime, str]:
+    at, email = json.loads(raw)
+    return datetime.fromisoformat(at).astimezone(UTC), str(email)
 
 
 def _recent(raw: str | None, now: float) -> list[float]:

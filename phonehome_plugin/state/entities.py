@@ -3,9 +3,10 @@
 A process sees only the changes made in it (the host emits a ``*-saved`` signal in
 the process that made the change), so each one carries its own changes here, and
 reports count from these rows: the installation's totals, whichever process builds
-the report. One row per entity: ``(module, key, value)``, where ``key`` is a digest
+the report. One row per entity: ``(module, key, value, at)``, where ``key`` is a digest
 of the host's local id (ids are never reported, nor kept here as they are) and
-``value`` the sanitised JSON the counting layer made of what it may count. The UNS
+``value`` the sanitised JSON the counting layer made of what it may count, ``at``
+when that value was known (host clock; see :func:`apply`). The UNS
 and license state, one value each, are kept under ``inventory.uns`` and
 ``inventory.license``.
 
@@ -21,23 +22,33 @@ from phonehome_plugin.state.store import UPSERT_KV, Conn
 UNS_KEY = "inventory.uns"
 LICENSE_KEY = "inventory.license"
 _UPSERT = (
-    "INSERT INTO entities (module, key, value) VALUES (?, ?, ?) "
-    "ON CONFLICT (module, key) DO UPDATE SET value = excluded.value"
+    "INSERT INTO entities (module, key, value, at) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (module, key) DO UPDATE SET value = excluded.value, at = excluded.at "
+    "WHERE entities.at <= excluded.at"
 )
 
 Rows = Sequence[tuple[str, str | None]]
 """``(key, value)`` pairs of one module; a value of None: the entity is gone."""
 
 
-def apply(c: Conn, module: str, replaced: bool, rows: Rows) -> None:
-    """Store one module's changes: all of its entities when ``replaced`` (a sync in
-    any process replaces what every process knew of that module), else the ones named."""
+def apply(c: Conn, module: str, replaced: bool, rows: Rows, at: float) -> None:
+    """Store one module's changes, known as of ``at`` (host clock, epoch seconds).
+
+    Each row keeps the moment its value was known, and a value never gives way to
+    one known earlier: two processes' changes of one entity end as the later one.
+
+    ``replaced``: ``rows`` are all of the module's entities at ``at`` (a sync, in any
+    process). Rows known before ``at`` and not among them are gone; rows known since
+    (another process's changes, folded meanwhile, that this process's sync could not
+    have seen) stay. A sync that reaches the state late (its process could not reach
+    it for a while) so never undoes what others carried over in the meantime; ``at``
+    should be a moment the sync surely came after. Else only the entities named."""
     if replaced:
-        c.execute("DELETE FROM entities WHERE module = ?", (module,))
-    gone = [(module, key) for key, value in rows if value is None]
-    kept = [(module, key, value) for key, value in rows if value is not None]
+        c.execute("DELETE FROM entities WHERE module = ? AND at < ?", (module, at))
+    gone = [(module, key, at) for key, value in rows if value is None]
+    kept = [(module, key, value, at) for key, value in rows if value is not None]
     if gone and not replaced:
-        c.executemany("DELETE FROM entities WHERE module = ? AND key = ?", gone)
+        c.executemany("DELETE FROM entities WHERE module = ? AND key = ? AND at <= ?", gone)
     if kept:
         c.executemany(_UPSERT, kept)
 

@@ -53,7 +53,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     not_before REAL NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS entities (
-    module TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (module, key)
+    module TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, at REAL NOT NULL DEFAULT 0,
+    PRIMARY KEY (module, key)
 );
 CREATE TABLE IF NOT EXISTS history (
     id INTEGER PRIMARY KEY, report_id TEXT NOT NULL, sequence INTEGER NOT NULL,
@@ -111,6 +112,11 @@ class Conn(Protocol):
     def execute(self, sql: str, parameters: Sequence[Any] = ..., /) -> Cursor: ...
 
     def executemany(self, sql: str, seq_of_parameters: Iterable[Sequence[Any]], /) -> Any: ...
+
+
+def never(holder: str, stamp: float) -> bool:
+    """The default of :meth:`Store.claim_report`: another owner's claim is never taken."""
+    return False
 
 
 class Store:
@@ -188,18 +194,30 @@ class Store:
     def next_sequence(self) -> int:
         return self.run(next_sequence)
 
-    def claim(self, key: str, owner: str, now: float, lease: float) -> bool:
-        """Take the claim ``key`` unless it is done or another owner's lease is live."""
-        return self.claim_report(key, owner, now, lease, "") is not None
+    def claim(
+        self, key: str, owner: str, now: float, may_take: Callable[[str, float], bool] = never
+    ) -> bool:
+        """Take the claim ``key`` unless it is done or another owner holds it and
+        ``may_take(holder, stamp)`` says no (see :meth:`claim_report`)."""
+        return self.claim_report(key, owner, now, "", may_take) is not None
 
     def claim_report(
-        self, key: str, owner: str, now: float, lease: float, report_id: str
+        self,
+        key: str,
+        owner: str,
+        now: float,
+        report_id: str,
+        may_take: Callable[[str, float], bool] = never,
     ) -> str | None:
-        """Take the claim ``key`` as :meth:`claim` does; the claim's report id, or None
-        when not taken.
+        """Take the claim ``key`` for ``owner``; the claim's report id, or None when not
+        taken: the claim is done, or another owner holds it and ``may_take(holder,
+        stamp)`` (the holder's token and the ``now`` it claimed with) says it may not
+        be taken over. The holder itself may always claim again. ``now`` is stored as
+        the stamp that tells one claim of ``key`` from the next; no clock is compared
+        here (:mod:`.owner` decides when a holder is gone).
 
         The report id is fixed by the first claim of ``key`` (``report_id``) and kept
-        by every later one, this owner's or another's after a lease ran out: however
+        by every later one, this owner's or another's after a takeover: however
         often a trigger is built again after a fault, it is the same report under the
         same ``Idempotency-Key``, and the receiver keeps it once.
         """
@@ -208,7 +226,9 @@ class Store:
             row = c.execute(
                 "SELECT owner, claimed_at, done FROM claims WHERE key=?", (key,)
             ).fetchone()
-            if row is not None and (row[2] or (row[0] != owner and row[1] + lease > now)):
+            if row is not None and (
+                row[2] or (row[0] != owner and not may_take(str(row[0]), float(row[1])))
+            ):
                 return None
             c.execute(
                 "INSERT INTO claims (key, owner, claimed_at, done, report_id) "
@@ -221,6 +241,13 @@ class Store:
             return str(found[0])
 
         return self.run(work)
+
+    def holder(self, key: str) -> tuple[str, bool] | None:
+        """The owner of the claim ``key`` and whether it is done; None if never claimed."""
+        row = self.run(
+            lambda c: c.execute("SELECT owner, done FROM claims WHERE key=?", (key,)).fetchone()
+        )
+        return None if row is None else (str(row[0]), bool(row[1]))
 
     def settle(self, key: str, owner: str, work: Callable[[Conn], T]) -> tuple[bool, T | None]:
         """Run ``work(conn)`` and finish the claim ``key``, in one transaction, if

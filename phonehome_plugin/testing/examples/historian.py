@@ -8,7 +8,9 @@ entry-point group like any other::
     acme_historian = "phonehome_plugin.testing.examples.historian"
 
 The implementation is marked ``optionalhook=True``, so the module loads on hosts
-where phonehome is not installed (and the hook therefore has no specification).
+where phonehome is not installed (and the hook therefore has no specification). A
+real module, unlike this example shipped inside phonehome, depends on the contract
+alone (``maestrohub-hookspecs``); docs/modules.md walks through one, test included.
 
 The section it contributes is counts only: pipelines seen writing and points
 written, never a pipeline id, topic or value. That is what the contract allows in

@@ -70,10 +70,13 @@ class Collector(Protocol):
     def collect(self) -> Section:
         """The collector's section (see :data:`Section`), built when a report is.
 
-        Called on the plugin's own thread, never the host's. It must return
-        within half a second: a call that takes longer is abandoned (the report
-        records it as a collector error), and the collector is not called again
-        until that call returns.
+        Called on the plugin's own thread, never the host's, while the collector's
+        receivers may be running on the host's: state they share needs a lock. It
+        must return within half a second, the reading of what it returned included
+        (the plugin reads it on the same thread, up to a bounded number of entries):
+        a call that takes longer is abandoned (the report records it as a collector
+        error), and the collector is not called again until that call returns. At
+        shutdown, a call still running is interrupted.
         """
 
 
@@ -97,7 +100,9 @@ def phonehome_register_collectors(register: Callable[[Collector], None]) -> None
     """Register the collectors this module contributes to telemetry reports.
 
     Historic: plugins registered after phonehome started are called on
-    registration. Called only while telemetry is on.
+    registration. Called only while telemetry is on, once per host start for each
+    module, and for each module on its own: what one module's implementation does
+    never costs another module's collectors.
 
     :param register: ``register(collector)`` adds one collector. A collector is
         any object with (as types: :class:`Collector`, and
@@ -121,4 +126,11 @@ def phonehome_register_collectors(register: Callable[[Collector], None]) -> None
         object's declared type. Anything that goes wrong later (a raising,
         hanging or out-of-contract ``collect()`` or receiver) costs only that
         collector's section, recorded as a collector error in the report.
+
+    An implementation that raises (a ``register`` error it did not catch, or
+    anything else) loses every collector it registered in that call, and the
+    plugin logs one line naming its module; the other modules' registrations are
+    unaffected. A module registered after phonehome started is called inside the
+    host's own ``pm.register()``: there ``register`` logs what it refuses instead of
+    raising, and the implementation must not raise.
     """
