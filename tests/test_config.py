@@ -4,6 +4,7 @@ Settings."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,16 @@ def test_empty_section_gives_the_documented_defaults() -> None:
     assert settings.ca_bundle is None
     assert settings.state_url is None
     assert settings.outbox == OutboxLimits(256, 8 * 1024 * 1024, 7.0)
-    assert settings.privacy == {"email": "send", "hostname": "send", "public_ip": "send"}
+    assert settings.privacy == {
+        "email": "send",
+        "hostname": "send",
+        "public_ip": "send",
+        "location": "send",
+    }
+    assert settings.categories == config.Categories(True, ("*",), ())
+    assert settings.prerelease_endpoint is None
+    assert settings.headers == {}
+    assert (settings.client_cert, settings.client_key) == (None, None)
 
 
 def test_settings_are_frozen() -> None:
@@ -301,7 +311,24 @@ def test_outbox_must_be_a_mapping(value: Any) -> None:
 
 def test_privacy_choices_merge_with_send_defaults() -> None:
     privacy = parse({"privacy": {"email": "hash", "public_ip": "omit"}}).privacy
-    assert privacy == {"email": "hash", "hostname": "send", "public_ip": "omit"}
+    assert privacy == {
+        "email": "hash",
+        "hostname": "send",
+        "public_ip": "omit",
+        "location": "send",
+    }
+
+
+@pytest.mark.parametrize("choice", ["send", "country", "omit"])
+def test_privacy_location_takes_send_country_or_omit(choice: str) -> None:
+    assert parse({"privacy": {"location": choice}}).privacy["location"] == choice
+
+
+@pytest.mark.parametrize("choice", ["hash", "city", True, None])
+def test_privacy_location_rejects_anything_else(choice: Any) -> None:
+    assert _error_of({"privacy": {"location": choice}}).startswith(
+        "modules.phonehome.privacy.location: expected one of send, country, omit"
+    )
 
 
 @pytest.mark.parametrize(
@@ -339,6 +366,11 @@ def test_a_complete_valid_section_is_read_key_by_key() -> None:
             "state_url": "sqlite:///x",
             "outbox": {"max_reports": 3},
             "privacy": {"hostname": "hash"},
+            "categories": {"system_details": False, "collectors": {"deny": ["acme.*"]}},
+            "prerelease_endpoint": "https://t.example.com/pre",
+            "headers": {"X-Relay-Token": "t0ken"},
+            "client_cert": "/client.pem",
+            "client_key": "/client.key",
         }
     )
     assert settings == Settings(
@@ -352,7 +384,12 @@ def test_a_complete_valid_section_is_read_key_by_key() -> None:
         ca_bundle=Path("/ca.pem"),
         state_url="sqlite:///x",
         outbox=OutboxLimits(max_reports=3),
-        privacy={"email": "send", "hostname": "hash", "public_ip": "send"},
+        privacy={"email": "send", "hostname": "hash", "public_ip": "send", "location": "send"},
+        categories=config.Categories(False, ("*",), ("acme.*",)),
+        prerelease_endpoint="https://t.example.com/pre",
+        headers={"X-Relay-Token": "t0ken"},
+        client_cert=Path("/client.pem"),
+        client_key=Path("/client.key"),
     )
 
 
@@ -398,6 +435,16 @@ BOMB_SITES: dict[str, tuple[str, str]] = {
         "privacy: {{email: {bomb}}}",
         "modules.phonehome.privacy.email: expected one of send, hash, omit, got a ",
     ),
+    "categories": ("categories: {bomb}", "modules.phonehome.categories"),
+    "categories.collectors": (
+        "categories: {{collectors: {bomb}}}",
+        "modules.phonehome.categories.collectors",
+    ),
+    "categories.collectors.deny": (
+        "categories: {{collectors: {{deny: [{bomb}]}}}}",
+        "modules.phonehome.categories.collectors.deny: expected globs over collector names",
+    ),
+    "headers": ("headers: {{X-Relay: {bomb}}}", "modules.phonehome.headers.X-Relay: expected a"),
     "unknown key": ("enabeld: {bomb}", "modules.phonehome.enabeld: unknown key"),
     "unknown key beside valid ones": (
         "interval: 600, enabeld: {bomb}",
@@ -545,3 +592,192 @@ def test_every_config_error_is_one_line_of_less_than_error_max(key: str, value: 
     except ConfigError as error:
         assert len(str(error)) < config.ERROR_MAX, str(error)
         assert str(error).isprintable(), str(error)
+
+
+# categories -------------------------------------------------------------------------------
+
+
+def test_categories_default_to_everything_on() -> None:
+    categories = parse({"categories": {}}).categories
+    assert categories == config.Categories()
+    assert categories.system_details is True
+    assert categories.collector_on("acme.historian")
+
+
+@pytest.mark.parametrize(
+    ("collectors", "on", "off"),
+    [
+        (True, ["acme.historian", "b.c"], []),
+        (False, [], ["acme.historian", "b.c"]),
+        ({"deny": ["acme.*"]}, ["b.c", "acmex.y"], ["acme.historian", "acme.billing"]),
+        ({"deny": "acme.billing"}, ["acme.historian"], ["acme.billing"]),
+        ({"allow": ["acme.*"]}, ["acme.historian"], ["b.c"]),
+        ({"allow": ["acme.*"], "deny": ["acme.bill?ng"]}, ["acme.historian"], ["acme.billing"]),
+        ({"allow": []}, [], ["acme.historian"]),
+        ({"allow": ["[ab].*"]}, ["a.x", "b.x"], ["c.x"]),
+    ],
+)
+def test_collector_sections_are_switched_off_as_a_whole_or_by_glob(
+    collectors: Any, on: list[str], off: list[str]
+) -> None:
+    categories = parse({"categories": {"collectors": collectors}}).categories
+    assert [name for name in on + off if categories.collector_on(name)] == on
+
+
+def test_deny_wins_over_allow() -> None:
+    categories = parse(
+        {"categories": {"collectors": {"allow": ["acme.*"], "deny": ["*"]}}}
+    ).categories
+    assert not categories.collector_on("acme.historian")
+
+
+def test_system_details_can_be_switched_off() -> None:
+    assert parse({"categories": {"system_details": False}}).categories.system_details is False
+
+
+@pytest.mark.parametrize(
+    ("categories", "where"),
+    [
+        ({"location": False}, "categories.location: unknown key"),
+        ({"system_details": "no"}, "categories.system_details: expected true or false"),
+        ({"collectors": "none"}, "categories.collectors: expected true, false or a mapping"),
+        ({"collectors": {"only": ["a.b"]}}, "categories.collectors.only: unknown key"),
+        ({"collectors": {"deny": [3]}}, "categories.collectors.deny: expected globs"),
+        ({"collectors": {"deny": ["Acme.*"]}}, "categories.collectors.deny: expected globs"),
+        ({"collectors": {"deny": ["a b"]}}, "categories.collectors.deny: expected globs"),
+        ({"collectors": {"allow": {"a": 1}}}, "categories.collectors.allow: expected a list"),
+        (
+            {"collectors": {"deny": ["a.*"] * (config.GLOBS_MAX + 1)}},
+            f"categories.collectors.deny: expected at most {config.GLOBS_MAX} globs",
+        ),
+    ],
+)
+def test_categories_reject_bad_values_naming_the_key(
+    categories: dict[str, Any], where: str
+) -> None:
+    assert _error_of({"categories": categories}).startswith(f"modules.phonehome.{where}")
+
+
+# Relays: headers, client certificate, the pre-release endpoint ----------------------------
+
+
+def test_headers_are_read_as_given() -> None:
+    headers = {"Authorization": "Bearer abc.def", "X-Relay-Site": "plant-7"}
+    assert parse({"headers": headers}).headers == headers
+
+
+@pytest.mark.parametrize(
+    ("headers", "where"),
+    [
+        ({"Bad Name": "v"}, "headers.Bad Name: not a header name"),
+        ({3: "v"}, "headers.3: not a header name"),
+        ({"User-Agent": "me"}, "headers.User-Agent: set by the plugin itself"),
+        ({"idempotency-key": "x"}, "headers.idempotency-key: set by the plugin itself"),
+        ({"Host": "x"}, "headers.Host: set by the plugin itself"),
+        ({"X-A": "1", "x-a": "2"}, "headers.x-a: given twice"),
+        ({"X-A": ""}, "headers.X-A: expected a non-empty string"),
+        ({"X-A": 3}, "headers.X-A: expected a non-empty string"),
+        ({"X-A": "a\r\nX-Injected: 1"}, "headers.X-A: expected one of line of printable ASCII"),
+        ({"X-A": " padded "}, "headers.X-A: expected one line of printable ASCII"),
+        ({f"X-{n}": "v" for n in range(config.HEADERS_MAX + 1)}, "headers: expected at most"),
+    ],
+)
+def test_headers_reject_bad_names_and_values(headers: dict[Any, Any], where: str) -> None:
+    message = _error_of({"headers": headers})
+    assert message.startswith(f"modules.phonehome.{where.replace('one of line', 'one line')}")
+
+
+def test_a_header_value_is_never_quoted_in_an_error() -> None:
+    message = _error_of({"headers": {"Authorization": "Bearer SECRET-4711\n"}})
+    assert (
+        message == "modules.phonehome.headers.Authorization: expected one line of printable ASCII"
+    )
+
+
+def test_headers_must_be_a_mapping() -> None:
+    assert _error_of({"headers": ["Authorization: x"]}).startswith(
+        "modules.phonehome.headers: expected a mapping"
+    )
+
+
+def test_a_client_key_needs_a_client_certificate() -> None:
+    assert _error_of({"client_key": "/k.pem"}) == (
+        "modules.phonehome.client_key: set client_cert too (the certificate)"
+    )
+    alone = parse({"client_cert": "/both.pem"})
+    assert (alone.client_cert, alone.client_key) == (Path("/both.pem"), None)
+
+
+@pytest.mark.parametrize("value", [None, ""])
+def test_no_prerelease_endpoint_by_default(value: Any) -> None:
+    assert parse({"prerelease_endpoint": value}).prerelease_endpoint is None
+
+
+def test_the_prerelease_endpoint_is_checked_as_the_endpoint_is() -> None:
+    assert parse({"prerelease_endpoint": "https://pre.example/r"}).prerelease_endpoint == (
+        "https://pre.example/r"
+    )
+    assert "plain http:// is allowed only for loopback" in _error_of(
+        {"prerelease_endpoint": "http://pre.example/r"}
+    )
+
+
+# Secrets ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "url"),
+    [
+        ("endpoint", "http://ingest:SECRET-1@telemetry.example/v1?token=SECRET-2"),
+        ("endpoint", "ftp://telemetry.example/v1?token=SECRET-2"),
+        ("prerelease_endpoint", "http://telemetry.example/v1?token=SECRET-2"),
+        ("geoip_url", "gopher://geo.example/json?key=SECRET-2"),
+        ("endpoint", "https://[::1/x?token=SECRET-2"),
+    ],
+)
+def test_an_error_quotes_a_url_only_masked(key: str, url: str) -> None:
+    message = _error_of({key: url})
+    assert message.startswith(f"modules.phonehome.{key}:")
+    assert "SECRET" not in message and "ingest" not in message
+
+
+SECRET_SECTION = {
+    "endpoint": "https://ingest:SECRET-A@telemetry.example/v1?token=SECRET-B",
+    "prerelease_endpoint": "https://telemetry.example/pre?token=SECRET-C",
+    "geoip_url": "https://pro.ip-api.com/json/?key=SECRET-D",
+    "proxy": "http://proxyuser:SECRET-E@proxy.example:3128",
+    "state_url": "postgresql://phonehome:SECRET-F@db.example/telemetry",
+    "headers": {"Authorization": "Bearer SECRET-G"},
+}
+
+
+def test_effective_lists_every_setting_with_secrets_masked() -> None:
+    settings = parse({**SECRET_SECTION, "client_cert": "/c.pem"})
+    shown = dict(config.effective(settings))
+    assert "SECRET" not in json.dumps(shown)
+    assert shown["endpoint"] == "https://***@telemetry.example/v1?token=***"
+    assert shown["geoip_url"] == "https://pro.ip-api.com/json/?key=***"
+    assert shown["state_url"] == "postgresql://***@db.example/telemetry"
+    assert shown["headers.Authorization"] == "***"
+    assert shown["client_cert"] == "/c.pem" and shown["client_key"] is None
+    assert shown["privacy.location"] == "send"
+    assert shown["categories.collectors.allow"] == "*"
+    assert shown["categories.collectors.deny"] == ""
+    assert shown["categories.system_details"] is True
+    # Every field is there, under its own name or as its dotted parts.
+    for item in dataclasses.fields(Settings):
+        assert any(key == item.name or key.startswith(item.name + ".") for key in shown), item
+    assert all(isinstance(v, str | int | float | bool | type(None)) for v in shown.values())
+
+
+def test_the_repr_of_settings_shows_no_secret() -> None:
+    settings = parse(SECRET_SECTION)
+    assert "SECRET" not in repr(settings) and "SECRET" not in str(settings)
+    assert repr(settings).startswith("Settings(enabled=True, mode='send', endpoint='https://***@")
+
+
+def test_secret_values_are_every_secret_of_every_url_and_header() -> None:
+    found = config.secret_values(parse(SECRET_SECTION))
+    for letter in "ABCDEFG":
+        assert any(f"SECRET-{letter}" in secret for secret in found), letter
+    assert "Bearer SECRET-G" in found and "SECRET-F" in found

@@ -31,7 +31,6 @@ from faultservers import START, FaultServer, Host, Linger, Reply
 from hookspecs import signals
 from phonehome_plugin.delivery.retry import RetryPolicy
 from phonehome_plugin.delivery.transport import Transport
-from phonehome_plugin.reports import location
 from phonehome_plugin.state import sqlite
 from phonehome_plugin.state.backends import open_store
 from phonehome_plugin.state.store import FILENAME
@@ -87,7 +86,7 @@ class Gates:
             "statement", sqlite.SqliteStore.session
         )
         Transport.post = self.wrap("post", Transport.post)  # type: ignore[method-assign]
-        location._fetch = self.wrap("lookup", location._fetch)
+        Transport.get = self.wrap("lookup", Transport.get)  # type: ignore[method-assign]
 
     def clear(self) -> None:
         for event in self.events.values():

@@ -98,6 +98,11 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "privacy hash": {"privacy": {"email": "hash", "hostname": "hash", "public_ip": "hash"}},
     "privacy omit": {"privacy": {"email": "omit", "hostname": "omit", "public_ip": "omit"}},
     "no location": {"geoip_url": ""},
+    "switched off": {
+        "privacy": {"location": "omit"},
+        "categories": {"system_details": False, "collectors": {"deny": ["acme.counter"]}},
+    },
+    "country only": {"privacy": {"location": "country"}},
 }
 
 
@@ -316,6 +321,52 @@ def test_both_checkers_agree_on_any_collector_section(
     document = copy.deepcopy(base_reports[0])
     document["collectors"]["acme.any"] = section
     assert_agree(document)
+
+
+SWITCHED_OFF_NAMES = st.sampled_from(
+    [
+        "location",
+        "system_details",
+        "collectors.acme.rich",
+        "collectors.acme",
+        "collectors.Acme.x",
+        "system",
+        "",
+        "collectors." + "a." * 40 + "b",
+    ]
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(names=st.lists(SWITCHED_OFF_NAMES | JSON_SCALARS, max_size=4))
+def test_both_checkers_agree_on_any_switched_off_list(
+    base_reports: list[dict[str, Any]], names: list[Any]
+) -> None:
+    document = copy.deepcopy(base_reports[0])
+    document["diagnostics"]["switched_off"] = names
+    assert_agree(document)
+
+
+def test_both_checkers_agree_on_the_switched_off_lists_length() -> None:
+    rule = schema.load()["properties"]["diagnostics"]["properties"]["switched_off"]
+    most = rule["maxItems"]
+    for length in (most, most + 1):
+        document = ["location"] * length
+        ours = schema.errors(document, rule)
+        theirs = list(Draft202012Validator(rule).iter_errors(document))
+        assert bool(ours) == bool(theirs) == (length > most)
+
+
+def test_a_report_without_a_switched_off_section_is_valid_and_with_it_missing_invalid(
+    base_reports: list[dict[str, Any]],
+) -> None:
+    document = copy.deepcopy(base_reports[0])
+    document.pop("location")
+    assert assert_agree(document), "location may be switched off"
+    document["system"].pop("cpu_count")
+    assert assert_agree(document), "so may the system details"
+    document["system"].pop("prerelease")
+    assert not assert_agree(document), "the pre-release mark may not"
 
 
 def test_an_integral_float_is_an_integer_for_both() -> None:

@@ -473,7 +473,12 @@ def _type_mismatches(hint: object, rule: Mapping[str, Any], path: str) -> Iterat
     expected = {said} if isinstance(said, str) else set(said or ())
     found = set()
     for option in _alternatives(hint):
-        if get_origin(option) is dict:
+        if get_origin(option) is list:
+            found.add("array")
+            [item_type] = get_args(option)
+            if isinstance(rule.get("items"), Mapping):
+                yield from _mismatches(item_type, rule["items"], f"{path}[]")
+        elif get_origin(option) is dict:
             found.add("object")
             key_type, value_type = get_args(option)
             values = rule.get("additionalProperties")

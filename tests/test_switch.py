@@ -217,6 +217,18 @@ def test_credentials_in_the_endpoint_never_reach_the_log_line() -> None:
     assert "telemetry.example/v1" in decision.reason
 
 
+def test_a_token_in_the_endpoint_query_never_reaches_the_log_line() -> None:
+    url = "https://telemetry.example/v1?token=s3cret-token&site=7"
+    decision = switch.resolve({"modules": {"phonehome": {"endpoint": url}}}, {})
+    assert decision.on
+    assert "s3cret" not in decision.reason
+    assert (
+        decision.reason
+        == "on: mode send, sending to https://telemetry.example/v1?token=***&site=***"
+    )
+    assert switch.without_credentials(url) == "https://telemetry.example/v1?token=***&site=***"
+
+
 # Bounded work on bad input --------------------------------------------------------------
 
 

@@ -138,3 +138,49 @@ def test_the_page_says_where_reports_go_and_how_to_check_them(page: str) -> None
         assert mode in page
     for option in ("`send`", "`hash`", "`omit`"):
         assert option in page
+
+
+# Sections and settings -------------------------------------------------------------------
+
+
+def test_the_page_lists_every_section_with_what_it_can_hold(page: str) -> None:
+    part = page.split("\n## Sections\n", 1)[1].split("\n## ", 1)[0]
+    root = schema.load()
+    objects = [name for name, node in root["properties"].items() if node.get("type") == "object"]
+    assert {"system", "location", "collectors", "diagnostics"} <= set(objects)
+    for name in objects:
+        description = " ".join(root["properties"][name]["description"].split())
+        assert f"| `{name}` |" in part and description in part, name
+    assert "| `location` | unless switched off |" in part
+    # The third-party section: what one collector's section can hold, from $defs.
+    assert "`collectors.<name>`" in part
+    assert root["$defs"]["leaf"]["description"][1:] in part
+    assert root["$defs"]["section"]["description"][1:] in part
+
+
+def test_the_page_documents_every_privacy_and_category_setting(page: str) -> None:
+    from phonehome_plugin.config.settings import Settings, effective
+
+    keys = [key for key, _ in effective(Settings()) if key.startswith(("privacy.", "categories."))]
+    assert "privacy.location" in keys and "categories.collectors.deny" in keys
+    chosen = page.split("## Choosing what is sent", 1)[1].split("\n## ", 1)[0]
+    for key in keys:
+        assert f"| `{key}` |" in chosen, key
+    assert "| `categories.collectors` |" in chosen, "the whole-section switch"
+    for option in ("`send`", "`country`", "`omit`"):
+        assert option in chosen
+
+
+def test_the_page_says_what_the_location_service_sees(page: str) -> None:
+    part = page.split("### The location lookup", 1)[1].split("\n## ", 1)[0]
+    for said in ("public IP", "User-Agent", "https://pro.ip-api.com", "no lookup is made"):
+        assert said in part, said
+    for relay in ("prerelease_endpoint", "`headers`", "client_cert", "401, 403 or 407"):
+        assert relay in page, relay
+
+
+def test_the_page_names_the_user_agent_the_transport_sends() -> None:
+    from phonehome_plugin import __version__
+    from phonehome_plugin.delivery.transport import USER_AGENT
+
+    assert telemetry_doc.USER_AGENT.replace("<version>", __version__) == USER_AGENT

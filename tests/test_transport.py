@@ -212,16 +212,18 @@ def test_a_body_that_never_comes_costs_the_deadline_and_the_answer_stands(
     clock = Moved()
     sender = Transport(Settings(endpoint=server.url, geoip_url=""), clock=clock)
     head = threading.Event()
-    request = sender._request
+    request = sender._post
 
-    def heard_the_head(body: bytes, report_id: str, deadline: float, answered: Any) -> None:
+    def heard_the_head(
+        url: str, body: bytes, report_id: str, deadline: float, answered: Any
+    ) -> None:
         def answer(value: Answer) -> None:
             answered(value)
             head.set()
 
-        request(body, report_id, deadline, answer)
+        request(url, body, report_id, deadline, answer)
 
-    monkeypatch.setattr(sender, "_request", heard_the_head)
+    monkeypatch.setattr(sender, "_post", heard_the_head)
     posting = Posting(sender, REPORT_ID, 5.0, NEVER)
     assert head.wait(HANG)
     clock.now = 5.0  # the deadline falls while the body is still to come

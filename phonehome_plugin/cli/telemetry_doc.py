@@ -14,6 +14,10 @@ from typing import Any
 from phonehome_plugin.config.settings import DEFAULT_ENDPOINT, DEFAULT_GEOIP_URL
 from phonehome_plugin.reports import schedule, schema
 
+USER_AGENT = "maestrohub-phonehome/<version>"
+"""The plugin's User-Agent as the page shows it (``tests/test_telemetry_doc.py`` holds it
+to the transport's)."""
+
 INTRO = """\
 # MaestroHub telemetry: what is sent, when, where, and how to turn it off
 
@@ -41,11 +45,32 @@ However many processes or nodes an installation runs, each trigger sends one rep
 
 Each report is one `POST` of a JSON object to `modules.phonehome.endpoint`
 (default `{endpoint}`), with `Content-Type: application/json`, gzip above 1 KiB,
-and the header `Idempotency-Key: <report_id>`. TLS certificates are always
-verified; plain `http://` is refused except to loopback. Proxies come from
-`HTTPS_PROXY`/`NO_PROXY` or `modules.phonehome.proxy`. The location fields come
-from one GET to `geoip_url` (default `{geoip}`), cached for a day; set it to
-`""` to skip the lookup.
+the header `Idempotency-Key: <report_id>` and the User-Agent `{user_agent}`. TLS
+certificates are always verified; plain `http://` is refused except to loopback;
+redirects are never followed. Every request of the plugin, the location lookup
+included, goes the same way: through `modules.phonehome.proxy` (or `HTTPS_PROXY`,
+`HTTP_PROXY` and `NO_PROXY` from the environment), trusting `ca_bundle` when it is
+set, under the same User-Agent (also on a proxy's `CONNECT`), and within `timeout`
+seconds, so a slow service delays a report by at most that.
+
+Reports of a pre-release MaestroHub version go to `prerelease_endpoint` instead,
+when one is set. For a corporate relay, `headers` adds request headers (an
+`Authorization`, say) and `client_cert`/`client_key` a client certificate for
+mutual TLS; both go with reports only, never to the location service, and are
+never logged or reported. A relay or proxy that answers 401, 403 or 407 keeps the
+reports waiting until its credentials are fixed.
+
+### The location lookup
+
+The location fields come from one `GET` to `geoip_url` (default
+`{geoip}`), at most once a day per installation (the answer is cached in its
+state, under a digest of the URL, never the URL itself). The default service is
+ip-api.com's free one, which answers plain `http://` only (its `https://` service,
+in the same format, needs a paid key: `https://pro.ip-api.com/json/?key=...`). It
+sees the public IP the request comes from (a proxy's, through a proxy), the time,
+and the User-Agent above; nothing of the report, no header of `headers`, no client
+certificate, no installation id. Set `geoip_url: ""`, `privacy.location: omit` or
+`privacy.public_ip: omit` and no lookup is made at all.
 
 ## Turning it off
 
@@ -61,15 +86,42 @@ Off means no report, no file, no socket and no thread. An invalid
 `modules.phonehome` section also leaves telemetry off, with one log line naming
 the key. Between on and off there are two modes (`modules.phonehome.mode`):
 `log` builds and logs every report and sends nothing; `offline` builds and
-keeps them for `phonehome export`. `modules.phonehome.privacy` sets, for each of
-`email`, `hostname` and `public_ip`, `send` (the default), `hash` (a keyed hash
-whose key never leaves the installation) or `omit`.
+keeps them for `phonehome export`. What is sent can be narrowed instead of
+switched off: see "Choosing what is sent" below.
+
+## Choosing what is sent
+
+`modules.phonehome.privacy`:
+
+| setting | choices (default first) | what it does |
+|---|---|---|
+| `privacy.email` | `send`, `hash`, `omit` | `users.first_email`: as is, a keyed hash (the key never leaves the installation), or null |
+| `privacy.hostname` | `send`, `hash`, `omit` | `system.hostname`, likewise |
+| `privacy.public_ip` | `send`, `hash`, `omit` | `system.public_ip`, likewise; `omit` also makes no location lookup, so the location fields are null |
+| `privacy.location` | `send`, `country`, `omit` | the location: every field; the country alone (city, region and ISP are neither reported nor stored); or no lookup at all and no `location` section |
+
+`modules.phonehome.categories` switches off what goes beyond the public page's
+categories (a section switched off is absent from the report, and named in
+`diagnostics.switched_off`):
+
+| setting | default | what it does |
+|---|---|---|
+| `categories.system_details` | `true` | `false` leaves out `system.os_release`, `system.python`, `system.cpu_count` and `system.memory_mb` (`system_details`) |
+| `categories.collectors` | `true` | `false` leaves out every third-party section |
+| `categories.collectors.allow` | `["*"]` | globs over collector names: only a section one of them matches is sent |
+| `categories.collectors.deny` | `[]` | globs over collector names: a section one of them matches is left out (`collectors.<name>`), whatever `allow` says |
+
+For example, `categories: {{collectors: {{deny: ["acme.billing*"]}}}}`. Whether a
+report comes from a pre-release version or a CI job (`system.prerelease`,
+`system.ci`) is always said, so that the receiving team can keep such reports out
+of fleet figures. `phonehome status` and `phonehome preview` show the settings in
+effect, every URL masked and every header value hidden.
 
 ## Verifying what was sent
 
 | command | shows |
 |---|---|
-| `phonehome status` | what the host decided at its last start with telemetry on (as it recorded it: switch, mode, endpoint, config file), this shell's own view beside it, instance id, last report, outbox, next report |
+| `phonehome status` | what the host decided at its last start with telemetry on (as it recorded it: switch, mode, endpoint, config file, the settings in effect with every secret masked), this shell's own view beside it, instance id, last report, outbox, next report |
 | `phonehome preview` | the next report, built now from the installation's state by the code that builds real ones, without sending or consuming anything |
 | `phonehome history` | every recent report: when, which, with which result; `--show N` its exact bytes (sha256 as the receiver got them), `--diff N` what changed from the one before |
 | `phonehome export FILE` | stored reports not exported yet (`--all`: every one), one JSON object a line, with a manifest of their sha256, for a site with no way out |
@@ -77,7 +129,10 @@ whose key never leaves the installation) or `omit`.
 | `phonehome forget` | erases the local telemetry state after a confirmation: the next start is a new installation |
 | `phonehome schema` | the JSON Schema below, as a file |
 
-## Fields
+## Sections
+
+Every report carries these sections (the public page's categories, then the third
+party's and the telemetry's own), each with what it can hold:
 
 """  # noqa: E501  (a Markdown table row of the generated page)
 
@@ -90,15 +145,44 @@ def render() -> str:
         INTRO.format(
             endpoint=DEFAULT_ENDPOINT,
             geoip=DEFAULT_GEOIP_URL,
+            user_agent=USER_AGENT,
             startups=schedule.STARTUP_LIMIT,
             window="an hour" if window == 3600 else f"{window:g} s",
         )
     ]
+    lines.append("| section | required | what it can hold |\n|---|---|---|\n")
+    lines.extend(f"| `{name}` | {need} | {text} |\n" for name, need, text in sections(root))
+    lines.append(f"\n{third_party(root)}\n\n## Fields\n\n")
     lines.append(f"Schema version {root['properties']['schema_version']['const']}. ")
     lines.append(f"{root['description']}\n\n")
     lines.append("| field | type | meaning |\n|---|---|---|\n")
     lines.extend(f"| `{path}` | {kind} | {text} |\n" for path, kind, text in fields(root))
     return "".join(lines)
+
+
+def sections(root: Mapping[str, Any]) -> Iterator[tuple[str, str, str]]:
+    """Each top-level section (an object of the schema): its name, whether every report
+    has it, and its description, in schema order."""
+    required = set(root.get("required", ()))
+    for name, sub in root["properties"].items():
+        if sub.get("type") == "object":
+            need = "always" if name in required else "unless switched off"
+            yield name, need, " ".join(sub.get("description", "").split())
+
+
+def third_party(root: Mapping[str, Any]) -> str:
+    """What one third-party section can hold, from the schema's ``$defs``."""
+    defs = root["$defs"]
+    names = root["properties"]["collectors"]["propertyNames"]["pattern"]
+    return (
+        f"A third-party section, `collectors.<name>` (a name matching `{names}`), is "
+        f"{_lower_first(defs['section']['description'])} A leaf is "
+        f"{_lower_first(defs['leaf']['description'])}"
+    )
+
+
+def _lower_first(text: str) -> str:
+    return text[:1].lower() + text[1:]
 
 
 def fields(root: Mapping[str, Any]) -> Iterator[tuple[str, str, str]]:
@@ -124,6 +208,8 @@ def _kind(node: Mapping[str, Any]) -> str:
     names = [kind] if isinstance(kind, str) else list(kind)
     if "object" in names and "additionalProperties" in node and not node.get("properties"):
         return "map"
+    if "array" in names and isinstance(node.get("items"), Mapping):
+        return f"array of {_kind(node['items'])}"
     return " or ".join(names)
 
 

@@ -25,6 +25,7 @@ from typing import Any
 
 from phonehome_plugin.config.settings import ConfigError, Settings, parse, section_of
 from phonehome_plugin.guard.bounded import label
+from phonehome_plugin.guard.secrets import mask_url
 
 ENV_ENABLED = "MAESTROHUB_PHONEHOME_ENABLED"
 ENV_DNT = "DO_NOT_TRACK"
@@ -108,9 +109,6 @@ def doing(settings: Settings) -> str:
 
 
 def without_credentials(url: str) -> str:
-    """``url`` fit for a log line: a user name or password in it is masked."""
-    scheme, sep, rest = url.partition("://")
-    authority, slash, path = rest.partition("/")
-    if "@" in authority:
-        authority = "***@" + authority.rsplit("@", 1)[1]
-    return f"{scheme}{sep}{authority}{slash}{path}"
+    """``url`` fit for a log line, the CLI or stored state: user info, query values and
+    fragment masked (:func:`.secrets.mask_url`); scheme, host, port and path kept."""
+    return mask_url(url)

@@ -1,5 +1,5 @@
-"""What one POST came to: :class:`Answer`, as the transport makes it and the retry
-logic reads it.
+"""What one request came to: :class:`Answer` for a report's POST, as the transport makes
+it and the retry logic reads it, and :class:`Fetched` for the location lookup's GET.
 
 Apart from both so that neither imports the other: :mod:`.transport` makes answers
 (reading ``Retry-After`` with :func:`retry_after`), :mod:`.retry` decides on them.
@@ -27,6 +27,17 @@ class Answer:
 
     def describe(self) -> str:
         return f"HTTP {self.status}" if self.status is not None else str(self.error)
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """What one GET came to: its status and body (read whole, within a limit), or an
+    error kind when there was no complete answer."""
+
+    status: int | None
+    body: bytes = b""
+    content_encoding: str = "identity"
+    error: str | None = None
 
 
 def retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:

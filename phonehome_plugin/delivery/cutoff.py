@@ -54,7 +54,9 @@ handshake runs on until it ends or fails, each wait bounded by the connect
 timeout, and then meets the shutdown when ``connect()`` returns: the request is
 never sent. The same holds, trivially, for a resolver or TCP connect under way.
 
-The adapter also switches off urllib3's own retries and redirects.
+The adapter also switches off urllib3's own retries and redirects, and adds the
+headers it is given to every request it makes of a proxy (the ``CONNECT`` of a
+tunnel, a forwarded request), so that a proxy sees who is asking.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ import contextlib
 import functools
 import socket
 import threading
+from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
 
@@ -174,10 +177,11 @@ def _shut(sock: socket.socket) -> None:
         socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
-def adapter() -> Any:
-    """A new ``requests`` adapter: no retries, and its connections cut off with the
-    exchange of the thread that creates them (see the module docs)."""
-    return _adapter_class()()
+def adapter(proxy_headers: Mapping[str, str] | None = None) -> Any:
+    """A new ``requests`` adapter: no retries, its connections cut off with the exchange
+    of the thread that creates them (see the module docs), and ``proxy_headers`` on
+    every request to a proxy (besides the ``Proxy-Authorization`` of its URL)."""
+    return _adapter_class()(dict(proxy_headers or {}))
 
 
 @functools.cache
@@ -234,8 +238,13 @@ def _adapter_class() -> Any:
     class Adapter(HTTPAdapter):
         """No retries, and connections an abandoned exchange can cut off."""
 
-        def __init__(self) -> None:
+        def __init__(self, extra_proxy_headers: dict[str, str]) -> None:
+            self.extra_proxy_headers = extra_proxy_headers
             super().__init__(max_retries=Retry(total=0, redirect=0, raise_on_status=False))
+
+        def proxy_headers(self, proxy: str) -> dict[str, str]:
+            headers: dict[str, str] = {**self.extra_proxy_headers, **super().proxy_headers(proxy)}
+            return headers
 
         def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
             super().init_poolmanager(*args, **kwargs)

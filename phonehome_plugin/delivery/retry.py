@@ -25,11 +25,21 @@ import tenacity
 
 from phonehome_plugin.delivery.answer import Answer
 
-__all__ = ["RETRY_STATUSES", "Outcome", "RetryPolicy", "not_before", "send_series", "verdict"]
+__all__ = [
+    "CREDENTIAL_STATUSES",
+    "RETRY_STATUSES",
+    "Outcome",
+    "RetryPolicy",
+    "not_before",
+    "send_series",
+    "verdict",
+]
 
 log = logging.getLogger(__name__)
 
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+CREDENTIAL_STATUSES = frozenset({401, 403, 407})
+"""Refusals of the client's credentials (a relay's or proxy's): the report is kept."""
 BACKOFF_BASE = 60.0
 """First host-clock wait after a failed series; doubles per failure up to the interval."""
 RETRY_AFTER_MAX = 86400.0
@@ -56,14 +66,15 @@ def verdict(answer: Answer) -> str:
     """What an answer means for its report.
 
     ``sent`` (2xx), ``retry`` (no answer, or a status worth trying again),
-    ``rejected`` (any other 4xx: final) or ``hold`` (anything else: keep the
-    report, but do not hammer the endpoint within this series).
+    ``rejected`` (any other 4xx but the credential refusals: final) or ``hold``
+    (anything else: keep the report, but do not hammer the endpoint within this
+    series).
     """
     if answer.ok:
         return "sent"
     if answer.status is None or answer.status in RETRY_STATUSES:
         return "retry"
-    if 400 <= answer.status < 500:
+    if 400 <= answer.status < 500 and answer.status not in CREDENTIAL_STATUSES:
         return "rejected"
     return "hold"
 

@@ -5,7 +5,9 @@ removes the report and records it in the history; a final answer removes it as
 a counted loss; anything else leaves it in the outbox, closes the outbox's gate
 until a not-before time (:func:`.retry.not_before`) and stops this round, since
 the endpoint is evidently unwell. A series cut short by shutdown changes
-nothing: the report is due again at the next start.
+nothing: the report is due again at the next start. A transport that can send
+nothing at all (an unusable client certificate: it said so in one log line when it was
+made) is not tried: the reports wait, untouched, until a restart with fixed settings.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ class Sender:
     def deliver_due(self, now: float) -> int:
         """Try every report due at ``now`` (host clock); returns how many were delivered."""
         delivered = 0
+        if self.transport.refused:
+            return delivered
         hold = max(LEASE, 2 * self.policy.deadline)
         while not self.cancel.is_set():
             entry = self.outbox.lease(now, hold)

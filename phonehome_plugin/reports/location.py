@@ -4,6 +4,25 @@ The service answers a GET with JSON in ip-api.com's format. A failure of any
 kind leaves the fields empty; it never breaks a report. The answer is cached in
 the state store for a day (host clock), so a fleet of restarts does not hammer it.
 
+The same way out as the reports (:meth:`.transport.Transport.for_lookup`): the
+configured proxy and CA bundle, the plugin's User-Agent, no redirect followed, and a
+hard deadline of ``timeout`` seconds for the whole lookup, so that a slow or trickling
+service delays the report it is made for by at most that. Never with the relay's
+headers or client certificate: those are for the report endpoint alone.
+
+What the operator chose (``privacy``) is applied before anything is asked or kept:
+
+- ``privacy.location: omit`` or ``privacy.public_ip: omit`` make no lookup at all
+  (the service would see the public IP either way), and neither does an empty
+  ``geoip_url``;
+- ``privacy.location: country`` keeps the country and drops city, region and ISP
+  from the answer before it is cached, so they are neither reported nor stored.
+
+The cache entry is keyed by a digest of the URL and the choice, never the URL itself:
+a location service's ``?key=`` does not end up in the state (an entry of an earlier
+version, which kept the URL, is emptied when it is read). Where no lookup may be made,
+the entry is emptied too: what an earlier one found is not kept either.
+
 The answer is read to its end, but never more than :data:`ANSWER_LIMIT` bytes
 (an answer is a few hundred): a larger one is a failure, cut off unread rather
 than held in memory. It is asked for uncompressed, so the bound is the size in
@@ -12,87 +31,120 @@ memory too; an answer compressed anyway is a failure.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import json
 import logging
-from collections.abc import Mapping
+import threading
 from typing import Any
 
+from phonehome_plugin.config.settings import Settings
+from phonehome_plugin.delivery.answer import Fetched
+from phonehome_plugin.delivery.transport import Transport
 from phonehome_plugin.state.store import Store
 
 log = logging.getLogger(__name__)
 
 CACHE_KEY = "location"
 CACHE_SECONDS = 86400.0
-TIMEOUT = (2.0, 3.0)
 ANSWER_LIMIT = 64 * 1024
 """Most bytes of an answer read; a longer answer is a failed lookup."""
 FIELDS = {"country": "country", "city": "city", "region": "regionName", "isp": "isp"}
+COUNTRY_ONLY = ("country",)
+"""The fields ``privacy.location: country`` keeps."""
 EMPTY: dict[str, Any] = {"public_ip": None, **dict.fromkeys(FIELDS)}
+_NEVER = threading.Event()
 
 
-def lookup(url: str, store: Store, now: float) -> dict[str, Any]:
-    """``public_ip`` plus the location fields; all None when off or failed."""
-    if not url:
+def wanted(settings: Settings) -> bool:
+    """Whether a lookup may be made at all under ``settings`` (see the module docs)."""
+    privacy = settings.privacy
+    return bool(settings.geoip_url) and "omit" not in (
+        privacy.get("location", "send"),
+        privacy.get("public_ip", "send"),
+    )
+
+
+def lookup(
+    settings: Settings,
+    store: Store,
+    now: float,
+    *,
+    transport: Transport | None = None,
+    cancel: threading.Event | None = None,
+) -> dict[str, Any]:
+    """``public_ip`` plus the location fields the settings allow; all None when no
+    lookup may be made, or it failed. ``now`` is the host's clock (for the cache);
+    ``transport`` defaults to :meth:`.Transport.for_lookup` of ``settings``."""
+    if not wanted(settings):
+        if store.get(CACHE_KEY):
+            store.set(CACHE_KEY, "")  # what an earlier lookup found is not kept either
         return dict(EMPTY)
-    cached = _cached(store, url, now)
+    choice = settings.privacy.get("location", "send")
+    key = _cache_key(settings.geoip_url, choice)
+    cached = _cached(store, key, now)
     if cached is not None:
         return cached
-    found = _fetch(url)
-    if found is not None:
-        store.set(CACHE_KEY, json.dumps({"url": url, "at": now, "value": found}))
-        return found
-    return dict(EMPTY)
+    fetched = (transport or Transport.for_lookup(settings)).get(
+        settings.geoip_url, settings.timeout, cancel or _NEVER, ANSWER_LIMIT
+    )
+    found = _read(fetched)
+    if found is None:
+        return dict(EMPTY)
+    if choice == "country":
+        found = {k: (v if k in ("public_ip", *COUNTRY_ONLY) else None) for k, v in found.items()}
+    store.set(CACHE_KEY, json.dumps({"key": key, "at": now, "value": found}))
+    return found
 
 
-def _cached(store: Store, url: str, now: float) -> dict[str, Any] | None:
+def _cache_key(url: str, choice: str) -> str:
+    # A digest: the URL may hold the service's key, and the state must not.
+    return hashlib.sha256(f"{choice}\n{url}".encode()).hexdigest()
+
+
+def _cached(store: Store, key: str, now: float) -> dict[str, Any] | None:
     raw = store.get(CACHE_KEY)
     if raw is None:
         return None
     try:
         entry = json.loads(raw)
-        if entry["url"] == url and 0 <= now - float(entry["at"]) < CACHE_SECONDS:
-            return dict(entry["value"])
-    except (ValueError, KeyError, TypeError):
+        if "url" in entry:
+            # An entry of an earlier version, which kept the URL (and any key in it).
+            store.set(CACHE_KEY, "")
+            return None
+        if entry["key"] == key and 0 <= now - float(entry["at"]) < CACHE_SECONDS:
+            return {name: entry["value"].get(name) for name in EMPTY}
+    except (ValueError, KeyError, TypeError, AttributeError):
         pass
     return None
 
 
-def _fetch(url: str) -> dict[str, Any] | None:
-    import requests  # deferred: only the worker thread ever needs it
-    import urllib3
-
-    try:
-        with requests.Session() as session:
-            session.trust_env = True
-            # Streamed, so that only a bounded part of the body is ever read; closed
-            # after reading it, so that the service sees a clean close, not a reset.
-            with session.get(
-                url,
-                timeout=TIMEOUT,
-                allow_redirects=False,
-                stream=True,
-                headers={"Accept-Encoding": "identity"},
-            ) as answer:
-                raw = answer.raw.read(ANSWER_LIMIT + 1, decode_content=False)
-                data = _parse(answer.status_code, answer.headers, raw)
-    except (requests.RequestException, urllib3.exceptions.HTTPError, ValueError) as error:
-        log.info("phonehome: location lookup failed (%s); reporting no location", error)
+def _read(fetched: Fetched) -> dict[str, Any] | None:
+    """The fields of a whole, plain, successful 200 answer; None (and one log line that
+    quotes neither the URL nor the answer) for anything else."""
+    why: str | None = None
+    data: Any = None
+    if fetched.status is None:
+        why = f"({fetched.error})"
+    elif fetched.status != 200:
+        why = f"(HTTP {fetched.status})"
+    elif len(fetched.body) > ANSWER_LIMIT:
+        why = f"(an answer of more than {ANSWER_LIMIT} bytes)"
+    elif fetched.content_encoding != "identity":
+        why = "(a compressed answer)"
+    else:
+        try:
+            data = json.loads(fetched.body)
+        except ValueError:
+            why = "(not JSON)"
+    if why is not None:
+        log.info("phonehome: location lookup failed %s; reporting no location", why)
         return None
     if not isinstance(data, dict) or data.get("status") != "success":
         log.info("phonehome: location lookup gave no answer; reporting no location")
         return None
     fields = {key: _text(data.get(name)) for key, name in FIELDS.items()}
     return {"public_ip": _ip(data.get("query")), **fields}
-
-
-def _parse(status: int, headers: Mapping[str, str], raw: bytes) -> Any:
-    """The JSON of a whole, plain 200 answer, else None; ValueError when it is not JSON."""
-    if status != 200 or len(raw) > ANSWER_LIMIT:
-        return None
-    if headers.get("Content-Encoding", "identity").strip().lower() != "identity":
-        return None
-    return json.loads(raw)
 
 
 def _ip(value: Any) -> str | None:

@@ -2,8 +2,8 @@
 every report passes before it is stored.
 
 The check implements the part of JSON Schema 2020-12 the schema uses (type,
-properties, required, additionalProperties, propertyNames, enum, const,
-minimum, maximum, maxLength, pattern, anyOf, local $ref), so the plugin needs no
+properties, required, additionalProperties, propertyNames, items, maxItems, enum,
+const, minimum, maximum, maxLength, pattern, anyOf, local $ref), so the plugin needs no
 validator library at run time; the tests hold it to agree with ``jsonschema``.
 It fails closed: a keyword it does not know is an error, not a pass.
 
@@ -120,6 +120,17 @@ def _property_names(value: Any, arg: Any, rule: Any, root: Any, path: str) -> It
             yield from _check(name, arg, root, f"{path}[{describe(name)}]")
 
 
+def _items(value: Any, arg: Any, rule: Any, root: Any, path: str) -> Iterator[str]:
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _check(item, arg, root, f"{path}[{index}]")
+
+
+def _max_items(value: Any, arg: Any, rule: Any, root: Any, path: str) -> Iterator[str]:
+    if isinstance(value, list) and len(value) > arg:
+        yield f"{path}: more than {arg} items"
+
+
 def _enum(value: Any, arg: Any, rule: Any, root: Any, path: str) -> Iterator[str]:
     if not any(_same(value, option) for option in arg):
         yield f"{path}: {describe(value)} is not one of {arg}"
@@ -183,6 +194,8 @@ _KEYWORDS: dict[str, Any] = {
     "required": _required,
     "additionalProperties": _additional,
     "propertyNames": _property_names,
+    "items": _items,
+    "maxItems": _max_items,
     "enum": _enum,
     "const": _const,
     "minimum": _minimum,

@@ -10,27 +10,29 @@ The same shape as types: :class:`Report` and a ``TypedDict`` per section, so
 that mypy checks what :func:`build` puts where. ``tests/test_shape.py`` holds
 them equal to the schema (every object the schema describes with
 ``properties``: the same keys, the same required keys, matching value types), so
-the types and the published schema cannot drift apart. The schema stays the
+the types and the published schema cannot drift apart (a key the operator can switch
+off is ``NotRequired`` in both). The schema stays the
 check every report passes before it is stored (:mod:`.schema`); the types say
 nothing at run time. Typed loosely, as ``dict[str, Any]``, are only the parts the
 schema itself leaves open: a collector's section (its keys are the collector's)
 and the sources ``location`` is picked from.
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations`` here: TypedDict reads ``NotRequired`` only
+# from evaluated annotations (Python 3.11), and the optional keys must be seen as such.
 import json
 import os
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final, Literal, TypeAlias, TypedDict
+from typing import Any, Final, Literal, NotRequired, TypeAlias, TypedDict
 
+from phonehome_plugin.config.settings import Settings
 from phonehome_plugin.counting.inventory import Inventory
 from phonehome_plugin.guard import privacy
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 Trigger: TypeAlias = Literal["startup", "first_user", "periodic"]
 TRIGGERS: tuple[Trigger, ...] = ("startup", "first_user", "periodic")
 Edition: TypeAlias = Literal["core", "foundation", "enterprise"]
@@ -40,19 +42,31 @@ EDITIONS: tuple[Edition, ...] = ("core", "foundation", "enterprise")
 # The report's types: one TypedDict per object of report.schema.json ---------------------
 
 
+DETAILS = ("os_release", "python", "cpu_count", "memory_mb")
+"""``system`` fields beyond the public page's examples (version, OS, CPU architecture,
+hostname, public IP): what ``categories.system_details: false`` leaves out."""
+SYSTEM_DETAILS = "system_details"
+LOCATION = "location"
+COLLECTORS = "collectors."
+"""Names in ``diagnostics.switched_off``: these two, and ``collectors.<name>``."""
+
+
 class SystemSection(TypedDict):
     """``system``: the host's facts (:func:`.system.host_facts`), the machine's
-    (:func:`.system.machine_facts`) and the public IP from the location lookup."""
+    (:func:`.system.machine_facts`) and the public IP from the location lookup; the
+    :data:`DETAILS` may be switched off."""
 
     version: str | None
     edition: Edition | None
+    prerelease: bool
+    ci: bool
     os: str | None
-    os_release: str | None
+    os_release: NotRequired[str | None]
     arch: str | None
     hostname: str | None
-    python: str | None
-    cpu_count: int
-    memory_mb: int
+    python: NotRequired[str | None]
+    cpu_count: NotRequired[int]
+    memory_mb: NotRequired[int]
     plugin_version: str | None
     public_ip: str | None
 
@@ -143,6 +157,7 @@ class Diagnostics(TypedDict):
     privacy_dropped: dict[str, int]
     suppressed_startups: int
     invalid_reports: int
+    switched_off: list[str]
 
 
 CollectorSections: TypeAlias = dict[str, dict[str, Any]]
@@ -152,7 +167,7 @@ CollectorSections: TypeAlias = dict[str, dict[str, Any]]
 class Report(TypedDict):
     """One report, as :func:`build` makes it and ``report.schema.json`` publishes it."""
 
-    schema_version: Literal[1]
+    schema_version: Literal[2]
     report_id: str
     instance_id: str
     sequence: int
@@ -161,7 +176,7 @@ class Report(TypedDict):
     system: SystemSection
     license: LicenseSection
     users: UsersSection
-    location: LocationSection
+    location: NotRequired[LocationSection]
     connections: ConnectionsSection
     pipelines: PipelinesSection
     uns: UnsSection
@@ -179,6 +194,7 @@ def no_diagnostics() -> Diagnostics:
         "privacy_dropped": {},
         "suppressed_startups": 0,
         "invalid_reports": 0,
+        "switched_off": [],
     }
 
 
@@ -312,7 +328,9 @@ def summary(counts: ByStatus) -> Summary:
 
 
 def apply_privacy(report: Report, choices: Mapping[str, str], salt: bytes) -> None:
-    """Apply the ``privacy`` options (send, hash or omit) to the three identifying fields.
+    """Apply the ``privacy`` options (send, hash or omit) to the three identifying fields,
+    and ``location: country`` to the location (city, region and ISP nulled, whatever
+    the lookup's cache held; ``omit`` is :func:`switch_off`'s).
 
     A field that is missing or None is left as it is, whatever the option.
     """
@@ -326,6 +344,40 @@ def apply_privacy(report: Report, choices: Mapping[str, str], salt: bytes) -> No
     public_ip = system.get("public_ip")
     if public_ip is not None and choices.get("public_ip", "send") != "send":
         system["public_ip"] = _private(public_ip, choices["public_ip"], salt)
+    located = report.get("location")
+    if located is not None and choices.get("location", "send") == "country":
+        located["city"] = located["region"] = located["isp"] = None
+
+
+def switch_off(report: Report, settings: Settings, collectors: Iterable[str] = ()) -> list[str]:
+    """Take out of ``report`` what the operator switched off, and name it (names only) in
+    ``diagnostics.switched_off``; returns those names.
+
+    - ``location``, with ``privacy.location: omit``;
+    - ``system_details`` (the :data:`DETAILS`), with ``categories.system_details: false``;
+    - ``collectors.<name>`` for each collector ``categories.collectors`` denies, among
+      ``collectors`` (the registered ones) and those the report has a section or an
+      error of: its section and its error are both left out.
+    """
+    off: list[str] = []
+    if settings.privacy.get("location", "send") == "omit":
+        report.pop("location", None)
+        off.append(LOCATION)
+    if not settings.categories.system_details:
+        found = report["system"]
+        found.pop("os_release", None)
+        found.pop("python", None)
+        found.pop("cpu_count", None)
+        found.pop("memory_mb", None)
+        off.append(SYSTEM_DETAILS)
+    sections, errors = report["collectors"], report["diagnostics"]["collector_errors"]
+    for name in sorted({*collectors, *sections, *errors}):
+        if not settings.categories.collector_on(name):
+            sections.pop(name, None)
+            errors.pop(name, None)
+            off.append(COLLECTORS + name)
+    report["diagnostics"]["switched_off"] = off
+    return off
 
 
 def _private(value: str, choice: str, salt: bytes) -> str | None:

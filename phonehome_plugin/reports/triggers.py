@@ -372,6 +372,7 @@ class Reporter:
         )
         built = shape.build(inputs)
         shape.apply_privacy(built, self.settings.privacy, self._salt())
+        shape.switch_off(built, self.settings, list(self.registry.collectors))
         return built
 
     def _build_and_store(
@@ -440,12 +441,13 @@ class Reporter:
             "privacy_dropped": {k: n for k, n in self.store.counters("privacy.").items() if n},
             "suppressed_startups": self.store.counters("startup.").get("suppressed", 0),
             "invalid_reports": self.store.counters("schema.").get("invalid", 0),
+            "switched_off": [],  # filled in by shape.switch_off
         }
 
     def _location(self, now: datetime) -> dict[str, Any]:
         if self.settings.mode != "send":
             return dict(location.EMPTY)
-        return location.lookup(self.settings.geoip_url, self.store, now.timestamp())
+        return location.lookup(self.settings, self.store, now.timestamp())
 
     def _machine_facts(self) -> MachineFacts:
         if self._machine is None:

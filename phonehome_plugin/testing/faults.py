@@ -298,6 +298,9 @@ class FaultServer(_Listener):
         the script, and counted in ``geoip_requests``.
     :param on_request: called with every request the server read in full, on the
         connection's thread, before it is answered.
+    :param admit: called likewise; a behaviour it returns replaces the script's for that
+        request (a relay that answers 401 to a request without its header), None
+        leaves the script's.
     """
 
     def __init__(
@@ -308,8 +311,10 @@ class FaultServer(_Listener):
         *,
         geoip: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None = None,
         on_request: Callable[[Seen], None] | None = None,
+        admit: Callable[[Seen], Behaviour | None] | None = None,
     ) -> None:
         self.tls = tls
+        self.admit = admit
         self._script: list[Behaviour] = list(script)
         self._then: Behaviour | Callable[[], Behaviour] = then
         self.geoip = geoip
@@ -392,6 +397,8 @@ class FaultServer(_Listener):
         raw = read_body(conn, buffer, int(headers.get("content-length", "0")))
         body = gzip.decompress(raw) if headers.get("content-encoding") == "gzip" else raw
         seen = self._seen(Seen(method, target, headers, raw, body))
+        if self.admit is not None:
+            behaviour = self.admit(seen) or behaviour
         self._act(conn, behaviour, seen)
 
     def _act(self, conn: socket.socket, behaviour: Behaviour, seen: Seen) -> None:
@@ -564,13 +571,16 @@ class Proxy(_Listener):
     """A forwarding HTTP proxy on loopback: ``CONNECT`` tunnels and absolute-form requests.
 
     ``tunnels`` lists the ``host:port`` of every CONNECT, ``forwarded`` the URL of
-    every absolute-form request. Targets off loopback are refused with 403.
+    every absolute-form request, ``heads`` the method, target and headers (lower-case
+    names) of every request the proxy was asked, in arrival order. Targets off loopback
+    are refused with 403.
     """
 
     def __init__(self) -> None:
         self.tunnels: list[str] = []
         self.forwarded: list[str] = []
         self.refused: list[str] = []
+        self.heads: list[tuple[str, str, dict[str, str]]] = []
         super().__init__()
 
     @property
@@ -583,6 +593,7 @@ class Proxy(_Listener):
         if parsed is None:
             return
         method, target, headers = parsed
+        self.heads.append(parsed)
         if method == "CONNECT":
             host, _, port = target.rpartition(":")
             if not _loopback(host):
