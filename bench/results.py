@@ -61,7 +61,7 @@ def fmt(value: float | None, unit: str) -> str:
             if abs(value) < below:
                 return form.format(value * scale)
         return f"{value:.2f} s"
-    forms = {"B": f"{value / MIB:.2f} MiB", "n": f"{value:,.0f}"}
+    forms = {"B": f"{value / MIB:.2f} MiB", "KiB": f"{value / 1024:.1f} KiB", "n": f"{value:,.0f}"}
     return forms.get(unit, f"{value:g} {unit}")
 
 
