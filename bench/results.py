@@ -61,7 +61,13 @@ def fmt(value: float | None, unit: str) -> str:
             if abs(value) < below:
                 return form.format(value * scale)
         return f"{value:.2f} s"
-    forms = {"B": f"{value / MIB:.2f} MiB", "KiB": f"{value / 1024:.1f} KiB", "n": f"{value:,.0f}"}
+    forms = {
+        "B": f"{value / MIB:.2f} MiB",
+        "KiB": f"{value / 1024:.1f} KiB",
+        "bytes": f"{value:,.0f} B",
+        "B/thread": f"{value:,.0f} B",
+        "n": f"{value:,.0f}",
+    }
     return forms.get(unit, f"{value:g} {unit}")
 
 
