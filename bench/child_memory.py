@@ -1,11 +1,11 @@
 """Child process of :mod:`bench.memory`: a host that pauses at each phase to be measured.
 
 ``python -m bench.child_memory MODE URL [PRELOAD]`` with MODE ``typical``,
-``large``, ``off`` or ``scale-N`` (N pipelines, :func:`bench.host.scale_of`); PRELOAD, comma-separated modules the host imports before
-its baseline (for :mod:`bench.profile_memory`). At each phase it prints
-``phase NAME MODULES`` (the top-level modules imported since the previous
-phase, comma-separated) and waits for a line on
-stdin while the parent reads its memory. It never imports psutil (the parent
+``large``, ``off`` or ``scale-N`` (N pipelines, :func:`bench.host.scale_of`);
+PRELOAD, comma-separated modules the host imports before its baseline (for
+:mod:`bench.profile_memory`). At each phase it prints ``phase NAME MODULES`` (the
+top-level modules imported since the previous phase, comma-separated) and waits
+for a line on stdin while the parent reads its memory. It never imports psutil (the parent
 measures), and builds the host's own data before the baseline, so the
 differences are what the plugin adds.
 

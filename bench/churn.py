@@ -71,8 +71,7 @@ class _Newcomers:
         self._lock = threading.Lock()
         self._ready = threading.Barrier(count + 1)
         self.threads = [
-            threading.Thread(target=self._run, args=(app,), name="newcomer")
-            for _ in range(count)
+            threading.Thread(target=self._run, args=(app,), name="newcomer") for _ in range(count)
         ]
         for thread in self.threads:
             thread.start()

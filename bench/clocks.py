@@ -28,7 +28,6 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 SCHEDSTAT = Path("/proc/thread-self/schedstat")
 
@@ -135,40 +134,6 @@ def overhead(count: int = 2000) -> float:
     """Median CPU seconds :func:`each_call` reports for a call that does nothing."""
     cpu, _ = each_call(lambda: None, count)
     return float(statistics.median(cpu)) / 1e9
-
-
-_EACH = """
-def each(_n, _cpu=_cpu, _wall=_wall{names}):
-    _c = [0] * _n
-    _w = [0] * _n
-    for _i in range(_n):
-        _w0 = _wall()
-        _c0 = _cpu()
-        {stmt}
-        _c[_i] = _cpu() - _c0
-        _w[_i] = _wall() - _w0
-    return _c, _w
-"""
-
-
-def cpu_each(stmt: str, count: int, **namespace: Any) -> tuple[list[int], list[int]]:
-    """CPU and wall nanoseconds of each of ``count`` runs of the inlined ``stmt``, GC off.
-
-    For calls of a microsecond or so, where a function call around each would be a
-    share of what is measured (names in ``namespace`` are bound as locals).
-    """
-    scope: dict[str, Any] = {**namespace, "_cpu": time.thread_time_ns, "_wall": time.perf_counter_ns}
-    names = "".join(f", {key}={key}" for key in namespace)
-    exec(_EACH.format(names=names, stmt=stmt), scope)
-    enabled = gc.isenabled()
-    gc.collect()
-    gc.disable()
-    try:
-        result: tuple[list[int], list[int]] = scope["each"](count)
-    finally:
-        if enabled:
-            gc.enable()
-    return result
 
 
 @dataclass

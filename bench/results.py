@@ -74,7 +74,7 @@ def fmt(value: float | None, unit: str) -> str:
 def _result(row: Row) -> str:
     if row.ok is None:
         return "info"
-    return "PASS" if row.ok else "**FAIL**"
+    return "PASS" if row.ok else "**MISSED**"
 
 
 def markdown_table(rows: Sequence[Row]) -> str:
@@ -191,8 +191,32 @@ def machine_line(info: dict[str, Any]) -> str:
     )
 
 
-def document(rows: Sequence[Row], info: dict[str, Any], elapsed: float, when: datetime) -> str:
-    """The markdown file written to bench-results/ (and pasted into BENCHMARKS.md)."""
+def _conditions(info: dict[str, Any]) -> str:
+    """Load and bytecode caches: what the numbers depend on besides the code."""
+    parts = [f"load average before the run {', '.join(map(str, info['load_average']))}"]
+    if "load_average_after" in info:
+        parts.append(f"after it {', '.join(map(str, info['load_average_after']))}")
+    caches = info.get("bytecode_caches")
+    if caches:
+        parts.append(
+            f"bytecode caches present for {caches['cached']} of {caches['modules']} modules "
+            f"of the plugin and the contract package ({caches['cached_before_the_run']} "
+            "before the run compiled the rest)"
+        )
+    if info.get("quick"):
+        parts.append("a quick (smoke) run: smaller counts, sizes up to 1,000 pipelines")
+    return "; ".join(parts)
+
+
+def document(
+    rows: Sequence[Row],
+    info: dict[str, Any],
+    elapsed: float,
+    when: datetime,
+    extra: Sequence[tuple[str, str]] = (),
+) -> str:
+    """The markdown file written to bench-results/ (and pasted into BENCHMARKS.md):
+    the verdict, the table, ``extra`` sections (title, markdown), the notes."""
     failed = [row for row in rows if row.ok is False]
     verdict = (
         "All budgets met."
@@ -203,11 +227,12 @@ def document(rows: Sequence[Row], info: dict[str, Any], elapsed: float, when: da
     )
     parts = [
         f"Run of {when.astimezone(UTC):%Y-%m-%d %H:%M} UTC on {machine_line(info)}; "
-        f"load average before the run {', '.join(map(str, info['load_average']))}; "
-        f"{elapsed:.0f} s in all. {verdict}",
+        f"{_conditions(info)}; {elapsed:.0f} s in all. {verdict}",
         "",
         markdown_table(rows),
     ]
+    for title, text in extra:
+        parts += ["", f"**{title}**", "", text]
     row_notes = notes(rows)
     if row_notes:
         parts += ["", "Notes (by row number):", "", row_notes]
@@ -221,10 +246,11 @@ def write(
     elapsed: float,
     when: datetime,
     details: dict[str, Any],
+    extra: Sequence[tuple[str, str]] = (),
 ) -> tuple[Path, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     md = out_dir / "bench.md"
-    md.write_text("# phonehome benchmarks\n\n" + document(rows, info, elapsed, when))
+    md.write_text("# phonehome benchmarks\n\n" + document(rows, info, elapsed, when, extra))
     data = {
         "generated_at": when.astimezone(UTC).isoformat(timespec="seconds"),
         "elapsed_seconds": round(elapsed, 1),

@@ -101,7 +101,7 @@ def _receivers(host: Host, inventory: Inventory) -> list[tuple[str, Callable[[],
     orgs = _Cycle(inventory.modules["organizations"])
     models = _Cycle(inventory.modules["data_models"])
     users = _Cycle(inventory.modules["users"])
-    extra = {"password": "hunter2", "definition": {"nodes": ["secret"]}}
+    extra: dict[str, Any] = {"password": "hunter2", "definition": {"nodes": ["secret"]}}
 
     def resave_connection() -> None:
         item = conns.item
@@ -133,9 +133,7 @@ def _receivers(host: Host, inventory: Inventory) -> list[tuple[str, Callable[[],
         ),
         (
             "connection-saved",
-            lambda: signals.connection_saved.send(
-                app, id=conns.item["id"], type="opcua", **extra
-            ),
+            lambda: signals.connection_saved.send(app, id=conns.item["id"], type="opcua", **extra),
             resave_connection,
         ),
         (
@@ -162,7 +160,7 @@ def _receivers(host: Host, inventory: Inventory) -> list[tuple[str, Callable[[],
         (
             "organization-saved",
             lambda: signals.organization_saved.send(app, id=orgs.item["id"]),
-            lambda: orgs.step(),
+            orgs.step,
         ),
         (
             "organization-deleted",
@@ -172,7 +170,7 @@ def _receivers(host: Host, inventory: Inventory) -> list[tuple[str, Callable[[],
         (
             "data-model-saved",
             lambda: signals.data_model_saved.send(app, id=models.item["id"]),
-            lambda: models.step(),
+            models.step,
         ),
         (
             "data-model-deleted",
@@ -182,12 +180,12 @@ def _receivers(host: Host, inventory: Inventory) -> list[tuple[str, Callable[[],
         (
             "user-deleted",
             lambda: signals.user_deleted.send(app, id=f"gone-{users.i}"),
-            lambda: users.step(),
+            users.step,
         ),
         ("uns-state-changed", lambda: signals.uns_state_changed.send(app, **uns), None),
         (
             "license-changed",
-            lambda: signals.license_changed.send(app, license_id="lic-bench-0001", status="active"),
+            lambda: signals.license_changed.send(app, license_id="lic-0001", status="active"),
             None,
         ),
     ]
@@ -235,8 +233,10 @@ def _measure_reports(host: Host, found: AtScale, quick: bool) -> None:
 
     runtime = host.runtime
     reporter = runtime.worker.reporter
-    reps = (2 if found.pipelines >= 10_000 else 3) if quick else (
-        3 if found.pipelines >= 10_000 else 10
+    reps = (
+        (2 if found.pipelines >= 10_000 else 3)
+        if quick
+        else (3 if found.pipelines >= 10_000 else 10)
     )
     built: list[Any] = []
     found.build = clocks.spans(lambda: built.append(reporter.build("periodic", host.now)), reps)
@@ -274,7 +274,7 @@ def _measure_hooks(host: Host, found: AtScale, quick: bool, big: bool) -> None:
     advance()
     due = Calls("on_tick, report due")
     for _ in range(passes):
-        due.add_pass(*clocks.each_call(lambda: host.tick(), count, advance))
+        due.add_pass(*clocks.each_call(host.tick, count, advance))
     found.calls[due.name] = due
     host.idle(900.0)
 
@@ -305,16 +305,17 @@ def _measure_syncs(
     for module in ("pipelines", "connections"):
         items = inventory.modules[module]
         calls = Calls(f"{SYNC} ({module}, {len(items):,} items)")
+        sync = _syncer(host, module, items)
         for _ in range(passes):
-            calls.add_pass(
-                *clocks.each_call(
-                    lambda items=items, module=module: signals.inventory_synced.send(
-                        host.app, module=module, items=items
-                    ),
-                    2 if big else 3,
-                )
-            )
+            calls.add_pass(*clocks.each_call(sync, 2 if big else 3))
         found.calls[calls.name] = calls
+
+
+def _syncer(host: Host, module: str, items: list[dict[str, Any]]) -> Callable[[], None]:
+    def sync() -> None:
+        signals.inventory_synced.send(host.app, module=module, items=items)
+
+    return sync
 
 
 # Rows and the table -----------------------------------------------------------------
@@ -494,20 +495,16 @@ def growth_table(results: Sequence[AtScale], memory: dict[int, float] | None = N
         cells = [f"{_us(c.median_cpu)} / {_us(c.peak_cpu)}" if c else "-" for c in row]
         first, last = row[0], row[-1]
         growth = (
-            last.median_cpu / first.median_cpu
-            if first and last and first.median_cpu
-            else None
+            last.median_cpu / first.median_cpu if first and last and first.median_cpu else None
         )
         ok = (
             last is not None
             and last.peak_cpu <= CALL_LIMIT
             and (growth is None or growth <= GROWTH_LIMIT)
         )
-        lines.append(
-            f"| {stem} | "
-            + " | ".join(cells)
-            + f" | {'-' if growth is None else f'{growth:.2f}x'} | {'yes' if ok else '**MISSED**'} |"
-        )
+        grew = "-" if growth is None else f"{growth:.2f}x"
+        verdict = "yes" if ok else "**MISSED**"
+        lines.append(f"| {stem} | " + " | ".join(cells) + f" | {grew} | {verdict} |")
     lines.append(
         "| wall-clock p99.9 of the slowest call (machine-dependent) | "
         + " | ".join(_us(max(c.wall_p999 for c in r.calls.values())) for r in results)
@@ -546,9 +543,7 @@ def growth_table(results: Sequence[AtScale], memory: dict[int, float] | None = N
     if memory:
         lines.append(
             "| RSS the plugin adds, inventory synced and first report made | "
-            + " | ".join(
-                f"{memory[n] / 2**20:.1f} MiB" if n in memory else "-" for n in sizes
-            )
+            + " | ".join(f"{memory[n] / 2**20:.1f} MiB" if n in memory else "-" for n in sizes)
             + " | |"
         )
     return "\n".join(lines)
@@ -569,7 +564,5 @@ def _memory(url: str, sizes: Sequence[int]) -> dict[int, float]:
     out = {}
     for n in sizes:
         run = _run_child(f"scale-{n}", url)
-        out[n] = float(
-            max(run["synced"]["rss"], run["reported"]["rss"]) - run["baseline"]["rss"]
-        )
+        out[n] = float(max(run["synced"]["rss"], run["reported"]["rss"]) - run["baseline"]["rss"])
     return out
