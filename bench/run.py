@@ -218,13 +218,9 @@ def main(argv: list[str] | None = None) -> int:
 
     guard.install()
     _log_to(args.out / "plugin.log")
-    modules, cached_before, cached = bytecode.ensure()
+    caches = bytecode.ensure()
     info = machine()
-    info["bytecode_caches"] = {
-        "modules": modules,
-        "cached_before_the_run": cached_before,
-        "cached": cached,
-    }
+    info["bytecode_caches"] = caches
     info["quick"] = args.quick
     began = time.perf_counter()
     when = datetime.now(UTC)
