@@ -146,6 +146,22 @@ def _measure(
     return found
 
 
+def _table(found: dict[int, dict[str, clocks.Calls]], sizes: tuple[int, ...]) -> str:
+    lines = [
+        "| Outbox operation (thread CPU, median) | "
+        + " | ".join(f"{n:,} queued" for n in sizes)
+        + " | budget |",
+        "|---|" + "---:|" * len(sizes) + "---|",
+    ]
+    for name in ("put", "lease"):
+        lines.append(
+            f"| `Outbox.{name}` | "
+            + " | ".join(f"{found[n][name].median_cpu * 1e3:.2f} ms" for n in sizes)
+            + f" | <= {GROWTH_LIMIT:.1f}x from {sizes[0]:,} to {sizes[-1]:,} |"
+        )
+    return "\n".join(lines)
+
+
 def outbox_rows(ok: HTTPEndpoint, quick: bool) -> tuple[list[Row], dict[str, Any]]:
     sizes = (100, 1_000) if quick else (100, 1_000, 10_000)
     queue = _Queue(ok)
@@ -223,6 +239,7 @@ def outbox_rows(ok: HTTPEndpoint, quick: bool) -> tuple[list[Row], dict[str, Any
     }
     details.update(
         {
+            "table": _table(found, sizes),
             "drain": {
                 "delivered": delivered,
                 "cpu_s": drained.cpu / 1e9,

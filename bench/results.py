@@ -203,7 +203,7 @@ def _conditions(info: dict[str, Any]) -> str:
             f"of the plugin and the contract package ({caches['cached_before_the_run']} "
             "before the run compiled the rest) and for "
             f"{caches['dependency_modules_cached']} of {caches['dependency_modules']} of "
-            "its dependencies'"
+            "its dependencies"
         )
     if info.get("quick"):
         parts.append("a quick (smoke) run: smaller counts, sizes up to 1,000 pipelines")

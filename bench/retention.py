@@ -237,7 +237,7 @@ def retention_rows(quick: bool) -> tuple[list[Row], dict[str, Any]]:
             "memory.after_shutdown",
             SECTION,
             "strings from the host still held by the plugin after on_shutdown",
-            float(kept),
+            float(kept + cached),
             unit="n",
             limit=0.0,
             budget="0 (nothing it was given)",
@@ -245,7 +245,8 @@ def retention_rows(quick: bool) -> tuple[list[Row], dict[str, Any]]:
             "as a host leaves it) and the module-level state of the plugin's modules; the "
             "host's own objects not walked. Held in: "
             + (", ".join(where[:8]) + ("…" if len(where) > 8 else "") if where else "nothing")
-            + f". The privacy guard's cache: {cached} strings.",
+            + f"; {kept} in all. The privacy guard's cache (counted in the figure): {cached} "
+            "strings.",
         ),
         Row(
             "report.widest",

@@ -56,6 +56,7 @@ ORDER = (
     "outbox.drain",
     "outbox.file",
     "convoy.report",
+    "convoy.tick",
     "convoy.pg_transactions",
     "startup.off",
     "startup.on",
@@ -228,12 +229,15 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.perf_counter() - began
     info["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     rows = done.rows
-    growth = done.details.get("growth", {}).get("table")
-    extra = [("Growth table", growth)] if growth else []
+    extra = [
+        (title, done.details[section]["table"])
+        for title, section in (("Growth table", "growth"), ("Outbox by queue length", "outbox"))
+        if isinstance(done.details.get(section), dict) and "table" in done.details[section]
+    ]
     print()
     print(text_table(rows))
-    if growth:
-        print("\n" + growth)
+    for title, table in extra:
+        print(f"\n{title}\n\n{table}")
     md, js = write(args.out, rows, info, elapsed, when, done.details, extra)
     if args.update_doc:
         _update_doc(document(rows, info, elapsed, when, extra))
