@@ -1,11 +1,11 @@
 """Child process of :mod:`bench.memory`: a host that pauses at each phase to be measured.
 
 ``python -m bench.child_memory MODE URL [PRELOAD]`` with MODE ``typical``,
-``large`` or ``off``; PRELOAD, comma-separated modules the host imports before
-its baseline (for :mod:`bench.profile_memory`). At each phase it prints
-``phase NAME MODULES`` (the top-level modules imported since the previous
-phase, comma-separated) and waits for a line on
-stdin while the parent reads its memory. It never imports psutil (the parent
+``large``, ``off`` or ``scale-N`` (N pipelines, :func:`bench.host.scale_of`);
+PRELOAD, comma-separated modules the host imports before its baseline (for
+:mod:`bench.profile_memory`). At each phase it prints ``phase NAME MODULES`` (the
+top-level modules imported since the previous phase, comma-separated) and waits
+for a line on stdin while the parent reads its memory. It never imports psutil (the parent
 measures), and builds the host's own data before the baseline, so the
 differences are what the plugin adds.
 
@@ -24,7 +24,15 @@ import logging
 import sys
 
 from bench import guard
-from bench.host import LARGE, TYPICAL, CollectorsPlugin, Host, make_inventory, phonehome_config
+from bench.host import (
+    LARGE,
+    TYPICAL,
+    CollectorsPlugin,
+    Host,
+    make_inventory,
+    phonehome_config,
+    scale_of,
+)
 
 EMPTY_GROUP = "maestrohub.bench-nothing-here"
 _seen: set[str] = set()
@@ -45,7 +53,8 @@ def main(mode: str, url: str, preload: str = "") -> None:
     logging.getLogger().addHandler(logging.NullHandler())  # keep the plugin's notice quiet
     config = phonehome_config(url, enabled=mode != "off")
     host = Host(config, load_plugin=False)
-    inventory = make_inventory(LARGE if mode == "large" else TYPICAL, host.started_at)
+    scale = scale_of(int(mode[6:])) if mode.startswith("scale-") else None
+    inventory = make_inventory(scale or (LARGE if mode == "large" else TYPICAL), host.started_at)
     if inventory.collectors:
         host.pm.register(CollectorsPlugin(inventory.collectors))
     # The host's own entry-point discovery (importlib.metadata) is paid with or without
@@ -56,13 +65,13 @@ def main(mode: str, url: str, preload: str = "") -> None:
     host.pm.load_setuptools_entrypoints("maestrohub")
     _phase("loaded")
     host.start()
-    host.idle(60.0)
+    host.idle(600.0)
     _phase("started")
     host.sync(inventory)
-    host.idle(60.0)
+    host.idle(600.0)
     _phase("synced")
     host.tick()
-    host.idle(60.0)
+    host.idle(600.0)
     _phase("reported")
     host.close()
 

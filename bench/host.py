@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from hookspecs import PROJECT_NAME, hookimpl
+from hookspecs import PROJECT_NAME, hookimpl, signals
 from phonehome_plugin.testing.simclock import SimClock
 from phonehome_plugin.testing.simhost import SimApp, SimHost
 
@@ -104,6 +104,26 @@ LARGE = Scale(
     data_models=1_000,
     collectors=50,
 )
+
+SIZES = (100, 1_000, 10_000, 100_000)
+"""Installation sizes of the growth table, in pipelines."""
+
+
+def scale_of(pipelines: int) -> Scale:
+    """An installation of ``pipelines`` pipelines, the rest in proportion: at 10,000 it is
+    :data:`LARGE` (5,000 connections, 100,000 topics, 50 collectors...), at 100,000 it
+    has 500 third-party collectors."""
+    return Scale(
+        f"{pipelines:,} pipelines",
+        users=max(1, pipelines // 25),
+        connections=max(1, pipelines // 2),
+        pipelines=pipelines,
+        topics=pipelines * 10,
+        clients=max(1, pipelines * 3 // 100),
+        organizations=max(1, pipelines // 250),
+        data_models=max(1, pipelines // 10),
+        collectors=max(1, pipelines // 200),
+    )
 
 
 @dataclass
@@ -196,11 +216,31 @@ class VendorCollector:
         }
 
 
+class CountingCollector:
+    """A third-party collector with a receiver: it counts executions by status."""
+
+    name = "acme.executions"
+
+    def __init__(self) -> None:
+        self.counts: dict[Any, int] = {}
+
+    def receivers(self) -> list[tuple[Any, Callable[..., None]]]:
+        return [(signals.execution_finished, self.on_execution)]
+
+    def on_execution(self, sender: Any, status: Any = None, **extra: Any) -> None:
+        counts = self.counts
+        counts[status] = counts.get(status, 0) + 1
+
+    def collect(self) -> dict[str, Any]:
+        return {"seen": sum(self.counts.values())}
+
+
 class CollectorsPlugin:
     """A third-party MaestroHub module registering ``count`` collectors (optional hook)."""
 
-    def __init__(self, count: int) -> None:
-        self.collectors = [VendorCollector(i) for i in range(count)]
+    def __init__(self, count: int, extra: Sequence[object] = ()) -> None:
+        self.collectors: list[Any] = [VendorCollector(i) for i in range(count)]
+        self.collectors.extend(extra)
 
     @hookimpl(optionalhook=True)
     def phonehome_register_collectors(self, register: Callable[[Any], None]) -> None:

@@ -1,7 +1,9 @@
 """Import time of the plugin's entry point in a fresh interpreter, against pluggy and blinker.
 
 Each sample is a new ``python`` process that times one ``import`` statement in
-process; the subjects alternate, and the result is the median of each.
+process (thread CPU time); the subjects alternate, and the result is the median of
+each. No budget here: what the plugin adds to a host start, imports included, is
+the budget of :mod:`bench.startup` (in instructions).
 """
 
 from __future__ import annotations
@@ -14,13 +16,13 @@ from typing import Any
 
 from bench.results import Row
 
-SECTION_IMPORT = "Import time (fresh interpreter)"
+SECTION_IMPORT = "Import time (fresh interpreter, thread CPU)"
 SUBJECTS = {
     "baseline": "import pluggy, blinker",
     "plugin": "import phonehome_plugin.plugin",
     "runtime": "import phonehome_plugin.plugin, phonehome_plugin.runtime",
 }
-_PROBE = "import time; t0 = time.perf_counter(); {stmt}; print(time.perf_counter() - t0)"
+_PROBE = "import time; t0 = time.thread_time(); {stmt}; print(time.thread_time() - t0)"
 
 
 def _env() -> dict[str, str]:
@@ -96,10 +98,9 @@ def import_rows(quick: bool) -> tuple[list[Row], dict[str, Any]]:
             SECTION_IMPORT,
             "import time the plugin adds",
             statistics.median(added),
-            limit=0.030,
-            budget="<= 30 ms",
-            note=f"Median over {reps} pairs of fresh interpreters of (plugin import - pluggy and "
-            "blinker import); what every host start pays, telemetry on or off.",
+            note=f"Thread CPU time, median over {reps} pairs of fresh interpreters of (plugin "
+            "import - pluggy and blinker import); what every host start pays, telemetry on "
+            "or off (the budget is on the whole start: the `startup.off` row).",
         ),
         Row(
             "import.runtime_added",

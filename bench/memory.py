@@ -55,7 +55,7 @@ def _run_child(
                 }
                 child.stdin.write("\n")
                 child.stdin.flush()
-        child.wait(60)
+        child.wait(600)
     finally:
         if child.poll() is None:
             child.kill()

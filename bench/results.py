@@ -61,14 +61,20 @@ def fmt(value: float | None, unit: str) -> str:
             if abs(value) < below:
                 return form.format(value * scale)
         return f"{value:.2f} s"
-    forms = {"B": f"{value / MIB:.2f} MiB", "n": f"{value:,.0f}"}
+    forms = {
+        "B": f"{value / MIB:.2f} MiB",
+        "KiB": f"{value / 1024:.1f} KiB",
+        "bytes": f"{value:,.0f} B",
+        "B/thread": f"{value:,.0f} B",
+        "n": f"{value:,.0f}",
+    }
     return forms.get(unit, f"{value:g} {unit}")
 
 
 def _result(row: Row) -> str:
     if row.ok is None:
         return "info"
-    return "PASS" if row.ok else "**FAIL**"
+    return "PASS" if row.ok else "**MISSED**"
 
 
 def markdown_table(rows: Sequence[Row]) -> str:
@@ -185,8 +191,34 @@ def machine_line(info: dict[str, Any]) -> str:
     )
 
 
-def document(rows: Sequence[Row], info: dict[str, Any], elapsed: float, when: datetime) -> str:
-    """The markdown file written to bench-results/ (and pasted into BENCHMARKS.md)."""
+def _conditions(info: dict[str, Any]) -> str:
+    """Load and bytecode caches: what the numbers depend on besides the code."""
+    parts = [f"load average before the run {', '.join(map(str, info['load_average']))}"]
+    if "load_average_after" in info:
+        parts.append(f"after it {', '.join(map(str, info['load_average_after']))}")
+    caches = info.get("bytecode_caches")
+    if caches:
+        parts.append(
+            f"bytecode caches present for {caches['cached']} of {caches['modules']} modules "
+            f"of the plugin and the contract package ({caches['cached_before_the_run']} "
+            "before the run compiled the rest) and for "
+            f"{caches['dependency_modules_cached']} of {caches['dependency_modules']} of "
+            "its dependencies"
+        )
+    if info.get("quick"):
+        parts.append("a quick (smoke) run: smaller counts, sizes up to 1,000 pipelines")
+    return "; ".join(parts)
+
+
+def document(
+    rows: Sequence[Row],
+    info: dict[str, Any],
+    elapsed: float,
+    when: datetime,
+    extra: Sequence[tuple[str, str]] = (),
+) -> str:
+    """The markdown file written to bench-results/ (and pasted into BENCHMARKS.md):
+    the verdict, the table, ``extra`` sections (title, markdown), the notes."""
     failed = [row for row in rows if row.ok is False]
     verdict = (
         "All budgets met."
@@ -197,11 +229,12 @@ def document(rows: Sequence[Row], info: dict[str, Any], elapsed: float, when: da
     )
     parts = [
         f"Run of {when.astimezone(UTC):%Y-%m-%d %H:%M} UTC on {machine_line(info)}; "
-        f"load average before the run {', '.join(map(str, info['load_average']))}; "
-        f"{elapsed:.0f} s in all. {verdict}",
+        f"{_conditions(info)}; {elapsed:.0f} s in all. {verdict}",
         "",
         markdown_table(rows),
     ]
+    for title, text in extra:
+        parts += ["", f"**{title}**", "", text]
     row_notes = notes(rows)
     if row_notes:
         parts += ["", "Notes (by row number):", "", row_notes]
@@ -215,10 +248,11 @@ def write(
     elapsed: float,
     when: datetime,
     details: dict[str, Any],
+    extra: Sequence[tuple[str, str]] = (),
 ) -> tuple[Path, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     md = out_dir / "bench.md"
-    md.write_text("# phonehome benchmarks\n\n" + document(rows, info, elapsed, when))
+    md.write_text("# phonehome benchmarks\n\n" + document(rows, info, elapsed, when, extra))
     data = {
         "generated_at": when.astimezone(UTC).isoformat(timespec="seconds"),
         "elapsed_seconds": round(elapsed, 1),

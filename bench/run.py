@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 import traceback
@@ -19,14 +20,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import guard
+from bench import bytecode, guard
 from bench.measure import Peak
 from bench.results import Row, document, machine, text_table, write
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "BENCHMARKS.md"
 START, END = "<!-- bench:results:start -->", "<!-- bench:results:end -->"
-HOST_THREAD_LIMIT = 0.001
 ORDER = (
     "execution_finished.vs_trivial",
     "execution_finished.vs_otel",
@@ -37,14 +37,30 @@ ORDER = (
     "on_tick.idle",
     "on_tick.due",
     "on_user_created",
-    "host_thread.max",
+    "host_thread.wall",
     "on_startup.on",
     "on_startup.off",
     "on_shutdown",
-    "build.typical",
-    "build.large",
-    "sync.pipelines",
-    "sync.connections",
+    "scale.host_thread.max",
+    "scale.host_thread.growth",
+    "scale.sync",
+    "scale.report",
+    "scale.report_bytes",
+    "scale.transactions",
+    "churn.first_event",
+    "churn.lock",
+    "churn.memory_before",
+    "churn.memory_after",
+    "outbox.put",
+    "outbox.lease",
+    "outbox.drain",
+    "outbox.file",
+    "convoy.report",
+    "convoy.tick",
+    "convoy.pg_transactions",
+    "startup.off",
+    "startup.on",
+    "receiver.wrapped",
     "import.plugin",
     "import.added",
     "import.runtime_added",
@@ -52,6 +68,9 @@ ORDER = (
     "memory.after_first_report",
     "memory.large",
     "memory.off",
+    "memory.inputs",
+    "memory.after_shutdown",
+    "report.widest",
     "fork.idle",
     "fork.busy",
     "fork.busy.max",
@@ -64,15 +83,14 @@ ORDER = (
 def _peak_row(peaks: list[Peak]) -> Row:
     worst = max(peaks, key=lambda p: p.robust)
     return Row(
-        "host_thread.max",
+        "host_thread.wall",
         "Host hooks on the host's thread",
-        "slowest host-thread call (on_tick, on_user_created, receivers)",
+        "slowest host-thread call, wall clock (machine-dependent, no budget)",
         worst.robust,
-        limit=HOST_THREAD_LIMIT,
-        budget="<= 1 ms",
-        note=f"Slowest was {worst.name}. Each call timed on its own, GC off, worker idle; per "
-        "subject the median over passes of each pass's slowest call (a slow path shows "
-        "in every pass, the OS preempting the benchmark in one): "
+        note=f"Slowest was {worst.name}. Wall-clock maxima measure the machine (the OS "
+        "preempting the benchmark) as much as the plugin, so the budget is on thread CPU "
+        "time instead (the growth rows). Each call timed on its own, GC off, worker idle; "
+        "per subject the median over passes of each pass's slowest call: "
         + "; ".join(
             f"{p.name} {p.robust * 1e6:.0f} µs (worst pass {p.worst * 1e6:.0f} µs, "
             f"{p.calls:,} calls)"
@@ -146,7 +164,20 @@ class Collected:
 
 def run_all(quick: bool) -> Collected:
     """Every section, in an order that matters only for the first one."""
-    from bench import build, events, forks, hooks, imports, load, memory
+    from bench import (
+        churn,
+        convoy,
+        events,
+        forks,
+        hooks,
+        imports,
+        load,
+        memory,
+        queued,
+        retention,
+        scale,
+        startup,
+    )
     from bench.servers import HTTPEndpoint
 
     done = Collected()
@@ -157,7 +188,12 @@ def run_all(quick: bool) -> Collected:
         done.section("ticks", lambda: hooks.tick_rows(ok, quick))
         done.section("startup", lambda: hooks.startup_rows(ok.url, quick))
         done.section("shutdown", lambda: hooks.shutdown_rows(quick))
-        done.section("build", lambda: build.build_rows(ok.url, quick))
+        done.section("growth", lambda: scale.scale_rows(ok.url, quick))
+        done.section("churn", lambda: churn.churn_rows(quick))
+        done.section("outbox", lambda: queued.outbox_rows(ok, quick))
+        done.section("convoy", lambda: convoy.convoy_rows(ok.url, quick))
+        done.section("retention", lambda: retention.retention_rows(quick))
+        done.section("starts", lambda: startup.startup_rows(quick))
         done.section("imports", lambda: imports.import_rows(quick))
         done.section("memory", lambda: memory.memory_rows(ok.url, quick))
         done.section("forks", lambda: forks.fork_rows(ok, quick))
@@ -183,17 +219,28 @@ def main(argv: list[str] | None = None) -> int:
 
     guard.install()
     _log_to(args.out / "plugin.log")
+    caches = bytecode.ensure()
     info = machine()
+    info["bytecode_caches"] = caches
+    info["quick"] = args.quick
     began = time.perf_counter()
     when = datetime.now(UTC)
     done = run_all(args.quick)
     elapsed = time.perf_counter() - began
+    info["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     rows = done.rows
+    extra = [
+        (title, done.details[section]["table"])
+        for title, section in (("Growth table", "growth"), ("Outbox by queue length", "outbox"))
+        if isinstance(done.details.get(section), dict) and "table" in done.details[section]
+    ]
     print()
     print(text_table(rows))
-    md, js = write(args.out, rows, info, elapsed, when, done.details)
+    for title, table in extra:
+        print(f"\n{title}\n\n{table}")
+    md, js = write(args.out, rows, info, elapsed, when, done.details, extra)
     if args.update_doc:
-        _update_doc(document(rows, info, elapsed, when))
+        _update_doc(document(rows, info, elapsed, when, extra))
     failed = [row for row in rows if row.ok is False]
     print(f"\n{len(rows)} rows, {len(failed)} budgets missed, {elapsed:.0f} s; wrote {md}, {js}")
     for row in failed:

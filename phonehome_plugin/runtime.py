@@ -22,6 +22,7 @@ from phonehome_plugin.counting.collectors import Registry
 from phonehome_plugin.counting.inventory import Inventory
 from phonehome_plugin.counting.tally import ExecutionTally
 from phonehome_plugin.delivery.retry import RetryPolicy
+from phonehome_plugin.guard import privacy
 from phonehome_plugin.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -105,6 +106,7 @@ class Runtime:
                 log.warning("phonehome: worker still busy at shutdown; unsent reports stay stored")
         except Exception:
             log.exception("phonehome: on_shutdown failed")
+        privacy.forget()  # the guard's cache keeps nothing the host sent past this point
 
     def _after_fork_in_child(self) -> None:
         # Runs in the child before any other thread exists. The parent keeps

@@ -7,9 +7,11 @@ import json
 import string
 import threading
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import pytest
+from e2e_support import Endpoint, make_host, phonehome_config, settle
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_bounded import PEAK_MAX, traced
@@ -508,3 +510,65 @@ def test_a_non_mapping_section_names_its_type_by_a_bounded_name() -> None:
     with pytest.raises(TypeError) as caught:
         privacy.section(odd, DropCounter())
     assert str(caught.value) == f"collect() returned {('Odd' * 11)[:32]}..., not a mapping"
+
+
+# Bounded memory, and nothing kept after shutdown -----------------------------------------
+
+
+def test_the_identifier_cache_holds_at_most_cache_max_strings() -> None:
+    privacy.forget()
+    for n in range(privacy.CACHE_MAX * 3):
+        assert privacy.identifier(f"kind.{n}") == f"kind.{n}"
+    assert privacy.cached() == privacy.CACHE_MAX
+
+
+class _Tagged(str):
+    """A str subclass as a host might pass one: text, and an attribute riding along."""
+
+    def __new__(cls, text: str, payload: Any) -> _Tagged:
+        made = super().__new__(cls, text)
+        made.payload = payload
+        return made
+
+    payload: Any
+
+    def __len__(self) -> int:  # a lie: only str's own length may be trusted
+        return 1
+
+
+def test_a_str_subclass_is_read_as_plain_text_and_never_kept() -> None:
+    privacy.forget()
+    tagged = _Tagged("mqtt", payload={"password": "hunter2"})
+    result = privacy.identifier(tagged)
+    assert result == "mqtt" and type(result) is str
+    assert privacy.bucket(tagged) == "mqtt" and type(privacy.bucket(tagged)) is str
+    assert privacy.cached() == 1  # "mqtt", as a plain copy
+
+
+def test_a_huge_str_subclass_is_refused_by_its_texts_length_not_its_own_len() -> None:
+    huge = _Tagged("a" * 10_000_000, payload=None)  # its __len__ says 1
+    result, peak = traced(privacy.identifier, huge)
+    assert result is None
+    assert peak < PEAK_MAX, "the huge text was copied (or hashed) before its length was read"
+
+
+def test_forget_empties_the_cache() -> None:
+    privacy.identifier("opcua")
+    assert privacy.cached() >= 1
+    privacy.forget()
+    assert privacy.cached() == 0
+    assert privacy.identifier("opcua") == "opcua"  # and it works on afterwards
+
+
+def test_after_on_shutdown_the_guard_keeps_nothing_the_host_sent(
+    endpoint: Endpoint, tmp_path: Path
+) -> None:
+    host = make_host(phonehome_config(endpoint), tmp_path / "data")
+    host.start()
+    for n in range(50):
+        host.save_connection(f"vendor_kind_{n}")
+    host.tick()
+    settle(host)
+    assert privacy.cached() >= 50
+    host.shutdown()
+    assert privacy.cached() == 0

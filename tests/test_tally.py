@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import threading
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -275,3 +276,100 @@ def test_separate_tallies_count_separately(app: FakeApp, tally: ExecutionTally) 
         signals.execution_finished.disconnect(other.receiver)
     assert tally.totals() == {**_zeros(), "completed": 1}
     assert other.totals() == {**_zeros(), "failed": 2}
+
+
+# Thread churn -----------------------------------------------------------------------------
+
+
+class _PausedSeat:
+    """Stands in for a seat's weak reference: the fold's walk stops on it until released,
+    so a test can act at the exact moment a fold is in progress (its lock held)."""
+
+    def __init__(self) -> None:
+        self.reached = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self) -> object:
+        self.reached.set()
+        assert self.release.wait(10), "the test never released the fold"
+        return self  # alive: the seat is kept
+
+
+def test_a_new_threads_first_event_does_not_wait_for_a_fold_in_progress(
+    app: FakeApp, tally: ExecutionTally
+) -> None:
+    # Churn before the fold: these threads' seats are what it walks.
+    _run_threads(app, range(4), 10)
+    paused = _PausedSeat()
+    tally._seats.insert(0, (paused, _zeros()))  # type: ignore[arg-type]
+    folds: list[dict[str, int]] = []
+    fold = threading.Thread(target=lambda: folds.append(tally.take_delta()), daemon=True)
+    fold.start()
+    try:
+        assert paused.reached.wait(5)  # the fold holds the readers' lock, mid-walk
+        # A thread's first event, and its exit, while the fold is stopped inside its walk.
+        newcomer = threading.Thread(target=_send, args=(app, "failed"), daemon=True)
+        newcomer.start()
+        newcomer.join(5)
+        assert not newcomer.is_alive(), "a thread's first event waited for the fold"
+    finally:
+        paused.release.set()
+        fold.join(5)
+    # The seat appended while the fold walked was kept, not overwritten by the walk's
+    # result: the fold (which sums after its walk) and every later read count its event.
+    expected = _expected(range(4), 10)
+    expected["failed"] += 1
+    assert folds == [expected]
+    tally._seats.pop(0)  # the stand-in (its counts are zero)
+    assert tally.take_delta() == _zeros()
+    assert tally.totals() == expected
+    assert tally.seats() == 0
+
+
+def test_an_ended_threads_seat_is_dropped_by_one_fold(app: FakeApp, tally: ExecutionTally) -> None:
+    _send(app, "completed")  # this (live) thread's seat stays
+    _run_threads(app, range(50), 3)
+    assert tally.seats() == 51
+    expected = _expected(range(50), 3)
+    expected["completed"] += 1
+    assert tally.take_delta() == expected
+    assert tally.seats() == 1
+    assert tally.totals() == expected  # the dropped seats' counts are kept, retired
+    _send(app, "completed")
+    assert tally.take_delta() == {**_zeros(), "completed": 1}
+
+
+def test_the_tally_keeps_no_ended_thread_alive(app: FakeApp, tally: ExecutionTally) -> None:
+    workers = _run_threads(app, range(20), 2)
+    refs = [weakref.ref(worker) for worker in workers]
+    del workers
+    gc.collect()
+    # Before any fold: nothing of an ended thread but its counts is kept.
+    assert [ref for ref in refs if ref() is not None] == []
+    assert tally.totals() == _expected(range(20), 2)
+
+
+def test_totals_stay_exact_while_threads_come_and_go_during_folds(
+    app: FakeApp, tally: ExecutionTally
+) -> None:
+    folded = _zeros()
+    stop = threading.Event()
+
+    def folding() -> None:
+        while not stop.is_set():
+            for status, n in tally.take_delta().items():
+                folded[status] += n
+
+    folder = threading.Thread(target=folding)
+    folder.start()
+    try:
+        for wave in range(10):
+            _run_threads(app, range(wave * 8, wave * 8 + 8), 200)
+    finally:
+        stop.set()
+        folder.join()
+    for status, n in tally.take_delta().items():
+        folded[status] += n
+    expected = _expected(range(80), 200)
+    assert folded == expected
+    assert tally.totals() == expected

@@ -10,13 +10,19 @@ argument, a collector's section):
 
 - a string is looked at only when it is short: :func:`identifier` refuses one
   longer than :data:`IDENT_MAX` by its length, before matching, hashing or
-  caching it (the cache holds at most 4096 short strings, never a 10 MB one);
-  :func:`is_email` likewise past 254 characters;
+  caching it; :func:`is_email` likewise past 254 characters;
 - :func:`section` looks at most at :data:`KEYS_MAX` entries of a section and
   at most :data:`KEYS_MAX` of each mapping nested in them, and never deeper:
   at most ``KEYS_MAX * (KEYS_MAX + 1)`` entries, whatever ``collect()``
   returned (a huge, deep or self-referencing mapping). Entries past the first
   :data:`KEYS_MAX` are dropped and counted unseen, from the mapping's length.
+
+Bounded memory on any input. The one cache here (:func:`identifier`'s verdicts)
+holds at most :data:`CACHE_MAX` strings of at most :data:`IDENT_MAX` characters
+each, plain ``str`` copies only (a ``str`` subclass the host passed, with
+whatever it carries, is never kept), about a megabyte at most whatever the host
+sends; :func:`forget` empties it, and the runtime calls it at ``on_shutdown``,
+so that nothing the host handed over stays in this module after telemetry stops.
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ from phonehome_plugin.guard.bounded import type_name
 
 IDENT_MAX = 64
 KEYS_MAX = 200
+CACHE_MAX = 4096
+"""Strings :func:`identifier` remembers its verdict on (least recently used dropped)."""
 _IDENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:+\-]{0,63}")
 # A long unbroken run of letters and digits reads like a token or key, not a name.
 # 32 characters is a 128-bit key in hex (token_hex(16), uuid4().hex) or base64 of 24 bytes.
@@ -71,12 +79,34 @@ class DropCounter:
 
 
 def identifier(value: Any) -> str | None:
-    """``value`` when it is a short identifier (``mqtt``, ``system.uns.publish``), else None."""
+    """``value`` when it is a short identifier (``mqtt``, ``system.uns.publish``), else None.
+
+    What is returned is always a plain ``str``, equal to ``value``.
+    """
     # The length before the cache: hashing is linear, and the cache would keep the string.
-    return _identifier(value) if isinstance(value, str) and len(value) <= IDENT_MAX else None
+    if type(value) is not str:
+        # A str subclass: its length read by str's own method (not one it overrides),
+        # then a plain copy of its text, so that the cache and the counts keep only
+        # that, never the host's object (its attributes, its own hash and eq).
+        if not isinstance(value, str) or str.__len__(value) > IDENT_MAX:
+            return None
+        value = str.__str__(value)
+    elif len(value) > IDENT_MAX:
+        return None
+    return _identifier(value)
 
 
-@lru_cache(maxsize=4096)
+def forget() -> None:
+    """Empty the cache of :func:`identifier`: it then holds nothing it was given."""
+    _identifier.cache_clear()
+
+
+def cached() -> int:
+    """How many strings :func:`identifier`'s cache holds now (at most :data:`CACHE_MAX`)."""
+    return _identifier.cache_info().currsize
+
+
+@lru_cache(maxsize=CACHE_MAX)
 def _identifier(value: str) -> str | None:
     # Cached: a large inventory repeats a few dozen type names tens of thousands of times.
     if not _IDENT.fullmatch(value):
