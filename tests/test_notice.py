@@ -127,14 +127,12 @@ def test_the_facts_are_every_setting_that_shapes_a_report_and_no_other() -> None
 def test_a_setting_added_later_is_a_fact_without_any_change_here() -> None:
     @dataclasses.dataclass(frozen=True)
     class Later(Settings):
-        categories: Mapping[str, bool] = dataclasses.field(
-            default_factory=lambda: {"location": True}
-        )
+        later: Mapping[str, bool] = dataclasses.field(default_factory=lambda: {"location": True})
 
-    assert facts(Later(categories={"location": False}), 1)["categories.location"] is False
-    assert shown_settings(Later())["categories.location"] is True
-    assert changes(facts(Later(), 1), facts(Later(categories={"location": False}), 1)) == [
-        "categories.location"
+    assert facts(Later(later={"location": False}), 1)["later.location"] is False
+    assert shown_settings(Later())["later.location"] is True
+    assert changes(facts(Later(), 1), facts(Later(later={"location": False}), 1)) == [
+        "later.location"
     ]
 
 

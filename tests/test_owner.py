@@ -152,6 +152,7 @@ def test_an_ended_holder_not_yet_reaped_is_gone(
     child: tuple[multiprocessing.process.BaseProcess, Connection, str],
 ) -> None:
     process, pipe, token = child
+    assert process.pid is not None
     pipe.send("end")
     # Ended, not reaped (its sentinel closes at exit; nothing joins it): a zombie
     # keeps its PID and its start time.

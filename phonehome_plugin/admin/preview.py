@@ -138,7 +138,7 @@ def _build(
         machine = cast(MachineFacts, record.machine)
         started_at = datetime.fromtimestamp(record.started_at, UTC)
     else:
-        host = {"version": None, "edition": None}
+        host = {"version": None, "edition": None, "prerelease": False, "ci": False}
         machine = machine_facts()
         started_at = now
         notes.append("MaestroHub's version and edition are unknown here; the machine is this one")
@@ -166,18 +166,19 @@ def _location_from_cache(
 ) -> None:
     """Make the copy's location cache answer for ``now``, so that building looks
     nothing up: the value the host last looked up, or nothing when it never did."""
-    if settings.mode != "send" or not settings.geoip_url:
+    if settings.mode != "send" or not location.wanted(settings):
         return  # no lookup is made: the same code leaves the location empty
+    key = location.cache_key(settings)
     try:
         entry = json.loads(scratch.get(location.CACHE_KEY) or "null")
     except ValueError:
         entry = None
-    if isinstance(entry, dict) and entry.get("url") == settings.geoip_url:
+    if isinstance(entry, dict) and entry.get("key") == key:
         at = entry.get("at")
         if isinstance(at, int | float):
             notes.append(f"the location is the one the host looked up at {stamp(at)}")
     else:
-        entry = {"url": settings.geoip_url, "value": dict(location.EMPTY)}
+        entry = {"key": key, "value": dict(location.EMPTY)}
         notes.append("the location was never looked up: the host looks it up for its report")
     entry["at"] = now.timestamp()
     scratch.set(location.CACHE_KEY, json.dumps(entry))

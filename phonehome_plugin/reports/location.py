@@ -81,7 +81,7 @@ def lookup(
             store.set(CACHE_KEY, "")  # what an earlier lookup found is not kept either
         return dict(EMPTY)
     choice = settings.privacy.get("location", "send")
-    key = _cache_key(settings.geoip_url, choice)
+    key = cache_key(settings)
     cached = _cached(store, key, now)
     if cached is not None:
         return cached
@@ -97,9 +97,12 @@ def lookup(
     return found
 
 
-def _cache_key(url: str, choice: str) -> str:
-    # A digest: the URL may hold the service's key, and the state must not.
-    return hashlib.sha256(f"{choice}\n{url}".encode()).hexdigest()
+def cache_key(settings: Settings) -> str:
+    """The key of the cache entry a lookup under ``settings`` reads and writes: a
+    digest of the URL and the location choice (the URL may hold the service's key,
+    and the state must not)."""
+    choice = settings.privacy.get("location", "send")
+    return hashlib.sha256(f"{choice}\n{settings.geoip_url}".encode()).hexdigest()
 
 
 def _cached(store: Store, key: str, now: float) -> dict[str, Any] | None:
