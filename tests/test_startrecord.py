@@ -61,7 +61,12 @@ def test_a_start_records_what_it_decided_and_the_facts_only_the_host_knows(
     assert record.endpoint == counting_server.url
     assert record.config_file == str(config_file)
     assert record.state == str(tmp_path / "data" / FILENAME)
-    assert record.host == {"version": "2.3.0", "edition": "enterprise"}
+    assert record.host == {
+        "version": "2.3.0",
+        "edition": "enterprise",
+        "prerelease": False,
+        "ci": False,
+    }
     assert set(record.machine) == set(MachineFacts.__annotations__)
     assert record.section == section
     assert record.settings["interval"] == 600 and record.settings["privacy.email"] == "send"

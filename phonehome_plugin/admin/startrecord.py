@@ -39,6 +39,7 @@ from phonehome_plugin.config.notice import (
 from phonehome_plugin.config.settings import Settings, section_of
 from phonehome_plugin.config.switch import without_credentials
 from phonehome_plugin.guard.bounded import type_name
+from phonehome_plugin.guard.secrets import MASK
 from phonehome_plugin.reports.shape import SCHEMA_VERSION
 from phonehome_plugin.reports.system import MachineFacts, host_facts
 from phonehome_plugin.state.store import UPSERT_KV, Conn, Store, get_in
@@ -169,7 +170,8 @@ def _record(
 
 def _mask(section: Mapping[str, Any]) -> dict[str, Any]:
     """The section with every string's credentials masked (one level of mappings: the
-    section was validated, so it holds no deeper ones)."""
+    section was validated, so it holds no deeper ones), and a relay header's value not
+    kept at all: only its name."""
 
     def one(value: Any) -> Any:
         if isinstance(value, str):
@@ -178,7 +180,11 @@ def _mask(section: Mapping[str, Any]) -> dict[str, Any]:
             return {str(k): one(v) for k, v in value.items()}
         return value
 
-    return {str(key): one(value) for key, value in section.items()}
+    shown = {str(key): one(value) for key, value in section.items()}
+    headers = section.get("headers")
+    if isinstance(headers, Mapping):
+        shown["headers"] = {str(name): MASK for name in headers}
+    return shown
 
 
 def _parse(raw: str | None) -> StartRecord | None:

@@ -34,7 +34,7 @@ from pathlib import PurePath
 from typing import Any
 
 from phonehome_plugin.config.settings import Settings
-from phonehome_plugin.config.switch import without_credentials
+from phonehome_plugin.guard.secrets import MASK, mask_url
 
 __all__ = [
     "NOTICE_VERSION",
@@ -159,7 +159,11 @@ def chosen(settings: Settings) -> dict[str, Any]:
 
 
 def _flatten(name: str, value: Any, into: dict[str, Any]) -> None:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+    if name == "headers" and isinstance(value, Mapping):
+        # A relay's header is a credential as a whole: only its name is shown.
+        for key in sorted(value, key=str):
+            into[f"{name}.{key}"] = MASK
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
         for item in dataclasses.fields(value):
             _flatten(f"{name}.{item.name}", getattr(value, item.name), into)
     elif isinstance(value, Mapping):
@@ -170,9 +174,10 @@ def _flatten(name: str, value: Any, into: dict[str, Any]) -> None:
 
 
 def masked(text: str) -> str:
-    """``text`` with any credentials in it masked: a URL's user name and password, and a
-    ``password=`` of a libpq keyword string."""
-    return _PASSWORD.sub(r"\1***", without_credentials(text) if "://" in text else text)
+    """``text`` with any credentials in it masked: a URL's user name, password, query
+    values and fragment (:func:`.secrets.mask_url`), and a ``password=`` of a libpq
+    keyword string."""
+    return _PASSWORD.sub(r"\1***", mask_url(text) if "://" in text else text)
 
 
 def _plain(value: Any) -> Any:
