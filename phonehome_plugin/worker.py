@@ -326,8 +326,9 @@ class Worker:
             candidates = [*self._pending_users, *users]
             if not reporter.first_user_made:
                 # Owed by the installation (its creator died, or could not reach the
-                # state): any process makes it, once its claim's holder is gone.
-                owed = reporter.owed_first_user()
+                # state): any process makes it, once its claim's holder is gone. As
+                # the last handled tick read it (each reads it with the schedule).
+                owed = reporter.owed
                 if owed is not None and owed not in candidates:
                     candidates.append(owed)
             # Triggers another process claimed are kept until settled: if that process

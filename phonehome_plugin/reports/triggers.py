@@ -33,6 +33,8 @@ from phonehome_plugin.state.store import (
     Conn,
     Store,
     add_counters,
+    claim_in,
+    done_in,
     get_in,
     next_sequence,
     take_counters,
@@ -70,6 +72,8 @@ class Reporter:
     instance_id: str = ""
     first_user_made: bool = False
     """Seen by :meth:`owed_first_user`: the first-user report was made (or refused)."""
+    owed: tuple[datetime, str] | None = None
+    """What :meth:`owed_first_user` found last (also read by each :meth:`periodic`)."""
 
     def __post_init__(self) -> None:
         since = shape.iso(self.started_at)
@@ -85,6 +89,8 @@ class Reporter:
         self.instance_id = self.store.run(opened)
         self._machine: MachineFacts | None = None
         self._folds = 0
+        self._last_slot: int | None = None
+        """The schedule's last slot as this reporter last read or set it."""
         self._now = self.started_at
         """The latest host ``now`` this reporter was given."""
         self._folded_at = self.started_at.timestamp()
@@ -152,18 +158,8 @@ class Reporter:
         crash, a host start's inventory). A user from before the plugin's time is not
         "created" as far as telemetry goes, and is owed nothing. One transaction."""
 
-        def read(c: Conn) -> tuple[str | None, str | None, Any]:
-            done = c.execute("SELECT done FROM claims WHERE key=?", (FIRST_USER,)).fetchone()
-            return get_in(c, "users.earliest"), get_in(c, SINCE), done
-
-        raw, since, done = self.store.run(read)
-        self.first_user_made = done is not None and bool(done[0])
-        if raw is None or since is None or self.first_user_made:
-            return None
-        earliest = _user(raw)
-        if earliest[0] <= datetime.fromisoformat(since):
-            return None
-        return earliest
+        self.owed = self.store.run(lambda c: _owed_in(c, self))
+        return self.owed
 
     def first_user(self, user: tuple[datetime, str], now: datetime) -> Report | None:
         """The first-user report, if ``user`` (created_at, email) is the installation's first.
@@ -190,29 +186,58 @@ class Reporter:
         moves past it.
         """
         current = self._current_slot(now)
-        last = int(self.store.setdefault(LAST_SLOT, lambda: str(current)))
-        if last > current + 1:
+        moment, interval = now.timestamp(), self.settings.interval
+        key = ""
+
+        def may_take(holder: str, stamp: float) -> bool:
+            return ownership.may_take(self.sightings, key, holder, stamp, moment)
+
+        def look(c: Conn) -> tuple[int, int | None, str | None, bool]:
+            # One transaction for a handled tick: the schedule, the slot's claim when
+            # it is due, and whether a first-user report is owed.
+            nonlocal key
+            if not self.first_user_made:
+                self.owed = _owed_in(c, self)
+            c.execute(
+                "INSERT INTO kv (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
+                (LAST_SLOT, str(current)),
+            )
+            last = int(str(get_in(c, LAST_SLOT)))
+            reset = last > current + 1
+            if reset:
+                last = current - 1
+                c.execute(UPSERT_KV, (LAST_SLOT, str(last)))
+            slot = schedule.periodic_slot(moment, last, self.instance_id, interval)
+            if slot is None:
+                return last, None, None, reset
+            key = f"periodic:{slot}"
+            report_id = claim_in(c, key, self.owner, moment, shape.report_id(now), may_take)
+            if report_id is None and done_in(c, key):
+                _move_last_slot(c, slot)
+                last = max(last, slot)
+            return last, slot, report_id, reset
+
+        last, slot, report_id, reset = self.store.run(look)
+        self._last_slot = last
+        if reset:
             log.warning("phonehome: the last periodic report was made at a later time than now")
-            last = current - 1
-            self.store.set(LAST_SLOT, str(last))
-        slot = schedule.periodic_slot(
-            now.timestamp(), last, self.instance_id, self.settings.interval
-        )
-        if slot is None:
+        if slot is None or report_id is None:
             return None
-        key = f"periodic:{slot}"
-        report_id = self._claim(key, now)
-        if report_id is None:
-            if self.store.is_done(key):
-                self.store.run(lambda c: _move_last_slot(c, slot))
-            return None
-        return self._build_and_store(
+        built = self._build_and_store(
             key, "periodic", now, report_id, lambda c: c.execute(UPSERT_KV, (LAST_SLOT, str(slot)))
         )
+        if built is not None:
+            self._last_slot = slot
+        return built
 
     def next_periodic(self, now: datetime) -> float:
-        """Host-clock epoch seconds when the next periodic report falls due."""
-        last = int(self.store.get(LAST_SLOT) or self._current_slot(now))
+        """Host-clock epoch seconds when the next periodic report falls due, as far as
+        this process knows (the schedule as its last handled tick read it: another
+        process may have moved it on since, which the next tick finds out)."""
+        last = self._last_slot
+        if last is None:
+            stored = self.store.get(LAST_SLOT)
+            last = self._current_slot(now) if stored is None else int(stored)
         return schedule.periodic_due_at(last, self.instance_id, self.settings.interval)
 
     def _current_slot(self, now: datetime) -> int:
@@ -325,12 +350,7 @@ class Reporter:
         """What the whole installation holds, from its shared state (every process's
         changes folded so far, this one's included)."""
         modules, states = self.store.run(entities.load)
-        by_name = {
-            name: states[key]
-            for name, key in (("uns", entities.UNS_KEY), ("license", entities.LICENSE_KEY))
-            if key in states
-        }
-        return Inventory.from_state(modules, by_name)
+        return _inventory(modules, states)
 
     def remember_earliest_user(self) -> None:
         """Keep the earliest user ever known, for ``first_email`` after deletions."""
@@ -348,12 +368,17 @@ class Reporter:
         self, trigger: Trigger, now: datetime, sequence: int = 0, report_id: str = ""
     ) -> Report:
         """A complete report for ``trigger``; neither stored nor counted as sent.
-        ``report_id`` is the claim's (a new one when empty)."""
+        ``report_id`` is the claim's (a new one when empty).
+
+        Reads the state once, in one transaction, after everything slow (the lookup,
+        the collectors): the earliest user, the installation's inventory, every
+        counter and the privacy key (:class:`_Snapshot`)."""
         self.fold(now)
-        self.remember_earliest_user()
         located = self._location(now)
         sections, errors = self.registry.collect_all(self.drops)
-        earliest = self._earliest_user()
+        dropped = {f"privacy.{reason}": n for reason, n in self.drops.take().items()}
+        snap = self.store.run(lambda c: _snapshot(c, dropped))
+        earliest = None if snap.earliest is None else _user(snap.earliest)
         inputs = shape.Inputs(
             instance_id=self.instance_id,
             sequence=sequence,
@@ -362,16 +387,16 @@ class Reporter:
             started_at=self.started_at,
             system={**self.host, **self._machine_facts(), "public_ip": located["public_ip"]},
             location=located,
-            inventory=self.installation_inventory(),
+            inventory=_inventory(snap.modules, snap.states),
             first_email=None if earliest is None else earliest[1],
-            executions=self.store.counters(EXEC),
-            executions_before=self.store.counters(EXEC_REPORTED),
+            executions=snap.counters(EXEC),
+            executions_before=snap.counters(EXEC_REPORTED),
             collectors=sections,
-            diagnostics=self._diagnostics(errors),
+            diagnostics=_diagnostics(errors, snap),
             report_id=report_id,
         )
         built = shape.build(inputs)
-        shape.apply_privacy(built, self.settings.privacy, self._salt())
+        shape.apply_privacy(built, self.settings.privacy, bytes.fromhex(snap.salt))
         shape.switch_off(built, self.settings, list(self.registry.collectors))
         return built
 
@@ -426,24 +451,6 @@ class Reporter:
         settled, _ = self.store.settle(key, self.owner, stored)
         return built if settled else None
 
-    def _diagnostics(self, errors: dict[str, str]) -> Diagnostics:
-        self.store.add({f"privacy.{reason}": n for reason, n in self.drops.take().items()})
-        delivery = self.store.counters("delivery.")
-        return {
-            "collector_errors": errors,
-            "delivery": {
-                "dropped": delivery.get("dropped", 0),
-                "failed": delivery.get("failed", 0),
-                "retried": delivery.get("retried", 0),
-                "evicted": delivery.get("evicted", 0),
-                "rejected": delivery.get("rejected", 0),
-            },
-            "privacy_dropped": {k: n for k, n in self.store.counters("privacy.").items() if n},
-            "suppressed_startups": self.store.counters("startup.").get("suppressed", 0),
-            "invalid_reports": self.store.counters("schema.").get("invalid", 0),
-            "switched_off": [],  # filled in by shape.switch_off
-        }
-
     def _location(self, now: datetime) -> dict[str, Any]:
         if self.settings.mode != "send":
             return dict(location.EMPTY)
@@ -454,8 +461,80 @@ class Reporter:
             self._machine = self.machine()
         return self._machine
 
-    def _salt(self) -> bytes:
-        return bytes.fromhex(self.store.setdefault("privacy.salt", lambda: os.urandom(32).hex()))
+
+@dataclass(frozen=True)
+class _Snapshot:
+    """What a report reads of the state, read in one transaction (:func:`_snapshot`)."""
+
+    earliest: str | None
+    modules: dict[str, list[tuple[str, str]]]
+    states: dict[str, str]
+    all_counters: dict[str, int]
+    salt: str
+
+    def counters(self, prefix: str) -> dict[str, int]:
+        """The counters under ``prefix``, keyed by the rest of the name."""
+        return {
+            name[len(prefix) :]: value
+            for name, value in self.all_counters.items()
+            if name.startswith(prefix)
+        }
+
+
+def _snapshot(c: Conn, dropped: dict[str, int]) -> _Snapshot:
+    """Add the privacy guard's new drops, then read what a report needs."""
+    add_counters(c, dropped)
+    c.execute(
+        "INSERT INTO kv (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
+        ("privacy.salt", os.urandom(32).hex()),
+    )
+    modules, states = entities.load(c)
+    rows = c.execute("SELECT name, value FROM counters").fetchall()
+    return _Snapshot(
+        earliest=get_in(c, "users.earliest"),
+        modules=modules,
+        states=states,
+        all_counters={str(name): int(value) for name, value in rows},
+        salt=str(get_in(c, "privacy.salt")),
+    )
+
+
+def _inventory(modules: dict[str, list[tuple[str, str]]], states: dict[str, str]) -> Inventory:
+    by_name = {
+        name: states[key]
+        for name, key in (("uns", entities.UNS_KEY), ("license", entities.LICENSE_KEY))
+        if key in states
+    }
+    return Inventory.from_state(modules, by_name)
+
+
+def _diagnostics(errors: dict[str, str], snap: _Snapshot) -> Diagnostics:
+    delivery = snap.counters("delivery.")
+    return {
+        "collector_errors": errors,
+        "delivery": {
+            "dropped": delivery.get("dropped", 0),
+            "failed": delivery.get("failed", 0),
+            "retried": delivery.get("retried", 0),
+            "evicted": delivery.get("evicted", 0),
+            "rejected": delivery.get("rejected", 0),
+        },
+        "privacy_dropped": {k: n for k, n in snap.counters("privacy.").items() if n},
+        "suppressed_startups": snap.counters("startup.").get("suppressed", 0),
+        "invalid_reports": snap.counters("schema.").get("invalid", 0),
+        "switched_off": [],  # filled in by shape.switch_off
+    }
+
+
+def _owed_in(c: Conn, reporter: Reporter) -> tuple[datetime, str] | None:
+    """:meth:`Reporter.owed_first_user` inside a transaction open on ``c`` (it also
+    notes :attr:`Reporter.first_user_made`)."""
+    reporter.first_user_made = done_in(c, FIRST_USER)
+    raw, since = get_in(c, "users.earliest"), get_in(c, SINCE)
+    if raw is None or since is None or reporter.first_user_made:
+        return None
+    earliest = _user(raw)
+    return None if earliest[0] <= datetime.fromisoformat(since) else earliest
 
 
 def _remember_in(c: Conn, user: tuple[datetime, str]) -> None:

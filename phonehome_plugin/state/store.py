@@ -232,25 +232,7 @@ class Store:
         same ``Idempotency-Key``, and the receiver keeps it once.
         """
 
-        def work(c: Conn) -> str | None:
-            row = c.execute(
-                "SELECT owner, claimed_at, done FROM claims WHERE key=?", (key,)
-            ).fetchone()
-            if row is not None and (
-                row[2] or (row[0] != owner and not may_take(str(row[0]), float(row[1])))
-            ):
-                return None
-            c.execute(
-                "INSERT INTO claims (key, owner, claimed_at, done, report_id) "
-                "VALUES (?, ?, ?, 0, ?) "
-                "ON CONFLICT (key) DO UPDATE SET owner = excluded.owner, "
-                "claimed_at = excluded.claimed_at, done = 0",
-                (key, owner, now, report_id),
-            )
-            found = c.execute("SELECT report_id FROM claims WHERE key=?", (key,)).fetchone()
-            return str(found[0])
-
-        return self.run(work)
+        return self.run(lambda c: claim_in(c, key, owner, now, report_id, may_take))
 
     def holder(self, key: str) -> tuple[str, bool] | None:
         """The owner of the claim ``key`` and whether it is done; None if never claimed."""
@@ -308,6 +290,36 @@ def add_counters(c: Conn, deltas: Mapping[str, int]) -> None:
     rows = [(name, value) for name, value in sorted(deltas.items()) if value]
     if rows:
         c.executemany(_UPSERT_ADD, rows)
+
+
+def claim_in(
+    c: Conn,
+    key: str,
+    owner: str,
+    now: float,
+    report_id: str,
+    may_take: Callable[[str, float], bool] = never,
+) -> str | None:
+    """:meth:`Store.claim_report`, inside a transaction already open on ``c``."""
+    row = c.execute("SELECT owner, claimed_at, done FROM claims WHERE key=?", (key,)).fetchone()
+    if row is not None and (
+        row[2] or (row[0] != owner and not may_take(str(row[0]), float(row[1])))
+    ):
+        return None
+    c.execute(
+        "INSERT INTO claims (key, owner, claimed_at, done, report_id) "
+        "VALUES (?, ?, ?, 0, ?) "
+        "ON CONFLICT (key) DO UPDATE SET owner = excluded.owner, "
+        "claimed_at = excluded.claimed_at, done = 0",
+        (key, owner, now, report_id),
+    )
+    return str(c.execute("SELECT report_id FROM claims WHERE key=?", (key,)).fetchone()[0])
+
+
+def done_in(c: Conn, key: str) -> bool:
+    """Whether the claim ``key`` is done, inside a transaction already open on ``c``."""
+    row = c.execute("SELECT done FROM claims WHERE key=?", (key,)).fetchone()
+    return bool(row and row[0])
 
 
 def take_counters(c: Conn, prefix: str) -> dict[str, int]:
