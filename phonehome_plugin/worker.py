@@ -349,14 +349,21 @@ class Worker:
                 self._startup_pending = not reporter.startup_settled()
             reporter.periodic(moment)
         reporter.fold(now)
-        self._deliver(now)
-        self._plan(now)
+        self._plan(now, self._deliver(now))
 
-    def _deliver(self, now: datetime) -> None:
-        assert self.sender is not None
+    def _deliver(self, now: datetime) -> bool:
+        """Send (or log) what the outbox has due; False when it is known to have
+        nothing due (as this handle's one transaction read it) and nothing was
+        stored since, so that an idle tick costs that one transaction only."""
+        assert self.sender is not None and self.reporter is not None
+        reporter, moment = self.reporter, now.timestamp()
+        due = reporter.outbox_due
+        if not reporter.stored and (due is None or due > moment):
+            return False
+        reporter.stored = False
         mode = self.settings.mode
         if mode == "send":
-            self.sender.deliver_due(now.timestamp())
+            self.sender.deliver_due(moment)
         elif mode == "log":
             outbox = self.sender.outbox
             for entry in outbox.due(now.timestamp()):
@@ -370,11 +377,18 @@ class Worker:
                     "mode log",
                 )
                 outbox.logged(entry, event)  # one transaction: no crash can split the two
+        return True
 
-    def _plan(self, now: datetime) -> None:
+    def _plan(self, now: datetime, delivered: bool) -> None:
         assert self.reporter is not None and self.sender is not None
         moments = [now + FOLD_EVERY, _at(self.reporter.next_periodic(now))]
-        retry_at = self.sender.outbox.next_due(now.timestamp())
+        sender = self.sender
+        if not delivered:
+            retry_at = self.reporter.outbox_due  # as this handle's one transaction read it
+        elif sender.next_due_known:
+            retry_at = sender.next_due  # as the last crossing-off read it
+        else:
+            retry_at = sender.outbox.next_due(now.timestamp())
         if retry_at is not None and self.settings.mode == "send":
             moments.append(_at(retry_at))
         if not self._started:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from phonehome_plugin.delivery import retry
 from phonehome_plugin.delivery.answer import Answer
@@ -41,10 +41,15 @@ class Sender:
     policy: RetryPolicy
     interval: float
     cancel: threading.Event
+    next_due: float | None = field(default=None, init=False)
+    """After :meth:`deliver_due`, when :attr:`next_due_known`: the outbox's next due
+    time as the last crossing-off read it (None: empty), so no one reads it again."""
+    next_due_known: bool = field(default=False, init=False)
 
     def deliver_due(self, now: float) -> int:
         """Try every report due at ``now`` (host clock); returns how many were delivered."""
         delivered = 0
+        self.next_due_known = False
         if self.transport.refused:
             return delivered
         hold = max(LEASE, 2 * self.policy.deadline)
@@ -57,6 +62,8 @@ class Sender:
                 delivered += 1
             elif result != "rejected":
                 break
+            if self.next_due_known and (self.next_due is None or self.next_due > now):
+                break  # the crossing-off read nothing more due: no lease to look
         return delivered
 
     def _deliver(self, entry: Entry, now: float) -> str:
@@ -70,16 +77,18 @@ class Sender:
         counts = {"delivery.retried": max(0, outcome.attempts - 1)}
         event = history.Event(entry.report_id, entry.sequence, entry.trigger, now, verdict, detail)
         if verdict == "sent":
-            self.outbox.sent(entry, event, counts)
+            self.next_due, self.next_due_known = self.outbox.sent(entry, event, counts), True
             return verdict
         if verdict == "rejected":
-            self.outbox.rejected(entry, event, counts)
+            self.next_due = self.outbox.rejected(entry, event, counts)
+            self.next_due_known = True
             log.warning(
                 "phonehome: report %s rejected by the endpoint (%s); dropped",
                 entry.sequence,
                 detail,
             )
             return verdict
+        self.next_due_known = False
         if self.cancel.is_set():
             # Shutting down: not the endpoint's failure. The report is due at once
             # after the next start (a late 2xx to the abandoned POST is deduplicated).

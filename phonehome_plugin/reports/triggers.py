@@ -74,6 +74,10 @@ class Reporter:
     """Seen by :meth:`owed_first_user`: the first-user report was made (or refused)."""
     owed: tuple[datetime, str] | None = None
     """What :meth:`owed_first_user` found last (also read by each :meth:`periodic`)."""
+    outbox_due: float | None = None
+    """When the outbox next has a report due, as each :meth:`periodic` read it (None:
+    it was empty); :attr:`stored` says whether this reporter stored one since."""
+    stored: bool = False
 
     def __post_init__(self) -> None:
         since = shape.iso(self.started_at)
@@ -89,6 +93,7 @@ class Reporter:
         self.instance_id = self.store.run(opened)
         self._machine: MachineFacts | None = None
         self._folds = 0
+        self._location_cleared = False
         self._last_slot: int | None = None
         """The schedule's last slot as this reporter last read or set it."""
         self._now = self.started_at
@@ -192,10 +197,16 @@ class Reporter:
         def may_take(holder: str, stamp: float) -> bool:
             return ownership.may_take(self.sightings, key, holder, stamp, moment)
 
+        folding = self._fold_work(now)
+
         def look(c: Conn) -> tuple[int, int | None, str | None, bool]:
-            # One transaction for a handled tick: the schedule, the slot's claim when
-            # it is due, and whether a first-user report is owed.
+            # One transaction for a handled tick: this process's counts folded, the
+            # schedule, the slot's claim when it is due, whether a first-user report
+            # is owed, and when the outbox next has a report due.
             nonlocal key
+            if folding is not None:
+                folding.work(c)
+            self.outbox_due = self.outbox.next_due_in(c, moment)
             if not self.first_user_made:
                 self.owed = _owed_in(c, self)
             c.execute(
@@ -217,7 +228,14 @@ class Reporter:
                 last = max(last, slot)
             return last, slot, report_id, reset
 
-        last, slot, report_id, reset = self.store.run(look)
+        try:
+            last, slot, report_id, reset = self.store.run(look)
+        except BaseException:
+            if folding is not None:
+                folding.failed()
+            raise
+        if folding is not None:
+            folding.committed()
         self._last_slot = last
         if reset:
             log.warning("phonehome: the last periodic report was made at a later time than now")
@@ -278,6 +296,20 @@ class Reporter:
         ``now`` (default: the latest ``now`` this reporter was given) dates the
         changes; a sync in this process is dated by the previous fold (it came after
         it), or by the host start for the first one (:func:`.entities.apply`)."""
+        pending = self._fold_work(now)
+        if pending is None:
+            return
+        try:
+            self.store.run(pending.work)
+        except BaseException:
+            pending.failed()
+            raise
+        pending.committed()
+
+    def _fold_work(self, now: datetime | None) -> _Fold | None:
+        """What :meth:`fold` writes, as work for a transaction (this one's or another
+        one's: a handled tick folds inside its one transaction), with what to do once
+        it committed or failed; None when there is nothing to fold."""
         if now is not None:
             self._now = max(self._now, now)
         moment = self._now.timestamp()
@@ -289,7 +321,7 @@ class Reporter:
         if earliest == self._remembered:
             earliest = None  # told already
         if not counts and not changes and earliest is None:
-            return
+            return None
         rows = changes.rows()
         states = {
             {"uns": entities.UNS_KEY, "license": entities.LICENSE_KEY}[key]: json.dumps(state)
@@ -297,6 +329,7 @@ class Reporter:
         }
         self._folds += 1
         number = str(self._folds)
+        since = self._folded_at
 
         def work(c: Conn) -> None:
             add_counters(c, counts)
@@ -304,7 +337,7 @@ class Reporter:
                 if not replaced:
                     entities.apply(c, module, False, module_rows, moment)
                     continue
-                entities.apply(c, module, True, module_rows, self._folded_at)
+                entities.apply(c, module, True, module_rows, since)
                 fresh = changes.fresh.get(module, set())
                 later = [row for row in module_rows if row[0] in fresh]
                 if later:
@@ -317,15 +350,16 @@ class Reporter:
             if counts:
                 c.execute(UPSERT_KV, (self._fold_key(), number))
 
-        try:
-            self.store.run(work)
-        except BaseException:
+        def committed() -> None:
+            if earliest is not None:
+                self._remembered = earliest
+            self._folded_at = moment
+
+        def failed() -> None:
             self.inventory.give_back(changes)
             self._unsure = (number, delta) if counts else None
-            raise
-        if earliest is not None:
-            self._remembered = earliest
-        self._folded_at = moment
+
+        return _Fold(work, committed, failed)
 
     def _fold_key(self) -> str:
         return f"{FOLDED}{self.owner}"
@@ -449,17 +483,32 @@ class Reporter:
                 then(c)
 
         settled, _ = self.store.settle(key, self.owner, stored)
+        if settled:
+            self.stored = True
         return built if settled else None
 
     def _location(self, now: datetime) -> dict[str, Any]:
         if self.settings.mode != "send":
             return dict(location.EMPTY)
+        if not location.wanted(self.settings):
+            if self._location_cleared:
+                return dict(location.EMPTY)  # no lookup, and the cache emptied already
+            self._location_cleared = True
         return location.lookup(self.settings, self.store, now.timestamp())
 
     def _machine_facts(self) -> MachineFacts:
         if self._machine is None:
             self._machine = self.machine()
         return self._machine
+
+
+@dataclass(frozen=True)
+class _Fold:
+    """A fold's work for a transaction, and what follows its commit or its failure."""
+
+    work: Callable[[Conn], None]
+    committed: Callable[[], None]
+    failed: Callable[[], None]
 
 
 @dataclass(frozen=True)

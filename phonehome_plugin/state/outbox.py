@@ -215,21 +215,21 @@ class Outbox:
         """When the sender may next try a report (host clock), or None when empty;
         given ``now``, a time beyond the horizon from it is ``now`` (see ``__init__``).
         A full drain window holds it back to the window's end."""
+        return self.store.run(lambda c: self.next_due_in(c, now))
 
-        def work(c: Conn) -> float | None:
-            earliest = c.execute("SELECT min(not_before) FROM outbox").fetchone()[0]
-            if earliest is None:
-                return None
-            due = max(float(earliest), _gate(c))
-            pace = self.pace
-            start, count = _window(c)
-            if pace is not None and count >= pace.burst and (now is None or start <= now):
-                due = max(due, start + pace.window)
-            if now is not None and due > now + self.horizon:
-                return now
-            return due
-
-        return self.store.run(work)
+    def next_due_in(self, c: Conn, now: float | None = None) -> float | None:
+        """:meth:`next_due`, inside a transaction already open on ``c``."""
+        earliest = c.execute("SELECT min(not_before) FROM outbox").fetchone()[0]
+        if earliest is None:
+            return None
+        due = max(float(earliest), _gate(c))
+        pace = self.pace
+        start, count = _window(c)
+        if pace is not None and count >= pace.burst and (now is None or start <= now):
+            due = max(due, start + pace.window)
+        if now is not None and due > now + self.horizon:
+            return now
+        return due
 
     # Export (mode offline) -----------------------------------------------------------
 
@@ -311,17 +311,19 @@ class Outbox:
             )
         )
 
-    def sent(self, entry: Entry, event: history.Event, counts: Mapping[str, int]) -> None:
-        """A 2xx: forget the report, open the gate, record it and keep its body."""
+    def sent(self, entry: Entry, event: history.Event, counts: Mapping[str, int]) -> float | None:
+        """A 2xx: forget the report, open the gate, record it and keep its body. Returns
+        :meth:`next_due` at the event's time, read in the same transaction."""
 
-        def work(c: Conn) -> None:
+        def work(c: Conn) -> float | None:
             c.execute("DELETE FROM outbox WHERE report_id = ?", (entry.report_id,))
             _open_gate(c)
             add_counters(c, counts)
             history.append(c, event)
             history.keep(c, event, entry.body, self.endpoint, self.kept)
+            return self.next_due_in(c, event.at)
 
-        self.store.run(work)
+        return self.store.run(work)
 
     def logged(self, entry: Entry, event: history.Event) -> None:
         """Mode ``log``: the report was logged instead of sent; forget and record it
@@ -334,9 +336,12 @@ class Outbox:
 
         self.store.run(work)
 
-    def rejected(self, entry: Entry, event: history.Event, counts: Mapping[str, int]) -> None:
-        """A final answer: forget the report as a counted loss; the endpoint is up."""
-        self.sent(entry, event, {**counts, "delivery.dropped": 1, "delivery.rejected": 1})
+    def rejected(
+        self, entry: Entry, event: history.Event, counts: Mapping[str, int]
+    ) -> float | None:
+        """A final answer: forget the report as a counted loss; the endpoint is up.
+        Returns :meth:`next_due`, as :meth:`sent` does."""
+        return self.sent(entry, event, {**counts, "delivery.dropped": 1, "delivery.rejected": 1})
 
     def failed(
         self,
