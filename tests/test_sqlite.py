@@ -23,7 +23,7 @@ from phonehome_plugin.config.settings import OutboxLimits
 from phonehome_plugin.state import forksafe, sqlite
 from phonehome_plugin.state.backends import open_store
 from phonehome_plugin.state.outbox import Entry, Outbox
-from phonehome_plugin.state.store import FILENAME, Store
+from phonehome_plugin.state.store import FILENAME, StateUnavailableError, Store
 
 # Opening ---------------------------------------------------------------------------------
 
@@ -51,20 +51,16 @@ def test_a_missing_data_dir_is_created_when_its_parent_allows(
     opened.close()
 
 
-def test_a_data_dir_that_cannot_exist_means_memory_with_one_warning(
+def test_a_data_dir_that_cannot_exist_is_unavailable_not_memory(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
-    opened = open_store(blocker / "data")
-    assert opened.memory
-    assert len(warnings_of(caplog)) == 1
-    # Memory is a full store: every operation works.
-    assert opened.next_sequence() == 1
-    assert opened.claim("k", "me", 0.0)
-    opened.add({"delivery.failed": 2})
-    assert opened.take("delivery.") == {"failed": 2}
-    opened.close()
+    # In memory the process would report as an installation of its own: it waits.
+    with pytest.raises(StateUnavailableError, match="cannot use") as raised:
+        open_store(blocker / "data")
+    assert not raised.value.lasting
+    assert warnings_of(caplog) == []  # the worker says it, once
 
 
 def test_no_data_dir_at_all_means_memory(caplog: pytest.LogCaptureFixture) -> None:
@@ -74,32 +70,29 @@ def test_no_data_dir_at_all_means_memory(caplog: pytest.LogCaptureFixture) -> No
 
 
 def read_only(data_dir: Path) -> dict[str, Any]:
-    store = open_store(data_dir)
-    outbox = Outbox(store, OutboxLimits())
-    outbox.put(Entry("r-new", store.next_sequence(), "periodic", 1.0, b"{}"), 1.0)
-    return {
-        "memory": store.memory,
-        "instance_id": store.instance_id(),
-        "pending": [e.report_id for e in outbox.pending()],
-    }
+    try:
+        open_store(data_dir)
+    except StateUnavailableError as error:
+        return {"unavailable": str(error)}
+    return {"unavailable": None}
 
 
-def test_a_read_only_data_dir_means_memory_with_one_warning(shared_dir: Path) -> None:
+def test_a_read_only_data_dir_is_unavailable_and_stays_untouched(shared_dir: Path) -> None:
     data_dir = shared_dir / "data"
     data_dir.mkdir(mode=0o555)
     data_dir.chmod(0o555)
     result = run_child(read_only, data_dir, unprivileged=True)
-    assert result["memory"] is True
-    assert len(result["warnings"]) == 1, result["warnings"]
-    assert result["pending"] == ["r-new"]
+    assert result["unavailable"] and str(data_dir) in result["unavailable"]
+    assert result["warnings"] == []
     assert list(data_dir.iterdir()) == []
 
 
-def test_a_read_only_data_dir_with_state_keeps_that_state_in_memory(shared_dir: Path) -> None:
+def test_a_read_only_data_dir_with_state_keeps_no_copy_of_its_own(shared_dir: Path) -> None:
+    """A copy in memory would send the installation's reports under its instance id with
+    a sequence and claims of its own: the process waits instead."""
     data_dir = shared_dir / "data"
     data_dir.mkdir()
     before = open_store(data_dir)
-    instance_id = before.instance_id()
     Outbox(before, OutboxLimits()).put(
         Entry("r-old", before.next_sequence(), "startup", 0.0, b"{}"), 0.0
     )
@@ -108,26 +101,24 @@ def test_a_read_only_data_dir_with_state_keeps_that_state_in_memory(shared_dir: 
         path.chmod(0o444)
     data_dir.chmod(0o555)
     result = run_child(read_only, data_dir, unprivileged=True)
-    assert result["memory"] is True
-    assert len(result["warnings"]) == 1, result["warnings"]
-    assert result["instance_id"] == instance_id
-    assert result["pending"] == ["r-old", "r-new"]
+    assert result["unavailable"]
     data_dir.chmod(0o755)
     assert integrity(data_dir / FILENAME) == "ok"
+    after = open_store(data_dir)
+    assert [e.report_id for e in Outbox(after, OutboxLimits()).pending()] == ["r-old"]
+    after.close()
 
 
 def full_at_open(data_dir: Path) -> dict[str, Any]:
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
-    store = open_store(data_dir)
-    return {"memory": store.memory, "sequence": store.next_sequence()}
+    return read_only(data_dir)
 
 
-def test_a_full_disk_at_open_means_memory_with_one_warning(shared_dir: Path) -> None:
+def test_a_full_disk_at_open_is_unavailable(shared_dir: Path) -> None:
     result = run_child(full_at_open, shared_dir / "data")
-    assert result["memory"] is True
-    assert result["sequence"] == 1
-    assert len(result["warnings"]) == 1, result["warnings"]
+    assert result["unavailable"]
+    assert result["warnings"] == []
 
 
 # Corrupt files ---------------------------------------------------------------------
@@ -215,10 +206,9 @@ def test_a_new_file_locked_by_another_process_is_waited_for_not_left_for_memory(
     assert warnings_of(caplog) == []
 
 
-def test_a_file_locked_past_patience_means_memory_without_hanging(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+def test_a_file_locked_past_patience_is_unavailable_without_hanging(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The copy into memory must give up on a locked file too (a backup would not)."""
     seeded = open_store(tmp_path)
     seeded.set("instance_id", "abc")
     seeded.close()
@@ -229,15 +219,14 @@ def test_a_file_locked_past_patience_means_memory_without_hanging(
     monkeypatch.setattr(sqlite, "BUSY_TIMEOUT", 0.02)
     monkeypatch.setattr(sqlite, "_OPEN_PATIENCE", 0.0)
     try:
-        opened = open_store(tmp_path)
+        with pytest.raises(StateUnavailableError, match="locked"):
+            open_store(tmp_path)
     finally:
         other.execute("ROLLBACK")
         other.close()
-    assert opened.memory
-    opened.set("k", "v")
-    assert opened.get("k") == "v"
-    opened.close()
-    assert [w for w in warnings_of(caplog) if "locked" in w] != []
+    reopened = open_store(tmp_path)  # once the other lets go, the same installation
+    assert reopened.instance_id() == "abc" and not reopened.memory
+    reopened.close()
 
 
 def _open_at_once(data_dir: Path, gate: Any, out: Connection) -> None:

@@ -203,3 +203,31 @@ def test_a_startup_claimed_by_a_process_that_died_is_taken_over_after_the_lease(
     assert len(endpoint.by_trigger("startup")) == 1
     tick(host, 600)
     assert len(endpoint.by_trigger("startup")) == 1
+
+
+def test_a_process_whose_state_file_cannot_be_used_reports_nothing_and_joins_later(
+    endpoint: Endpoint,
+    config: dict[str, object],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The same as for PostgreSQL (tests/test_postgres.py): no state of its own, which
+    would report as an installation of its own; counts kept; one log line."""
+    blocker = tmp_path / "data"
+    blocker.write_text("the data dir is a file: it cannot be used")
+    host = make_host(config, blocker / "dir")
+    host.start()
+    host.run_executions(7)
+    tick(host)
+    host.create_user("first@example.com")
+    tick(host, 5)
+    assert endpoint.reports == []
+    said = [r for r in caplog.records if "cannot use" in r.getMessage()]
+    assert len(said) == 1 and said[0].levelno == logging.WARNING
+    blocker.unlink()  # the operator fixes the data dir
+    tick(host, 600)  # past the first retry (10 s of host clock)
+    triggers = [r["trigger"] for r in endpoint.reports]
+    assert triggers[:2] == ["startup", "first_user"]
+    assert endpoint.reports[0]["executions"]["total"] == 7
+    assert len({r["instance_id"] for r in endpoint.reports}) == 1
+    host.shutdown()

@@ -59,6 +59,7 @@ from phonehome_plugin.state.store import (
     NoDataDirError,
     NoStateError,
     ReadOnlyError,
+    StateUnavailableError,
     Store,
     readable,
     statements,
@@ -87,12 +88,16 @@ _OPEN_PATIENCE = 30.0
 
 
 def open_sqlite_store(data_dir: Path | None) -> Store:
-    """The store under ``data_dir``, or a memory store when the file cannot be used.
+    """The store under ``data_dir`` (created when its parent allows).
 
-    A missing ``data_dir`` is created when its parent allows; otherwise, like a
-    read-only directory or a full disk, it means memory. In memory the store
-    starts from a copy of an existing (readable) state file, so a read-only
-    install keeps its instance id and its outbox for the life of the process.
+    A state file that cannot be used now (a read-only or missing data dir, a full
+    disk, a file locked past patience, permissions) raises
+    :class:`~.store.StateUnavailableError`: the process keeps no state of its own,
+    which would report as an installation of its own (a new instance id, or the same
+    one with a sequence and claims of its own), and tries again later (see the
+    worker). A corrupt file is moved aside and replaced (its state is lost: the
+    installation starts anew, said in one line). No ``data_dir`` at all (a host
+    that gives none) means a store in memory, for this process alone.
     """
     if data_dir is None:
         return memory_store()
@@ -107,10 +112,10 @@ def open_sqlite_store(data_dir: Path | None) -> Store:
             or "malformed" in str(error)
         ):
             return _recover_corrupt(path, error)
-        log.warning("phonehome: cannot use %s (%s); keeping state in memory", path, error)
+        raise StateUnavailableError(f"cannot use {path} ({error})") from error
     except OSError as error:
-        log.warning("phonehome: cannot use %s (%s); keeping state in memory", path, error)
-    return memory_store(copy_of=path)
+        why = error.strerror or error
+        raise StateUnavailableError(f"cannot use {path} ({why})") from error
 
 
 def _open_file(path: Path) -> SqliteStore:
@@ -181,19 +186,13 @@ def _recover_corrupt(path: Path, error: Exception) -> Store:
                 sidecar.rename(aside.with_name(aside.name + suffix))
         log.warning("phonehome: %s was corrupt (%s); moved it to %s", path, error, aside.name)
     except OSError as again:
-        log.warning(
-            "phonehome: %s is corrupt (%s) and cannot be moved aside (%s); keeping "
-            "state in memory",
-            path,
-            error,
-            again,
-        )
-        return memory_store()
+        raise StateUnavailableError(
+            f"{path} is corrupt ({error}) and cannot be moved aside ({again})"
+        ) from again
     try:
         return _open_file(path)
     except (OSError, sqlite3.DatabaseError) as again:
-        log.warning("phonehome: cannot create %s (%s); keeping state in memory", path, again)
-        return memory_store()
+        raise StateUnavailableError(f"cannot create {path} ({again})") from again
 
 
 def memory_store(copy_of: Path | None = None) -> SqliteStore:
