@@ -186,6 +186,10 @@ class Worker:
             while self._next_job():
                 if self._ready():
                     self._guarded("handling a tick", self._handle)
+            if self.store is not None and not self._stopping:
+                # Between jobs (a minute or so apart) no database connection is held:
+                # a large installation's processes do not sit on the server's slots.
+                self._guarded("releasing the state's connection", self.store.release)
             if self._stopping and (self.store is not None or self._unsaved()):
                 if self._ready():
                     self._guarded("saving counts at shutdown", self._final)

@@ -194,6 +194,29 @@ def test_a_worker_uses_the_database_state_url_names(pg_url: str, tmp_path: Path)
     store.close()
 
 
+def test_no_connection_is_held_between_ticks(
+    pg_url: str, tmp_path: Path, endpoint: Endpoint
+) -> None:
+    app_name = "phonehome-between-ticks"
+    url = f"{pg_url}?application_name={app_name}"
+    host = make_host(phonehome_config(endpoint, state_url=url, geoip_url=""), tmp_path)
+    host.start()
+    host.tick()
+    settle(host)
+    assert [r["trigger"] for r in endpoint.reports] == ["startup"]
+    import psycopg
+
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        held = admin.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (app_name,)
+        ).fetchone()
+    assert held == (0,)  # the job is done: its connection went with it
+    host.tick(3600)
+    settle(host)
+    assert len(endpoint.reports) >= 2  # the next job connects again
+    host.shutdown()
+
+
 # Bounded stalls and poolers ---------------------------------------------------------------
 
 

@@ -236,6 +236,10 @@ class PgStore(Store):
             self._closed = True
             self._drop()
 
+    def release(self) -> None:
+        with self.lock:
+            self._drop()
+
 
 def session_settings(url: str, read_only: bool = False) -> tuple[dict[str, Any], str]:
     """The libpq parameters to add to ``url`` (those of :data:`KEEPALIVES` and the

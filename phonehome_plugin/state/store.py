@@ -153,6 +153,10 @@ class Store:
     def close(self) -> None:
         raise NotImplementedError
 
+    def release(self) -> None:
+        """Give up any server connection until the next :meth:`run` (which opens one
+        again); a store with nothing to give up does nothing."""
+
     def _after_fork_in_child(self, clean: bool) -> None:
         """Called in a forked child before any other thread exists (see .forksafe);
         ``clean`` when no SQLite call of the parent was in progress at the fork."""
