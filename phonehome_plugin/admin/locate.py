@@ -117,7 +117,9 @@ class Sources:
         try:
             store = open_store(self.data_dir, self.state_url())
         except StateUnavailableError as error:
-            raise ProblemError(str(error)) from error
+            raise ProblemError(
+                f"the state at {self.where()} cannot be written from here ({error})"
+            ) from error
         if store.memory:
             store.close()
             raise ProblemError(f"the state at {self.where()} cannot be written from here")
