@@ -58,6 +58,9 @@ ORDER = (
     "convoy.report",
     "convoy.tick",
     "convoy.pg_transactions",
+    "installation.idle_tick",
+    "installation.report",
+    "installation.frozen",
     "startup.off",
     "startup.on",
     "receiver.wrapped",
@@ -171,6 +174,7 @@ def run_all(quick: bool) -> Collected:
         forks,
         hooks,
         imports,
+        installation,
         load,
         memory,
         queued,
@@ -192,6 +196,7 @@ def run_all(quick: bool) -> Collected:
         done.section("churn", lambda: churn.churn_rows(quick))
         done.section("outbox", lambda: queued.outbox_rows(ok, quick))
         done.section("convoy", lambda: convoy.convoy_rows(ok.url, quick))
+        done.section("installation", lambda: installation.installation_rows(ok.url, quick))
         done.section("retention", lambda: retention.retention_rows(quick))
         done.section("starts", lambda: startup.startup_rows(quick))
         done.section("imports", lambda: imports.import_rows(quick))

@@ -93,7 +93,6 @@ class Reporter:
         self.instance_id = self.store.run(opened)
         self._machine: MachineFacts | None = None
         self._folds = 0
-        self._location_cleared = False
         self._last_slot: int | None = None
         """The schedule's last slot as this reporter last read or set it."""
         self._now = self.started_at
@@ -411,7 +410,8 @@ class Reporter:
         located = self._location(now)
         sections, errors = self.registry.collect_all(self.drops)
         dropped = {f"privacy.{reason}": n for reason, n in self.drops.take().items()}
-        snap = self.store.run(lambda c: _snapshot(c, dropped))
+        forget_location = not location.wanted(self.settings)
+        snap = self.store.run(lambda c: _snapshot(c, dropped, forget_location))
         earliest = None if snap.earliest is None else _user(snap.earliest)
         inputs = shape.Inputs(
             instance_id=self.instance_id,
@@ -491,9 +491,9 @@ class Reporter:
         if self.settings.mode != "send":
             return dict(location.EMPTY)
         if not location.wanted(self.settings):
-            if self._location_cleared:
-                return dict(location.EMPTY)  # no lookup, and the cache emptied already
-            self._location_cleared = True
+            # No lookup: what an earlier one found is emptied by the state's snapshot
+            # (_snapshot), in the report's own transaction.
+            return dict(location.EMPTY)
         return location.lookup(self.settings, self.store, now.timestamp())
 
     def _machine_facts(self) -> MachineFacts:
@@ -530,9 +530,12 @@ class _Snapshot:
         }
 
 
-def _snapshot(c: Conn, dropped: dict[str, int]) -> _Snapshot:
-    """Add the privacy guard's new drops, then read what a report needs."""
+def _snapshot(c: Conn, dropped: dict[str, int], forget_location: bool) -> _Snapshot:
+    """Add the privacy guard's new drops (and empty the location cache when no lookup
+    may be made), then read what a report needs."""
     add_counters(c, dropped)
+    if forget_location:
+        c.execute("UPDATE kv SET value = '' WHERE key = ? AND value <> ''", (location.CACHE_KEY,))
     c.execute(
         "INSERT INTO kv (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
         ("privacy.salt", os.urandom(32).hex()),
