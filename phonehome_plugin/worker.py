@@ -55,7 +55,7 @@ from phonehome_plugin.delivery.sender import Sender
 from phonehome_plugin.delivery.transport import Transport
 from phonehome_plugin.reports.system import MachineFacts, host_facts, machine_facts
 from phonehome_plugin.reports.triggers import Reporter
-from phonehome_plugin.state import forksafe, history, sqlite  # noqa: F401
+from phonehome_plugin.state import forksafe, history, sqlite, waiting  # noqa: F401
 from phonehome_plugin.state.backends import open_store
 from phonehome_plugin.state.outbox import Outbox, Pace
 from phonehome_plugin.state.store import StateUnavailableError, Store
@@ -166,8 +166,10 @@ class Worker:
                 thread = self._thread
             else:
                 self._stopping = True
-                if self._thread is None and (self.store is not None or self._unsaved()):
-                    self._start_thread()  # the counts are saved on a thread of ours
+                if self._thread is None and (
+                    self.store is not None or self._unsaved() or self._waiting_since is not None
+                ):
+                    self._start_thread()  # counts saved, a waiting note cleared: ours to do
                 thread = self._thread
         self.cancel.set()
         if thread is not None:
@@ -198,6 +200,8 @@ class Worker:
                         "phonehome: the installation's state is out of reach at shutdown; "
                         "this process's unsaved counts are lost"
                     )
+            if self._stopping and self._waiting_since is not None:
+                waiting.clear(self.app.data_dir)
         finally:
             with self._cond:
                 if self._thread is threading.current_thread():
@@ -241,6 +245,7 @@ class Worker:
                 if self.store is not None and self._waiting_since is not None:
                     log.warning("phonehome: reached the installation's state; reporting again")
                     self._waiting_since = None
+                    waiting.clear(self.app.data_dir)
         if self.store is None:
             with self._cond:  # the notes cannot be handled now
                 self._nows.clear()
@@ -266,6 +271,9 @@ class Worker:
                 if error.lasting
                 else "counting in this process, no report from it until it reaches the "
                 "state (trying again, backing off)",
+            )
+            waiting.note(
+                self.app.data_dir, at.timestamp() if at is not FAR_PAST else 0.0, str(error)
             )
         else:
             self._backoff = min(self._backoff * 2, OPEN_RETRY_MOST)

@@ -121,7 +121,8 @@ def test_status_json_carries_the_same_facts(installation: Installation) -> None:
 
     assert code == commands.OK
     info = json.loads(raw)
-    assert set(info) == {"host", "host_note", "shell", "state", "problems"}
+    assert set(info) == {"host", "host_note", "shell", "state", "waiting", "problems"}
+    assert info["waiting"] == []
     assert info["problems"] == []
     shown = blocks(text)
     assert shown["The host"]["note"] == info["host_note"]

@@ -10,6 +10,7 @@ they skip, saying why, when none answers.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import threading
 from datetime import UTC, datetime
@@ -24,6 +25,7 @@ from phonehome_plugin.config import settings as config
 from phonehome_plugin.counting.collectors import Registry
 from phonehome_plugin.counting.inventory import Inventory
 from phonehome_plugin.counting.tally import ExecutionTally
+from phonehome_plugin.state import waiting
 from phonehome_plugin.state.backends import open_store
 from phonehome_plugin.state.postgres import (
     KEEPALIVES,
@@ -165,10 +167,12 @@ def test_a_process_that_cannot_reach_the_state_reports_nothing_and_joins_later(
     assert not (tmp_path / "phonehome.sqlite3").exists()
     said = [r.getMessage() for r in caplog.records if "cannot reach" in r.getMessage()]
     assert len(said) == 1 and "no report from it" in said[0], said
+    assert [w.pid for w in waiting.waiting(tmp_path)] == [os.getpid()]  # phonehome status
 
     gate.closed = False
     host.tick(60)  # past the first backoff
     settle(host)
+    assert waiting.waiting(tmp_path) == []  # joined
     reports = {r["trigger"]: r for r in endpoint.reports}
     host.shutdown()
     assert set(reports) == {"startup", "first_user"}

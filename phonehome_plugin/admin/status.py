@@ -30,7 +30,7 @@ from phonehome_plugin.config import switch
 from phonehome_plugin.config.notice import masked, shown_settings
 from phonehome_plugin.config.settings import OutboxLimits, Settings
 from phonehome_plugin.reports import schedule, triggers
-from phonehome_plugin.state import history
+from phonehome_plugin.state import history, waiting
 from phonehome_plugin.state.backends import open_store
 from phonehome_plugin.state.outbox import FAILURES_KEY, Outbox
 from phonehome_plugin.state.store import BrokenStateError, NoDataDirError, NoStateError, Store
@@ -81,6 +81,10 @@ def status(sources: Sources) -> dict[str, Any]:
         "host_note": note,
         "shell": shell,
         "state": found,
+        "waiting": [
+            {"pid": w.pid, "since": stamp(w.since), "why": w.why}
+            for w in waiting.waiting(sources.data_dir)
+        ],
         "problems": problems,
     }
 

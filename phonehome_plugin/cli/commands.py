@@ -290,6 +290,13 @@ def _print_status(info: Mapping[str, Any], out: TextIO) -> None:
         if mode != "offline":
             rows.pop("not exported")
         _rows(out, rows)
+    for process in info.get("waiting", []):
+        print(
+            f"Process {process['pid']} of this node waits for the installation's state "
+            f"since {process['since']}: it counts, and reports nothing until it reaches "
+            f"it ({process['why']})",
+            file=out,
+        )
     file = shell["config_file"]
     read = f"config file {file}" if shell["config_found"] else f"no config file ({file} not found)"
     print(f"This shell's view (this shell's environment, {read})", file=out)
