@@ -63,6 +63,9 @@ class _Queue:
         worker = self.host.runtime.worker
         self.store, self.sender = worker.store, worker.sender
         self.outbox = self.sender.outbox
+        # Without the drain pace (at most a burst of reports per window once a backlog
+        # goes out): what is measured is a put's and a lease's own cost at a size.
+        self.outbox.pace = None
         self.path = Path(self.store.path)
         self.now = self.host.now.timestamp()
         report = worker.reporter.build("periodic", self.host.now)
