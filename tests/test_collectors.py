@@ -1067,3 +1067,24 @@ def test_a_raising_registration_leaves_the_good_modules_section_in_the_report(
             assert report["diagnostics"]["collector_errors"] == {
                 "acme.partial": "its module's registration raised RuntimeError"
             }
+
+
+class _Counting:
+    """A collector that counts its calls."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.calls = 0
+
+    def collect(self) -> dict[str, int]:
+        self.calls += 1
+        return {"calls": self.calls}
+
+
+def test_a_collector_switched_off_is_not_called(registry: Registry, drops: DropCounter) -> None:
+    off, on = _Counting("acme.off"), _Counting("acme.on")
+    registry.register(off)
+    registry.register(on)
+    sections, errors = registry.collect_all(drops, lambda name: name != "acme.off")
+    assert sections == {"acme.on": {"calls": 1}} and errors == {}
+    assert off.calls == 0  # its code does not run for a section that is not sent

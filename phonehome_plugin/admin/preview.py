@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -201,7 +201,7 @@ class _AsLastReported(Registry):
                 )
 
     def collect_all(
-        self, drops: privacy.DropCounter
+        self, drops: privacy.DropCounter, wanted: Callable[[str], bool] = lambda name: True
     ) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
         return dict(self._sections), dict(self._errors)
 

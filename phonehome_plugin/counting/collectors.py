@@ -289,18 +289,22 @@ class Registry:
     # Sections ----------------------------------------------------------------------------
 
     def collect_all(
-        self, drops: privacy.DropCounter
+        self, drops: privacy.DropCounter, wanted: Callable[[str], bool] = lambda name: True
     ) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
         """Sections of every healthy collector, and an error per collector that failed.
 
         A collector whose receivers failed is left out (its counts missed what
-        the failing receiver dropped), and is not called.
+        the failing receiver dropped), and is not called; nor is one whose name
+        ``wanted`` refuses (the operator switched its section off): its code does
+        not run for a section that would not be sent.
         """
         hung = set(self._hung)  # one atomic copy; runner threads update the dict
         broken = dict(self.errors)
         with self._lock:
             todo = [
-                (n, c) for n, c in self.collectors.items() if n not in hung and n not in broken
+                (n, c)
+                for n, c in self.collectors.items()
+                if n not in hung and n not in broken and wanted(n)
             ]
             errors = dict(self._withdrawn)
             closed = self._closed

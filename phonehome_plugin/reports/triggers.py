@@ -408,7 +408,8 @@ class Reporter:
         counter and the privacy key (:class:`_Snapshot`)."""
         self.fold(now)
         located = self._location(now)
-        sections, errors = self.registry.collect_all(self.drops)
+        wanted = self.settings.categories.collector_on
+        sections, errors = self.registry.collect_all(self.drops, wanted)
         dropped = {f"privacy.{reason}": n for reason, n in self.drops.take().items()}
         forget_location = not location.wanted(self.settings)
         snap = self.store.run(lambda c: _snapshot(c, dropped, forget_location))
