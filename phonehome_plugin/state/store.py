@@ -272,10 +272,7 @@ class Store:
         self.run(lambda c: c.execute("UPDATE claims SET done=1 WHERE key=?", (key,)))
 
     def is_done(self, key: str) -> bool:
-        row = self.run(
-            lambda c: c.execute("SELECT done FROM claims WHERE key=?", (key,)).fetchone()
-        )
-        return bool(row and row[0])
+        return self.run(lambda c: done_in(c, key))
 
 
 UPSERT_KV = (
