@@ -96,6 +96,8 @@ class Entities:
         """A sync handed over by the host's thread, not yet read (see :meth:`replace_later`)."""
         self._since: list[tuple[Hashable, Any]] = []
         """Saves and deletes (:data:`DELETED`) made after the pending sync, in order."""
+        self._superseded: list[Pending] = []
+        """Syncs replaced by a newer one before they were read, to be freed on the worker."""
 
     def __len__(self) -> int:
         self.settle()
@@ -119,6 +121,10 @@ class Entities:
         reference and read on the worker, where saves and deletes made meanwhile are
         replayed on top of them, in order, as if the sync had been read at once."""
         with self.lock:
+            if self._pending is not None:
+                # A sync not read yet: its rows are freed on the worker, not here
+                # (freeing 100,000 of the host's mappings is no O(1) matter).
+                self._superseded.append(self._pending)
             self._pending, self._since = Pending(rows, value_of), []
             self._replaced = True
             self._dirty.clear()
@@ -128,6 +134,8 @@ class Entities:
         rows are read outside the lock, so the host's saves never wait for them."""
         with self.lock:
             pending = self._pending
+            superseded, self._superseded = self._superseded, []
+        del superseded  # freed here, on the worker
         if pending is None:
             return
         parsed = pending.read()
