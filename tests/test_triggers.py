@@ -374,3 +374,24 @@ def test_a_process_whose_claim_was_taken_over_mid_build_stores_nothing(
     finally:
         registry.disconnect()
         other_store.close()
+
+
+def test_under_email_omit_no_email_is_kept_in_the_state(
+    endpoint: Endpoint, tmp_path: Path
+) -> None:
+    """What is never reported is not stored either: the first user's creation time is
+    kept (for the first-user report and its ties), its email not."""
+    from e2e_support import make_host, phonehome_config, settle
+
+    config = phonehome_config(endpoint, geoip_url="", privacy={"email": "omit"})
+    host = make_host(config, tmp_path)
+    host.start()
+    host.tick()
+    host.create_user("first.admin@example.com")
+    settle(host)
+    host.shutdown()
+    [first] = endpoint.by_trigger("first_user")
+    assert first["users"]["first_email"] is None
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert b"first.admin@example.com" not in path.read_bytes(), path.name

@@ -150,7 +150,9 @@ class Reporter:
     def first_user_settled(self, user: tuple[datetime, str]) -> bool:
         """True once ``user`` needs no first-user report: one was made, or it is not first."""
         earliest = self._earliest_user()
-        return self.store.is_done(FIRST_USER) or (earliest is not None and earliest < user)
+        return self.store.is_done(FIRST_USER) or (
+            earliest is not None and earliest < self._kept(user)
+        )
 
     def owed_first_user(self) -> tuple[datetime, str] | None:
         """The installation's earliest user, while its first-user report is owed: it was
@@ -173,7 +175,7 @@ class Reporter:
         """
         self.remember_earliest_user()
         earliest = self._earliest_user()
-        if earliest is not None and earliest < user:
+        if earliest is not None and earliest < self._kept(user):
             return None
         report_id = self._claim(FIRST_USER, now)
         if report_id is None:
@@ -345,7 +347,7 @@ class Reporter:
             if earliest is not None:
                 # With the fold, the installation learns of a user that may be its
                 # first, even if this process dies before it can report it.
-                _remember_in(c, earliest)
+                _remember_in(c, self._kept(earliest))
             if counts:
                 c.execute(UPSERT_KV, (self._fold_key(), number))
 
@@ -390,8 +392,14 @@ class Reporter:
         self.inventory.settle()
         found = self.inventory.users.earliest
         if found is not None:
-            self.store.run(lambda c: _remember_in(c, found))
+            kept = self._kept(found)
+            self.store.run(lambda c: _remember_in(c, kept))
             self._remembered = found
+
+    def _kept(self, user: tuple[datetime, str]) -> tuple[datetime, str]:
+        """``user`` as the state keeps it: under ``privacy.email: omit`` no email at all
+        (none is ever reported, so none is stored), only the creation time."""
+        return (user[0], "") if self.settings.privacy.get("email") == "omit" else user
 
     def _earliest_user(self) -> tuple[datetime, str] | None:
         raw = self.store.get("users.earliest")
