@@ -14,6 +14,7 @@ from pathlib import Path
 
 import operator_support
 import pytest
+from e2e_support import pin_instance
 from operator_support import (
     CountingServer,
     HostProcess,
@@ -40,6 +41,7 @@ def sent_three(counting_server: CountingServer, tmp_path: Path) -> tuple[Path, P
     traffic = counting_server.traffic
     traffic.status = 503
     data = tmp_path / "data"
+    pin_instance(data)  # no periodic slot falls due in the first 300 s of host clock
     section = phonehome_section(counting_server)
     config = write_config(tmp_path / "config.yaml", section)
     with HostProcess(config_of(section), data, config_path=config, environ=CLEAN) as host:
