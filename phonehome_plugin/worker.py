@@ -172,6 +172,8 @@ class Worker:
                     self._start_thread()  # counts saved, a waiting note cleared: ours to do
                 thread = self._thread
         self.cancel.set()
+        if self.sender is not None:
+            self.sender.transport.wake()  # a request in flight ends now, not at its next poll
         if thread is not None:
             thread.join(timeout)
             return not thread.is_alive()

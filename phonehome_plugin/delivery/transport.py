@@ -95,6 +95,8 @@ class Transport:
     """Makes the plugin's requests (see the module docs); safe to call from one thread at a
     time."""
 
+    _waking: threading.Event | None = None
+
     def __init__(self, settings: Settings, clock: Callable[[], float] = time.monotonic) -> None:
         """``clock`` (monotonic seconds) measures each request's deadline; tests pass one
         they move themselves, so that a deadline falls exactly where they put it.
@@ -201,9 +203,12 @@ class Transport:
 
         thread = threading.Thread(target=run, name=f"phonehome-{what}", daemon=True)
         end = self._clock() + deadline
+        self._waking = done  # wake() ends the wait at once (shutdown, see wake)
         thread.start()
         # Poll for cancel rarely: each wake-up takes the GIL from the host's threads.
-        while not done.wait(min(CANCEL_POLL, max(0.0, end - self._clock()))):
+        while not done.wait(min(CANCEL_POLL, max(0.0, end - self._clock()))) or (
+            cancel.is_set() and thread.is_alive()
+        ):
             if cancel.is_set() or self._clock() >= end:
                 # Looked at before the cut-off, which makes the exchange fail at once:
                 # an answer in the box now is the server's, and only its body was
@@ -215,7 +220,15 @@ class Transport:
                 if answered:
                     return answered[0]
                 return failed("cancelled" if cancel.is_set() else "deadline")
+        self._waking = None
         return box[0] if box else failed("no answer")
+
+    def wake(self) -> None:
+        """End the wait of the request in flight now (any thread; O(1)): with the cancel
+        flag set first, the request is given up at once instead of at the next poll."""
+        waking = self._waking
+        if waking is not None:
+            waking.set()
 
     def _post(
         self,
