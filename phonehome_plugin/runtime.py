@@ -104,6 +104,9 @@ class Runtime:
             self.registry.disconnect()
             if not self.worker.stop(SHUTDOWN_WAIT):
                 log.warning("phonehome: worker still busy at shutdown; unsent reports stay stored")
+            else:
+                # Saved: nothing the host gave (ids, types, states) is kept past here.
+                self.inventory.clear()
         except Exception:
             log.exception("phonehome: on_shutdown failed")
         privacy.forget()  # the guard's cache keeps nothing the host sent past this point

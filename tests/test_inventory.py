@@ -446,3 +446,14 @@ def test_huge_strings_in_a_sync_are_refused_by_their_length_and_never_cached(
     assert inventory.connections.snapshot() == {"total": 1, "by_type": {"other": 1}}
     assert len(inventory.users) == 1 and inventory.users.earliest is None
     assert _identifier.cache_info().currsize == cached
+
+
+def test_clear_keeps_nothing_the_host_gave(inventory: Inventory) -> None:
+    inventory.sync("connections", [{"id": "c-secret-id", "type": "mqtt"}])
+    inventory.sync("connections", [{"id": "c-other-id", "type": "s7"}])  # one unread
+    inventory.pipelines.save("p1", pipeline_value(True, ["acme.node-type"]))
+    inventory.users.save("u1", (T0, "first@example.com"))
+    inventory.clear()
+    for text in strings_in(inventory):
+        assert not any(s in text for s in ("secret-id", "other-id", "acme.node", "first@"))
+    assert len(inventory.connections) == 0 and inventory.users.earliest is None

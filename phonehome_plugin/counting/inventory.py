@@ -105,7 +105,7 @@ class Entities:
 
     def replace(self, items: Iterable[tuple[Hashable, Any]]) -> None:
         with self.lock:
-            self._pending, self._since = None, []
+            self._pending, self._since, self._superseded = None, [], []
             self._clear()
             for key, value in items:
                 self._put(key, value)
@@ -365,6 +365,16 @@ class Inventory:
         entities, value_of = parsers[module]
         entities.replace_later(items, value_of)
         return True
+
+    def clear(self) -> None:
+        """Forget everything (after shutdown, once saved): every entity, the syncs not
+        read, the UNS and license states."""
+        for entities in self.modules().values():
+            entities.replace(())
+            entities.take_changes()
+        self.users.earliest = None
+        self.uns, self.license = {}, {}
+        self._stored.clear()
 
     def settle(self) -> None:
         """Read every sync still pending (worker side): see :meth:`Entities.settle`."""
