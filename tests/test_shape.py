@@ -545,3 +545,22 @@ def test_no_diagnostics_is_valid_and_all_zero() -> None:
     assert schema.errors(value, rule) == []
     assert value["delivery"] == dict.fromkeys(get_type_hints(shape.Delivery), 0)
     assert shape.no_diagnostics() is not value
+
+
+def test_an_open_vocabulary_keeps_its_largest_entries_and_sums_the_rest_as_other() -> None:
+    counts = {f"node.t{n:05d}": 1 for n in range(10_000)} | {"trigger.manual": 50, "other": 3}
+    kept = shape.capped(counts)
+    assert len(kept) == shape.VOCABULARY_MAX
+    assert kept["trigger.manual"] == 50
+    assert sum(kept.values()) == sum(counts.values())  # nothing lost: summed into other
+    assert shape.capped({"a.b": 1}) == {"a.b": 1}
+
+
+def test_third_party_sections_share_a_bounded_number_of_keys() -> None:
+    sections = {f"acme.c{n}": {f"k{i:03d}": i for i in range(200)} for n in range(50)}
+    kept, left_out = shape.trimmed_sections(sections)
+    assert sum(len(s) for s in kept.values()) == shape.COLLECTOR_KEYS_MAX
+    assert left_out == 50 * 200 - shape.COLLECTOR_KEYS_MAX
+    assert all(list(s) == [f"k{i:03d}" for i in range(40)] for s in kept.values())
+    small = {"acme.one": {"x": 1}}
+    assert shape.trimmed_sections(small) == (small, 0)

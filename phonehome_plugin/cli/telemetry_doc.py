@@ -129,6 +129,16 @@ effect, every URL masked and every header value hidden.
 | `phonehome forget` | erases the local telemetry state after a confirmation: the next start is a new installation |
 | `phonehome schema` | the JSON Schema below, as a file |
 
+## How large a report can get
+
+Open vocabularies are bounded, so no installation's size or naming makes a report
+large: `connections.by_type` and `pipelines.nodes_by_type` keep their 200 largest
+entries at most, the rest summed under `other`; the third-party sections hold 2,000
+keys in all at most (with many collectors, each keeps an equal share, its keys in name
+order; the keys left out are counted in `diagnostics.privacy_dropped.collector_key`).
+A report stays under 64 KiB (43 KiB with 18,700 node types, 5,000 connection types and
+50 collectors of 200 keys each).
+
 ## Sections
 
 Every report carries these sections (the public page's categories, then the third

@@ -256,8 +256,8 @@ def build(inputs: Inputs) -> Report:
             "region": located.get("region"),
             "isp": located.get("isp"),
         },
-        "connections": inv.connections.snapshot(),
-        "pipelines": inv.pipelines.snapshot(),
+        "connections": _capped_counts(inv.connections.snapshot(), "by_type"),
+        "pipelines": _capped_counts(inv.pipelines.snapshot(), "nodes_by_type"),
         "uns": {
             "topic_count": inv.uns.get("topic_count"),
             "client_count": inv.uns.get("client_count"),
@@ -269,6 +269,48 @@ def build(inputs: Inputs) -> Report:
         "collectors": dict(inputs.collectors),
         "diagnostics": {**inputs.diagnostics},
     }
+
+
+VOCABULARY_MAX = 200
+"""Entries an open vocabulary (connection types, node types) has in a report at most:
+the most frequent, the rest summed under ``other``, so that no installation's size or
+naming makes a report large (docs/telemetry.md)."""
+OTHER = "other"
+
+
+def capped(counts: Mapping[str, int], most: int = VOCABULARY_MAX) -> dict[str, int]:
+    """``counts`` with at most ``most`` entries: the largest (ties by name), and every
+    other one summed into ``other`` (which counts as one of them)."""
+    if len(counts) <= most:
+        return dict(counts)
+    named = [(name, n) for name, n in counts.items() if name != OTHER]
+    ranked = sorted(named, key=lambda item: (-item[1], item[0]))
+    kept = dict(ranked[: most - 1])
+    kept[OTHER] = counts.get(OTHER, 0) + sum(n for _, n in ranked[most - 1 :])
+    return dict(sorted(kept.items()))
+
+
+COLLECTOR_KEYS_MAX = 2000
+"""Keys all third-party sections of a report hold together, at most (each section's
+own levels are bounded by the privacy guard): with many collectors, each keeps an
+equal share, its keys in name order, and the keys left out are counted as dropped."""
+
+
+def trimmed_sections(
+    sections: Mapping[str, dict[str, Any]], most: int = COLLECTOR_KEYS_MAX
+) -> tuple[dict[str, dict[str, Any]], int]:
+    """``sections`` holding at most ``most`` keys in all, and how many were left out."""
+    total = sum(len(section) for section in sections.values())
+    if total <= most or not sections:
+        return dict(sections), 0
+    share = max(1, most // len(sections))
+    kept = {name: dict(sorted(section.items())[:share]) for name, section in sections.items()}
+    return kept, total - sum(len(section) for section in kept.values())
+
+
+def _capped_counts(snapshot: Any, key: str) -> Any:
+    snapshot[key] = capped(snapshot[key])
+    return snapshot
 
 
 def executions(inputs: Inputs) -> ExecutionsSection:

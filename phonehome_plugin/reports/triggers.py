@@ -418,6 +418,9 @@ class Reporter:
         located = self._location(now)
         wanted = self.settings.categories.collector_on
         sections, errors = self.registry.collect_all(self.drops, wanted)
+        sections, left_out = shape.trimmed_sections(sections)
+        if left_out:
+            self.drops.add("collector_key", left_out)
         dropped = {f"privacy.{reason}": n for reason, n in self.drops.take().items()}
         forget_location = not location.wanted(self.settings)
         snap = self.store.run(lambda c: _snapshot(c, dropped, forget_location))
