@@ -18,7 +18,7 @@ from typing import Any
 import e2e_support
 import operator_support
 import pytest
-from e2e_support import START
+from e2e_support import START, pin_instance
 from operator_support import (
     CountingServer,
     HostProcess,
@@ -159,6 +159,7 @@ def test_pending_prints_the_stored_report_waiting_to_be_sent_byte_for_byte(
     traffic.status, traffic.retry_after = 503, "120"
     traffic.geoip = {**traffic.geoip, "city": "München"}
     data = tmp_path / "data"
+    pin_instance(data)  # no periodic slot falls due in these 180 s: the last body is it
     section = phonehome_section(counting_server)
     config = write_config(tmp_path / "config.yaml", section)
     with HostProcess(config_of(section), data, config_path=config, environ=CLEAN) as host:
