@@ -26,6 +26,7 @@ from typing import Any
 from phonehome_plugin.admin import startrecord
 from phonehome_plugin.admin.locate import ProblemError, Sources, has_table
 from phonehome_plugin.config.settings import OutboxLimits
+from phonehome_plugin.reports import triggers
 from phonehome_plugin.state import history
 from phonehome_plugin.state.outbox import Outbox
 from phonehome_plugin.state.store import SCHEMA, Conn, NoStateError, Store
@@ -59,7 +60,7 @@ def survey(sources: Sources) -> Survey | None:
         return Survey(
             sources.where(),
             store.get("instance_id"),
-            store.get("users.earliest") is not None,
+            store.get(triggers.EARLIEST) is not None,
             Outbox(store, OutboxLimits()).size()[0],
             events,
             kept,

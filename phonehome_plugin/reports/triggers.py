@@ -29,6 +29,7 @@ from phonehome_plugin.state import entities
 from phonehome_plugin.state import owner as ownership
 from phonehome_plugin.state.outbox import Entry, Outbox
 from phonehome_plugin.state.store import (
+    INSERT_KV_ONCE,
     UPSERT_KV,
     Conn,
     Store,
@@ -49,6 +50,8 @@ STARTUPS = "startup.recent"
 FIRST_USER = "first_user"
 FOLDED = "fold."
 """kv key prefix: a reporter's last fold number (see :meth:`Reporter.fold`)."""
+EARLIEST = "users.earliest"
+"""The installation's earliest user ever known, ``[created_at, email]`` as JSON."""
 SINCE = "installation.since"
 """The ``started_at`` of the first host start that opened the installation's state."""
 
@@ -71,9 +74,10 @@ class Reporter:
     sightings: ownership.Sightings = field(default_factory=ownership.Sightings)
     instance_id: str = ""
     first_user_made: bool = False
-    """Seen by :meth:`owed_first_user`: the first-user report was made (or refused)."""
+    """Seen by each :meth:`periodic` until true: the first-user report was made (or refused)."""
     owed: tuple[datetime, str] | None = None
-    """What :meth:`owed_first_user` found last (also read by each :meth:`periodic`)."""
+    """A first-user report owed by the installation, as the last :meth:`periodic` read it
+    (see :func:`_owed_in`)."""
     outbox_due: float | None = None
     """When the outbox next has a report due, as each :meth:`periodic` read it (None:
     it was empty); :attr:`stored` says whether this reporter stored one since."""
@@ -84,10 +88,7 @@ class Reporter:
 
         def opened(c: Conn) -> str:
             for key, value in (("instance_id", str(uuid.uuid4())), (SINCE, since)):
-                c.execute(
-                    "INSERT INTO kv (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
-                    (key, value),
-                )
+                c.execute(INSERT_KV_ONCE, (key, value))
             return str(get_in(c, "instance_id"))
 
         self.instance_id = self.store.run(opened)
@@ -154,19 +155,6 @@ class Reporter:
             earliest is not None and earliest < self._kept(user)
         )
 
-    def owed_first_user(self) -> tuple[datetime, str] | None:
-        """The installation's earliest user, while its first-user report is owed: it was
-        created after the first host start that opened the installation's state began
-        (:data:`SINCE`, so under telemetry), and no first-user report was made. Any
-        process then makes it (its claim's holder first, while alive): so a creating
-        process that died, or that could not reach the state, loses no first-user
-        report, once any process knows that user (a fold carries it over; after a
-        crash, a host start's inventory). A user from before the plugin's time is not
-        "created" as far as telemetry goes, and is owed nothing. One transaction."""
-
-        self.owed = self.store.run(lambda c: _owed_in(c, self))
-        return self.owed
-
     def first_user(self, user: tuple[datetime, str], now: datetime) -> Report | None:
         """The first-user report, if ``user`` (created_at, email) is the installation's first.
 
@@ -194,10 +182,6 @@ class Reporter:
         current = self._current_slot(now)
         moment, interval = now.timestamp(), self.settings.interval
         key = ""
-
-        def may_take(holder: str, stamp: float) -> bool:
-            return ownership.may_take(self.sightings, key, holder, stamp, moment)
-
         folding = self._fold_work(now)
 
         def look(c: Conn) -> tuple[int, int | None, str | None, bool]:
@@ -210,10 +194,7 @@ class Reporter:
             self.outbox_due = self.outbox.next_due_in(c, moment)
             if not self.first_user_made:
                 self.owed = _owed_in(c, self)
-            c.execute(
-                "INSERT INTO kv (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
-                (LAST_SLOT, str(current)),
-            )
+            c.execute(INSERT_KV_ONCE, (LAST_SLOT, str(current)))
             last = int(str(get_in(c, LAST_SLOT)))
             reset = last > current + 1
             if reset:
@@ -223,7 +204,8 @@ class Reporter:
             if slot is None:
                 return last, None, None, reset
             key = f"periodic:{slot}"
-            report_id = claim_in(c, key, self.owner, moment, shape.report_id(now), may_take)
+            judge = self._judge(key, moment)
+            report_id = claim_in(c, key, self.owner, moment, shape.report_id(now), judge)
             if report_id is None and done_in(c, key):
                 _move_last_slot(c, slot)
                 last = max(last, slot)
@@ -270,11 +252,16 @@ class Reporter:
         Another holder's claim is taken over only when that holder is known to be gone,
         or has held it unchanged for a lease on this process's own clock (:mod:`.owner`)."""
         moment = now.timestamp()
+        judge = self._judge(key, moment)
+        return self.store.claim_report(key, self.owner, moment, shape.report_id(now), judge)
+
+    def _judge(self, key: str, moment: float) -> Callable[[str, float], bool]:
+        """Whether another holder's claim of ``key`` may be taken over at ``moment``."""
 
         def may_take(holder: str, stamp: float) -> bool:
             return ownership.may_take(self.sightings, key, holder, stamp, moment)
 
-        return self.store.claim_report(key, self.owner, moment, shape.report_id(now), may_take)
+        return may_take
 
     def retire(self) -> None:
         """This reporter builds nothing more: a claim it left unsettled is free at once
@@ -402,7 +389,7 @@ class Reporter:
         return (user[0], "") if self.settings.privacy.get("email") == "omit" else user
 
     def _earliest_user(self) -> tuple[datetime, str] | None:
-        raw = self.store.get("users.earliest")
+        raw = self.store.get(EARLIEST)
         return None if raw is None else _user(raw)
 
     def build(
@@ -548,14 +535,11 @@ def _snapshot(c: Conn, dropped: dict[str, int], forget_location: bool) -> _Snaps
     add_counters(c, dropped)
     if forget_location:
         c.execute("UPDATE kv SET value = '' WHERE key = ? AND value <> ''", (location.CACHE_KEY,))
-    c.execute(
-        "INSERT INTO kv (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
-        ("privacy.salt", os.urandom(32).hex()),
-    )
+    c.execute(INSERT_KV_ONCE, ("privacy.salt", os.urandom(32).hex()))
     modules, states = entities.load(c)
     rows = c.execute("SELECT name, value FROM counters").fetchall()
     return _Snapshot(
-        earliest=get_in(c, "users.earliest"),
+        earliest=get_in(c, EARLIEST),
         modules=modules,
         states=states,
         all_counters={str(name): int(value) for name, value in rows},
@@ -591,10 +575,18 @@ def _diagnostics(errors: dict[str, str], snap: _Snapshot) -> Diagnostics:
 
 
 def _owed_in(c: Conn, reporter: Reporter) -> tuple[datetime, str] | None:
-    """:meth:`Reporter.owed_first_user` inside a transaction open on ``c`` (it also
-    notes :attr:`Reporter.first_user_made`)."""
+    """The installation's earliest user, while its first-user report is owed, inside a
+    transaction open on ``c`` (it also notes :attr:`Reporter.first_user_made`).
+
+    Owed: the user was created after the first host start that opened the
+    installation's state began (:data:`SINCE`, so under telemetry), and no first-user
+    report was made. Any process then makes it (its claim's holder first, while
+    alive): so a creating process that died, or that could not reach the state, loses
+    no first-user report, once any process knows that user (a fold carries it over;
+    after a crash, a host start's inventory). A user from before the plugin's time is
+    not "created" as far as telemetry goes, and is owed nothing."""
     reporter.first_user_made = done_in(c, FIRST_USER)
-    raw, since = get_in(c, "users.earliest"), get_in(c, SINCE)
+    raw, since = get_in(c, EARLIEST), get_in(c, SINCE)
     if raw is None or since is None or reporter.first_user_made:
         return None
     earliest = _user(raw)
@@ -603,9 +595,9 @@ def _owed_in(c: Conn, reporter: Reporter) -> tuple[datetime, str] | None:
 
 def _remember_in(c: Conn, user: tuple[datetime, str]) -> None:
     """The installation's earliest user is ``user`` if it is earlier than the one kept."""
-    raw = get_in(c, "users.earliest")
+    raw = get_in(c, EARLIEST)
     if raw is None or user < _user(raw):
-        c.execute(UPSERT_KV, ("users.earliest", json.dumps([user[0].isoformat(), user[1]])))
+        c.execute(UPSERT_KV, (EARLIEST, json.dumps([user[0].isoformat(), user[1]])))
 
 
 def _user(raw: str) -> tuple[datetime, str]:

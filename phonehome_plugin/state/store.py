@@ -174,10 +174,7 @@ class Store:
         """The value at ``key``; the first process to ask stores ``make()``."""
 
         def work(c: Conn) -> str:
-            c.execute(
-                "INSERT INTO kv (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
-                (key, make()),
-            )
+            c.execute(INSERT_KV_ONCE, (key, make()))
             return str(c.execute("SELECT value FROM kv WHERE key=?", (key,)).fetchone()[0])
 
         return self.run(work)
@@ -280,6 +277,8 @@ UPSERT_KV = (
     "ON CONFLICT (key) DO UPDATE SET value = excluded.value"
 )
 """Set one key (several, with more ``(?, ?)`` rows appended)."""
+INSERT_KV_ONCE = "INSERT INTO kv (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING"
+"""Set one key unless it is set already (the first writer's value stays)."""
 _UPSERT_ADD = (
     "INSERT INTO counters (name, value) VALUES (?, ?) "
     "ON CONFLICT (name) DO UPDATE SET value = counters.value + excluded.value"
