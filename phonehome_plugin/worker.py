@@ -274,9 +274,7 @@ class Worker:
                 else "counting in this process, no report from it until it reaches the "
                 "state (trying again, backing off)",
             )
-            waiting.note(
-                self.app.data_dir, at.timestamp() if at is not FAR_PAST else 0.0, str(error)
-            )
+            waiting.note(self.app.data_dir, 0.0 if now is None else now.timestamp(), str(error))
         else:
             self._backoff = min(self._backoff * 2, OPEN_RETRY_MOST)
         self._retry_at = at + self._backoff
@@ -380,13 +378,13 @@ class Worker:
             self.sender.deliver_due(moment)
         elif mode == "log":
             outbox = self.sender.outbox
-            for entry in outbox.due(now.timestamp()):
+            for entry in outbox.due(moment):
                 log.warning("phonehome: mode log, report not sent: %s", entry.body.decode())
                 event = history.Event(
                     entry.report_id,
                     entry.sequence,
                     entry.trigger,
-                    now.timestamp(),
+                    moment,
                     "logged",
                     "mode log",
                 )
@@ -425,8 +423,7 @@ class Worker:
         try:
             if self.reporter is not None:
                 self.reporter.retire()
-                self.reporter.fold()
-                self.reporter.remember_earliest_user()
+                self.reporter.fold()  # the earliest user rides with it, when new
                 self.reporter.forget_folds()
             if self.sender is not None:
                 self.sender.transport.close()
