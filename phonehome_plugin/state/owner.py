@@ -1,7 +1,7 @@
 """Who holds a claim, and when another process may take it over, without trusting clocks.
 
 A claim (a trigger being built, see :meth:`.store.Store.claim_report`) names its
-holder by an :class:`Owner` token: the machine and PID namespace it runs in, its
+holder by a token (:func:`register`): the machine and PID namespace it runs in, its
 PID and that process's start time, and a random part for each worker. Whether the
 holder still lives is then a question of fact, not of time:
 
@@ -57,12 +57,12 @@ stopped (SIGSTOP, a debugger). A stopped holder that resumes finds its claim tak
 and its settle refused (fencing): one report, made by whoever took it over."""
 
 
-def _started(pid: int) -> float | None:
-    """The start time of process ``pid`` while it can still work, else None (no such
-    process, ended, stopped, or hidden)."""
+def start_time(pid: int, working: bool = False) -> float | None:
+    """The start time of process ``pid``, or None when there is none (or it is hidden);
+    ``working``: None too when it cannot work now (:data:`GONE`)."""
     try:
         process = psutil.Process(pid)
-        if process.status() in GONE:
+        if working and process.status() in GONE:
             return None
         return float(process.create_time())
     except (psutil.Error, OSError, ValueError):
@@ -78,7 +78,7 @@ one that ended must not wait for the process to end."""
 def register() -> str:
     """A new holder token for a worker of this process (unique per call)."""
     pid = os.getpid()
-    started = _started(pid)
+    started = start_time(pid)
     token = SEP.join(
         (machine(), str(pid), "" if started is None else repr(started), uuid.uuid4().hex[:12])
     )
@@ -104,7 +104,7 @@ def alive(token: str) -> bool | None:
         pid, started = int(parts[1]), float(parts[2])
     except ValueError:
         return None
-    if _started(pid) != started:
+    if start_time(pid, working=True) != started:
         return False
     return token in _LIVE if pid == os.getpid() else True
 

@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
+from phonehome_plugin.state.owner import start_time
 
 PREFIX = "phonehome-waiting-"
 
@@ -35,19 +35,12 @@ def _path(data_dir: Path, pid: int) -> Path:
     return data_dir / f"{PREFIX}{pid}.json"
 
 
-def _started(pid: int) -> float | None:
-    try:
-        return float(psutil.Process(pid).create_time())
-    except (psutil.Error, OSError):
-        return None
-
-
 def note(data_dir: Path | None, since: float, why: str) -> None:
     """Say, for ``phonehome status``, that this process waits since ``since``."""
     if data_dir is None:
         return
     pid = os.getpid()
-    record = {"pid": pid, "started": _started(pid), "since": since, "why": why[:500]}
+    record = {"pid": pid, "started": start_time(pid), "since": since, "why": why[:500]}
     path = _path(Path(data_dir), pid)
     partial = path.with_name(path.name + ".partial")
     with contextlib.suppress(OSError):
@@ -78,7 +71,7 @@ def read_all(data_dir: Path, alive_only: bool = True) -> list[tuple[Waiting, boo
                 started = raw.get("started")
             except (OSError, ValueError, KeyError, TypeError):
                 continue
-            alive = started is not None and _started(waiting.pid) == started
+            alive = started is not None and start_time(waiting.pid) == started
             if alive or not alive_only:
                 found.append((waiting, alive))
     return found
