@@ -80,8 +80,7 @@ class Sender:
             self.next_due, self.next_due_known = self.outbox.sent(entry, event, counts), True
             return verdict
         if verdict == "rejected":
-            self.next_due = self.outbox.rejected(entry, event, counts)
-            self.next_due_known = True
+            self.next_due, self.next_due_known = self.outbox.rejected(entry, event, counts), True
             log.warning(
                 "phonehome: report %s rejected by the endpoint (%s); dropped",
                 entry.sequence,
