@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from phonehome_plugin.testing import loopback
+from phonehome_plugin.testing import loopback, pytest_plugin
 
 pytest_plugins = [
     "e2e_support",
@@ -27,6 +27,7 @@ def _stay_on_loopback(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 @pytest.fixture(autouse=True)
 def _no_telemetry_switches(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tests decide the switches themselves; the developer's environment must not."""
-    for name in loopback.SWITCHES_AND_PROXIES:
+    """Tests decide the switches (and whether the run is CI) themselves; the environment
+    running the suite must not."""
+    for name in pytest_plugin.CLEARED:
         monkeypatch.delenv(name, raising=False)

@@ -23,7 +23,6 @@ from faultservers import FaultServer, Proxy, Reply, Seen, Tls, Trickle, make_tls
 
 from phonehome_plugin import plugin
 from phonehome_plugin.delivery.transport import USER_AGENT
-from phonehome_plugin.reports import system
 from phonehome_plugin.runtime import Runtime
 from phonehome_plugin.testing.faults import Behaviour
 from phonehome_plugin.testing.simclock import SimClock
@@ -31,13 +30,6 @@ from phonehome_plugin.testing.simhost import SimHost
 
 RELAY_HEADER = "X-Relay-Token"
 RELAY_TOKEN = "relay-7f3a9c"
-
-
-@pytest.fixture(autouse=True)
-def _not_in_ci(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The reports here are checked for ``system.ci``: the job running the suite is none."""
-    for name in system.CI_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture

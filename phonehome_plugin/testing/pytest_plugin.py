@@ -13,8 +13,10 @@ in its top-level ``conftest.py``::
   after the test. It uses the two fixtures below;
 - ``phonehome_environment``: the developer's telemetry switches and proxies
   (``DO_NOT_TRACK``, ``MAESTROHUB_PHONEHOME_ENABLED``, ``HTTPS_PROXY``...:
-  :data:`.loopback.SWITCHES_AND_PROXIES`) removed from the environment for the test,
-  so that a ``DO_NOT_TRACK=1`` in the shell does not silently turn the plugin off;
+  :data:`.loopback.SWITCHES_AND_PROXIES`) and the CI markers
+  (:data:`~phonehome_plugin.reports.system.CI_VARIABLES`) removed from the environment
+  for the test (:data:`CLEARED`), so that a ``DO_NOT_TRACK=1`` in the shell does not
+  silently turn the plugin off, and a report reads the same on a laptop and in CI;
 - ``phonehome_network_guard``: connections and name lookups off the machine raise
   for the test (:mod:`.loopback`), whatever the config or a bug would reach.
 
@@ -29,14 +31,19 @@ from pathlib import Path
 
 import pytest
 
+from phonehome_plugin.reports.system import CI_VARIABLES
 from phonehome_plugin.testing import loopback
 from phonehome_plugin.testing.kit import Harness
+
+CLEARED = loopback.SWITCHES_AND_PROXIES + CI_VARIABLES
+"""What ``phonehome_environment`` removes: a test sets what it means to test."""
 
 
 @pytest.fixture
 def phonehome_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No telemetry switch or proxy of the developer's environment for this test."""
-    for name in loopback.SWITCHES_AND_PROXIES:
+    """No telemetry switch, proxy or CI marker of the developer's environment for this
+    test (:data:`CLEARED`)."""
+    for name in CLEARED:
         monkeypatch.delenv(name, raising=False)
 
 
