@@ -59,6 +59,12 @@ def outbox_with(store: Store, **limits: Any) -> Outbox:
     return Outbox(store, OutboxLimits(**limits))
 
 
+def totals(store: Store) -> tuple[int, int]:
+    """The outbox's running totals, as its bounds read them."""
+    found = store.counters("outbox.")
+    return found.get("count", 0), found.get("bytes", 0)
+
+
 def ids(outbox: Outbox) -> list[str]:
     return [entry.report_id for entry in outbox.pending()]
 
@@ -222,6 +228,7 @@ def test_bounds_hold_and_each_eviction_takes_the_least_valuable_report(
         after = {e.report_id: e for e in outbox.pending()}
         count, size_now = outbox.size()
         assert count == len(after)
+        assert totals(store) == (count, size_now), "the running totals are the table's"
         assert count <= 1 or (count <= max_reports and size_now <= 2048)
         gone = [e for rid, e in {**before, entry.report_id: entry}.items() if rid not in after]
         # Whatever went was worth less than all that stayed: lower rank, or older.
@@ -451,3 +458,23 @@ def test_marks_retention_pace_and_kept_bodies_hold_on_each_backend(any_store: St
     assert (kept.body, kept.endpoint) == (first.body, "https://t.example/r")
     assert kept.sha256 == hashlib.sha256(first.body).hexdigest()
     assert history.digests(any_store) == {first.report_id: (kept.sha256, len(first.body))}
+    assert totals(any_store) == outbox.size()
+
+
+def test_totals_missing_from_an_older_state_are_counted_before_any_eviction(
+    any_store: Store,
+) -> None:
+    make = Maker()
+    outbox = outbox_with(any_store, max_reports=3)
+    for n in range(3):
+        outbox.put(make(at=NOW + n), NOW + n)
+    any_store.run(lambda c: c.execute("DELETE FROM counters WHERE name LIKE 'outbox.%'"))
+    outbox.put(make(at=NOW + 3), NOW + 3)
+    assert ids(outbox) == ["r0002", "r0003", "r0004"]
+    assert totals(any_store) == outbox.size() == (3, 30)
+    # Totals that say less than the table holds: the next put still evicts what it must.
+    any_store.run(lambda c: c.execute("DELETE FROM counters WHERE name LIKE 'outbox.%'"))
+    entry = outbox.lease(NOW + 4, hold=300)
+    assert entry is not None
+    outbox.sent(entry, event(entry), {})
+    assert totals(any_store) == outbox.size() == (2, 20)

@@ -124,6 +124,13 @@ def keep(c: Conn, event: Event, body: bytes, endpoint: str, limits: KeptLimits) 
 
 def _trim(c: Conn, now: float, limits: KeptLimits) -> None:
     c.execute("DELETE FROM sent_reports WHERE at < ?", (now - limits.max_age_days * DAY,))
+    # One aggregate first (one call into the database, however many are kept): the
+    # bodies are read in order only when a bound is passed, not at every report sent.
+    count, size = c.execute(
+        "SELECT count(*), coalesce(sum(length(body)), 0) FROM sent_reports"
+    ).fetchone()
+    if int(count) <= limits.max_reports and int(size) <= limits.max_bytes:
+        return
     rows = c.execute(
         "SELECT report_id, length(body) FROM sent_reports ORDER BY at DESC, sequence DESC"
     ).fetchall()

@@ -31,6 +31,12 @@ then due again. Each outcome is settled in one transaction (:meth:`Outbox.sent`,
 :meth:`Outbox.rejected`, :meth:`Outbox.failed`), so a crash never leaves a report
 both delivered and pending, nor a count half made.
 
+The outbox's count and bytes are kept as running totals (:data:`TOTALS`, in the
+``counters`` table, changed in the transaction of every insert and delete), so
+that enforcing the bounds reads two rows, not the whole table: a put costs the
+same with 10 reports queued or 10,000. Totals that are missing (a state from before
+them) are counted once, and counted again before anything is evicted on their word.
+
 Between failed series the whole outbox waits behind one gate, a host-clock time
 kept in the store (so it survives restarts): an unreachable endpoint costs one
 series per backoff period, however many reports are waiting.
@@ -54,6 +60,9 @@ FAILURES_KEY = "delivery.consecutive_failures"
 PACE_KEY = "delivery.window"
 """kv: ``"<start> <count>"``: host-clock start of the current drain window, and the
 reports leased in it."""
+TOTALS = ("outbox.count", "outbox.bytes")
+"""counters: how many reports the outbox holds, and their bytes (see the module
+docstring)."""
 DRAIN_BURST = 10
 """Reports leased at most per :data:`DRAIN_WINDOW`, across the installation."""
 DRAIN_WINDOW = 60.0
@@ -147,7 +156,8 @@ class Outbox:
 
     def put_in(self, c: Conn, entry: Entry, now: float) -> int:
         """:meth:`put`, inside a transaction already open on ``c``."""
-        c.execute(
+        _totals(c)  # counted before the insert, if they were missing, so it adds once
+        added = c.execute(
             f"INSERT INTO outbox ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (report_id) DO NOTHING",
             (
@@ -159,23 +169,28 @@ class Outbox:
                 entry.attempts,
                 entry.not_before,
             ),
-        )
+        ).rowcount
+        if added == 1:
+            add_counters(c, {TOTALS[0]: 1, TOTALS[1]: len(entry.body)})
         return self._evict(c, now)
 
     def _evict(self, c: Conn, now: float) -> int:
         """Enforce age, count and bytes; counts what went, in the caller's transaction."""
         limits = self.limits
         gone = self._expire(c, now)
-        while True:
-            count, size = c.execute(
-                "SELECT count(*), coalesce(sum(length(body)), 0) FROM outbox"
-            ).fetchone()
-            if (count <= limits.max_reports and size <= limits.max_bytes) or count <= 1:
-                break
-            c.execute(
+        count, size = _totals(c)
+        if not _within(limits, count, size):
+            count, size = _recount(c)  # nothing is evicted on the word of a running total
+        while not _within(limits, count, size):
+            removed = c.execute(
                 "DELETE FROM outbox WHERE report_id = "
-                f"(SELECT report_id FROM outbox {_EVICTION_ORDER} LIMIT 1)"
-            )
+                f"(SELECT report_id FROM outbox {_EVICTION_ORDER} LIMIT 1) "
+                "RETURNING length(body)"
+            ).fetchall()
+            if not removed:
+                break
+            count, size = count - 1, size - int(removed[0][0])
+            _less(c, removed)
             gone += 1
         add_counters(c, {"delivery.dropped": gone, "delivery.evicted": gone})
         # A mark whose report has gone (sent, evicted) tells nothing any more.
@@ -184,11 +199,12 @@ class Outbox:
 
     def _expire(self, c: Conn, now: float) -> int:
         cutoff = now - self.limits.max_age_days * DAY
-        return int(
-            c.execute(
-                f"DELETE FROM outbox WHERE created_at < ? AND {_AGES_OUT}", (cutoff,)
-            ).rowcount
-        )
+        removed = c.execute(
+            f"DELETE FROM outbox WHERE created_at < ? AND {_AGES_OUT} RETURNING length(body)",
+            (cutoff,),
+        ).fetchall()
+        _less(c, removed)
+        return len(removed)
 
     def due(self, now: float, limit: int = 16) -> list[Entry]:
         """Reports whose not-before time has come, oldest first (the gate aside)."""
@@ -316,7 +332,7 @@ class Outbox:
         :meth:`next_due` at the event's time, read in the same transaction."""
 
         def work(c: Conn) -> float | None:
-            c.execute("DELETE FROM outbox WHERE report_id = ?", (entry.report_id,))
+            _forget(c, entry)
             _open_gate(c)
             add_counters(c, counts)
             history.append(c, event)
@@ -330,7 +346,7 @@ class Outbox:
         (its body is kept too, with no endpoint: it went nowhere)."""
 
         def work(c: Conn) -> None:
-            c.execute("DELETE FROM outbox WHERE report_id = ?", (entry.report_id,))
+            _forget(c, entry)
             history.append(c, event)
             history.keep(c, event, entry.body, "", self.kept)
 
@@ -393,3 +409,50 @@ def _window(c: Conn) -> tuple[float, int]:
         return float(start), int(count)
     except ValueError:  # not written by this code: a new window
         return 0.0, 0
+
+
+def _within(limits: OutboxLimits, count: int, size: int) -> bool:
+    # The newest report stays whatever its size: the bounds are on what piles up.
+    return (count <= limits.max_reports and size <= limits.max_bytes) or count <= 1
+
+
+def _totals(c: Conn) -> tuple[int, int]:
+    """The outbox's count and bytes (:data:`TOTALS`), counted first if missing."""
+    found = dict(
+        c.execute("SELECT name, value FROM counters WHERE name IN (?, ?)", TOTALS).fetchall()
+    )
+    if len(found) < len(TOTALS):
+        return _recount(c)
+    return int(found[TOTALS[0]]), int(found[TOTALS[1]])
+
+
+def _recount(c: Conn) -> tuple[int, int]:
+    """Count the outbox itself (one scan) and set :data:`TOTALS` to what was found."""
+    count, size = c.execute(
+        "SELECT count(*), coalesce(sum(length(body)), 0) FROM outbox"
+    ).fetchone()
+    c.executemany(
+        "INSERT INTO counters (name, value) VALUES (?, ?) "
+        "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        [(TOTALS[0], int(count)), (TOTALS[1], int(size))],
+    )
+    return int(count), int(size)
+
+
+def _less(c: Conn, removed: list[Any]) -> None:
+    """Take the reports just deleted (rows of their ``length(body)``) off the totals."""
+    if not removed:
+        return
+    found = c.execute("SELECT count(*) FROM counters WHERE name IN (?, ?)", TOTALS).fetchone()
+    if int(found[0]) < len(TOTALS):
+        _recount(c)  # counted after the delete: it is already taken off
+        return
+    add_counters(c, {TOTALS[0]: -len(removed), TOTALS[1]: -sum(int(r[0]) for r in removed)})
+
+
+def _forget(c: Conn, entry: Entry) -> None:
+    """Delete ``entry`` from the outbox (a settled report), keeping the totals."""
+    removed = c.execute(
+        "DELETE FROM outbox WHERE report_id = ? RETURNING length(body)", (entry.report_id,)
+    ).fetchall()
+    _less(c, removed)
