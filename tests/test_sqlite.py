@@ -20,7 +20,7 @@ import pytest
 from sqlite_support import FORK, integrity, run_child, warnings_of
 
 from phonehome_plugin.config.settings import OutboxLimits
-from phonehome_plugin.state import forksafe, sqlite
+from phonehome_plugin.state import forksafe, history, sqlite
 from phonehome_plugin.state.backends import open_store
 from phonehome_plugin.state.outbox import Entry, Outbox
 from phonehome_plugin.state.store import FILENAME, StateUnavailableError, Store
@@ -344,3 +344,28 @@ def test_a_bug_in_a_statement_is_raised_not_hidden_in_memory(store: Store) -> No
     with pytest.raises(sqlite3.OperationalError, match="no such table"):
         store.run(lambda c: c.execute("SELECT * FROM nowhere"))
     assert not store.memory
+
+
+def test_a_drained_backlog_gives_its_space_back_to_the_file_system(tmp_path: Path) -> None:
+    store = open_store(tmp_path)
+    path = tmp_path / FILENAME
+    outbox = Outbox(store, OutboxLimits(max_reports=8000, max_bytes=64 << 20))
+    floor = _on_disk(path)
+    entries = [Entry(f"r{n:05d}", n, "periodic", 1000.0 + n, b"x" * 1500) for n in range(3000)]
+    for entry in entries:
+        outbox.put(entry, 1000.0)
+    assert _on_disk(path) > floor + (4 << 20)
+    for entry in entries:
+        outbox.logged(
+            entry, history.Event(entry.report_id, entry.sequence, "periodic", 3000.0, "logged", "")
+        )
+    kept = store.run(
+        lambda c: c.execute("SELECT coalesce(sum(length(body)), 0) FROM sent_reports").fetchone()
+    )[0]
+    assert _on_disk(path) <= floor + kept + (1 << 20), "the drain's free pages stayed in the file"
+    store.close()
+
+
+def _on_disk(path: Path) -> int:
+    """The state file with its -wal, in bytes."""
+    return sum(p.stat().st_size for p in (path, path.with_name(path.name + "-wal")) if p.exists())

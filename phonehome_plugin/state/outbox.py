@@ -339,7 +339,9 @@ class Outbox:
             history.keep(c, event, entry.body, self.endpoint, self.kept)
             return self.next_due_in(c, event.at)
 
-        return self.store.run(work)
+        due = self.store.run(work)
+        self.store.compact()
+        return due
 
     def logged(self, entry: Entry, event: history.Event) -> None:
         """Mode ``log``: the report was logged instead of sent; forget and record it
@@ -351,6 +353,7 @@ class Outbox:
             history.keep(c, event, entry.body, "", self.kept)
 
         self.store.run(work)
+        self.store.compact()
 
     def rejected(
         self, entry: Entry, event: history.Event, counts: Mapping[str, int]

@@ -82,6 +82,12 @@ BUSY_PATIENCE = 5.0
 BUSY_TIMEOUT = 5.0
 """Seconds copying a busy file into memory keeps trying (see :func:`memory_store`)."""
 
+COMPACT_PAGES = 64
+"""Free pages (256 KiB at SQLite's default page size) at which :meth:`SqliteStore.compact`
+hands them back."""
+
+WAL_LIMIT = 1 << 20
+"""Bytes of ``-wal`` kept after a checkpoint resets it (``journal_size_limit``)."""
 
 # Seconds opening the file keeps trying while other processes hold it (see _open_file).
 _OPEN_PATIENCE = 30.0
@@ -161,6 +167,12 @@ def _file_store(path: Path) -> SqliteStore:
     store = SqliteStore(path)
     try:
         with store.session() as conn:
+            # Before the first table, or it changes nothing: free pages can be handed
+            # back (SqliteStore.compact) without rewriting the whole file.
+            # Only on a new file: setting it writes, and a file that exists may be
+            # corrupt and must be moved aside as it was found.
+            if conn.execute("PRAGMA page_count").fetchone()[0] == 0:
+                conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
             conn.execute("PRAGMA journal_mode=WAL")
             result = conn.execute("PRAGMA quick_check").fetchone()
             if result[0] != "ok":
@@ -370,6 +382,21 @@ class SqliteStore(Store):
         result: T = retrying_busy(BUSY_PATIENCE)(self._attempt, work)
         return result
 
+    def compact(self) -> None:
+        """Once :data:`COMPACT_PAGES` pages or more are free (a drained outbox, trimmed
+        kept bodies), hand them back to the file system (``PRAGMA incremental_vacuum``:
+        files made since this version have ``auto_vacuum=INCREMENTAL``; an older file
+        keeps its free pages for later rows). Skipped when the file is busy."""
+        if self.read_only or self.memory:
+            return
+        with suppress(sqlite3.Error, RuntimeError), self.session() as conn:
+            free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+            if int(free) >= COMPACT_PAGES:
+                conn.execute("PRAGMA incremental_vacuum").fetchall()
+                # And the -wal that carried those pages: back to empty when no other
+                # process reads (else it shrinks to WAL_LIMIT at its next reset).
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+
     def _attempt(self, work: Callable[[Conn], T]) -> T:
         with self.session() as conn:
             try:
@@ -478,6 +505,8 @@ def connect(target: str, uri: bool = False) -> sqlite3.Connection:
     try:
         conn.execute("PRAGMA busy_timeout=0")
         conn.execute("PRAGMA synchronous=NORMAL")  # loads the schema: may find the file busy
+        # A -wal that grew while a backlog was written shrinks back at its next reset.
+        conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
     except BaseException as error:
         # A busy file: this connection is of no more use. Any other failure is left
         # open to the caller's recovery, because closing a connection to a corrupt

@@ -162,6 +162,12 @@ class Store:
         """Give up any server connection until the next :meth:`run` (which opens one
         again); a store with nothing to give up does nothing."""
 
+    def compact(self) -> None:
+        """Give the space of deleted rows back, where the backend does that by itself
+        no more than the plugin asks (SQLite's free pages); best effort, never raises.
+        Called once a drained report is settled. A server database does nothing here:
+        its own vacuum reclaims space."""
+
     def _after_fork_in_child(self, clean: bool) -> None:
         """Called in a forked child before any other thread exists (see .forksafe);
         ``clean`` when no SQLite call of the parent was in progress at the fork."""
