@@ -7,10 +7,13 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from store_support import Opener
 
-from phonehome_plugin.counting.inventory import Inventory, pipeline_value
+from phonehome_plugin.counting.inventory import InstallationCounts, Inventory, pipeline_value
 from phonehome_plugin.state import entities
+from phonehome_plugin.state.backends import open_store
 from phonehome_plugin.state.store import Store
 
 
@@ -35,9 +38,22 @@ def _fold(store: Store, inventory: Inventory, at: float = 0.0) -> None:
     store.run(work)
 
 
-def _installation(store: Store) -> Inventory:
+def _installation(store: Store) -> InstallationCounts:
+    """The installation as reports count it, checked against its rows one by one."""
+    counted = InstallationCounts(store.run(entities.counts), {})
     modules, _ = store.run(entities.load)
-    return Inventory.from_state(modules, {})
+    assert _summary(counted) == _summary(Inventory.from_state(modules, {}))
+    return counted
+
+
+def _summary(inventory: Inventory | InstallationCounts) -> tuple[object, ...]:
+    return (
+        len(inventory.users),
+        len(inventory.organizations),
+        len(inventory.data_models),
+        inventory.connections.snapshot(),
+        inventory.pipelines.snapshot(),
+    )
 
 
 def test_changes_of_two_processes_add_up_by_key(opener: Opener) -> None:
@@ -100,7 +116,10 @@ def test_no_local_id_and_no_email_is_kept_as_it_is(store: Store) -> None:
     text = repr(rows)
     assert "user-7f3a" not in text and "conn-secret-id" not in text
     assert "alice" not in text
-    assert _installation(store).users.earliest is None  # counted, nothing more
+    counted = repr(store.run(lambda c: c.execute("SELECT * FROM entity_counts").fetchall()))
+    assert "user-7f3a" not in counted and "conn-secret-id" not in counted
+    assert "alice" not in counted
+    assert len(_installation(store).users) == 1  # counted, nothing more
 
 
 def test_changes_that_could_not_be_stored_go_next_time() -> None:
@@ -121,3 +140,57 @@ def test_states_are_taken_once_per_change() -> None:
     inventory.uns = {"topic_count": 5}
     assert inventory.take_changes().states == {"uns": {"topic_count": 5}}
     assert Counter(inventory.take_changes().states) == Counter()
+
+
+_OPS = st.lists(
+    st.tuples(
+        st.integers(0, 1),  # which process
+        st.sampled_from(["save", "delete", "sync", "fold"]),
+        st.integers(0, 5),  # which entity
+        st.sampled_from(["mqtt", "s7", "opcua"]),
+        st.floats(0.0, 100.0),  # the fold's moment: folds reach the state in any order
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(ops=_OPS)
+def test_the_kept_counts_are_always_the_rows_counted(
+    ops: list[tuple[int, str, int, str, float]],
+) -> None:
+    store = open_store(None)
+    processes = [Inventory(), Inventory()]
+    for who, op, n, kind, at in ops:
+        inventory = processes[who]
+        if op == "save":
+            inventory.connections.save(f"c{n}", kind)
+            inventory.pipelines.save(f"p{n}", pipeline_value(n % 2 == 0, [kind] * n))
+        elif op == "delete":
+            inventory.connections.delete(f"c{n}")
+            inventory.pipelines.delete(f"p{n}")
+        elif op == "sync":
+            inventory.sync("connections", [{"id": f"c{i}", "type": kind} for i in range(n)])
+        else:
+            _fold(store, inventory, at)
+    _installation(store)  # asserts the counts against the rows
+    store.close()
+
+
+def test_a_state_from_before_the_counts_is_counted_from_its_rows_then_built(
+    store: Store,
+) -> None:
+    process = Inventory()
+    for n in range(3):
+        process.connections.save(f"c{n}", "mqtt")
+    _fold(store, process)
+    store.run(lambda c: c.execute("DELETE FROM entity_counts"))
+    store.run(lambda c: c.execute("DELETE FROM kv WHERE key = ?", (entities.BUILT_KEY,)))
+    assert _installation(store).connections.snapshot()["total"] == 3  # from the rows
+    process.connections.save("c9", "s7")
+    _fold(store, process)  # the first write builds the counts, then adds its own
+    assert store.get(entities.BUILT_KEY) == "1"
+    assert _installation(store).connections.snapshot() == {
+        "total": 4,
+        "by_type": {"mqtt": 3, "s7": 1},
+    }

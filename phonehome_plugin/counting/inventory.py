@@ -441,6 +441,71 @@ class Inventory:
             entities.lock = threading.Lock()
 
 
+class Counted:
+    """One module of the installation, counted (:class:`InstallationCounts`): as much
+    of :class:`Entities` as a report reads, its length."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+
+    def __len__(self) -> int:
+        return self.total
+
+
+class CountedTypes(Counted):
+    """Connections, counted: :meth:`TypedEntities.snapshot`'s answer, kept."""
+
+    def __init__(self, counts: TypeCounts) -> None:
+        super().__init__(counts["total"])
+        self.counts = counts
+
+    def snapshot(self) -> TypeCounts:
+        return self.counts
+
+
+class CountedPipelines(Counted):
+    """Pipelines, counted: :meth:`Pipelines.snapshot`'s answer, kept."""
+
+    def __init__(self, counts: PipelineCounts) -> None:
+        super().__init__(counts["total"])
+        self.counts = counts
+
+    def snapshot(self) -> PipelineCounts:
+        return self.counts
+
+
+class InstallationCounts:
+    """The whole installation's inventory as a report reads it, from the counts its
+    shared state keeps (:func:`phonehome_plugin.state.entities.counts`), never from
+    its entities one by one: the same fields as :class:`Inventory` for
+    :func:`phonehome_plugin.reports.shape.build`."""
+
+    def __init__(
+        self, counts: Mapping[str, Mapping[str, Mapping[str, int]]], states: Mapping[str, str]
+    ) -> None:
+        def total(module: str) -> int:
+            return int(counts.get(module, {}).get("total", {}).get("", 0))
+
+        def facet(module: str, name: str) -> dict[str, int]:
+            return dict(sorted(counts.get(module, {}).get(name, {}).items()))
+
+        self.users = Counted(total("users"))
+        self.organizations = Counted(total("organizations"))
+        self.data_models = Counted(total("data_models"))
+        self.connections = CountedTypes(
+            {"total": total("connections"), "by_type": facet("connections", "type")}
+        )
+        self.pipelines = CountedPipelines(
+            {
+                "total": total("pipelines"),
+                "enabled": facet("pipelines", "enabled").get("", 0),
+                "nodes_by_type": facet("pipelines", "node"),
+            }
+        )
+        self.uns: dict[str, Any] = json.loads(states["uns"]) if "uns" in states else {}
+        self.license: dict[str, Any] = json.loads(states["license"]) if "license" in states else {}
+
+
 @dataclass
 class Changes:
     """One process's inventory changes, as :meth:`Inventory.take_changes` took them."""

@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from typing import Any, Final, Literal, NotRequired, TypeAlias, TypedDict
 
 from phonehome_plugin.config.settings import Settings
-from phonehome_plugin.counting.inventory import Inventory
+from phonehome_plugin.counting.inventory import InstallationCounts, Inventory
 from phonehome_plugin.guard import privacy
 
 SCHEMA_VERSION: Final = 2
@@ -226,7 +226,8 @@ class Inputs:
     started_at: datetime
     system: SystemSection
     location: Mapping[str, Any]
-    inventory: Inventory
+    inventory: Inventory | InstallationCounts
+    """This process's inventory, or the installation's counts (what reports use)."""
     first_email: str | None
     executions: Mapping[str, int]
     executions_before: Mapping[str, int]

@@ -19,7 +19,7 @@ from typing import Any
 
 from phonehome_plugin.config.settings import Settings
 from phonehome_plugin.counting.collectors import Registry
-from phonehome_plugin.counting.inventory import Inventory
+from phonehome_plugin.counting.inventory import InstallationCounts, Inventory
 from phonehome_plugin.counting.tally import ExecutionTally
 from phonehome_plugin.guard import privacy
 from phonehome_plugin.reports import location, schedule, schema, shape
@@ -368,11 +368,11 @@ class Reporter:
             key = self._fold_key()
             self.store.run(lambda c: c.execute("DELETE FROM kv WHERE key=?", (key,)))
 
-    def installation_inventory(self) -> Inventory:
-        """What the whole installation holds, from its shared state (every process's
-        changes folded so far, this one's included)."""
-        modules, states = self.store.run(entities.load)
-        return _inventory(modules, states)
+    def installation_inventory(self) -> InstallationCounts:
+        """What the whole installation holds, counted, from its shared state (every
+        process's changes folded so far, this one's included)."""
+        counted, states = self.store.run(lambda c: (entities.counts(c), entities.states(c)))
+        return _inventory(counted, states)
 
     def remember_earliest_user(self) -> None:
         """Keep the earliest user ever known, for ``first_email`` after deletions."""
@@ -420,7 +420,7 @@ class Reporter:
             started_at=self.started_at,
             system={**self.host, **self._machine_facts(), "public_ip": located["public_ip"]},
             location=located,
-            inventory=_inventory(snap.modules, snap.states),
+            inventory=_inventory(snap.counts, snap.states),
             first_email=None if earliest is None else earliest[1],
             executions=snap.counters(EXEC),
             executions_before=snap.counters(EXEC_REPORTED),
@@ -515,7 +515,7 @@ class _Snapshot:
     """What a report reads of the state, read in one transaction (:func:`_snapshot`)."""
 
     earliest: str | None
-    modules: dict[str, list[tuple[str, str]]]
+    counts: entities.Counts
     states: dict[str, str]
     all_counters: dict[str, int]
     salt: str
@@ -536,24 +536,23 @@ def _snapshot(c: Conn, dropped: dict[str, int], forget_location: bool) -> _Snaps
     if forget_location:
         c.execute("UPDATE kv SET value = '' WHERE key = ? AND value <> ''", (location.CACHE_KEY,))
     c.execute(INSERT_KV_ONCE, ("privacy.salt", os.urandom(32).hex()))
-    modules, states = entities.load(c)
     rows = c.execute("SELECT name, value FROM counters").fetchall()
     return _Snapshot(
         earliest=get_in(c, EARLIEST),
-        modules=modules,
-        states=states,
+        counts=entities.counts(c),
+        states=entities.states(c),
         all_counters={str(name): int(value) for name, value in rows},
         salt=str(get_in(c, "privacy.salt")),
     )
 
 
-def _inventory(modules: dict[str, list[tuple[str, str]]], states: dict[str, str]) -> Inventory:
+def _inventory(counted: entities.Counts, states: dict[str, str]) -> InstallationCounts:
     by_name = {
         name: states[key]
         for name, key in (("uns", entities.UNS_KEY), ("license", entities.LICENSE_KEY))
         if key in states
     }
-    return Inventory.from_state(modules, by_name)
+    return InstallationCounts(counted, by_name)
 
 
 def _diagnostics(errors: dict[str, str], snap: _Snapshot) -> Diagnostics:

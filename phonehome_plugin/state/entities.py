@@ -10,14 +10,24 @@ when that value was known (host clock; see :func:`apply`). The UNS
 and license state, one value each, are kept under ``inventory.uns`` and
 ``inventory.license``.
 
+What a report counts is kept beside the rows, in ``entity_counts`` (``module, facet,
+name, n``: each module's total, connections by type, pipelines enabled and their
+nodes by type), changed by :func:`apply` in the same transaction as the rows. So a
+report reads a few dozen counts (:func:`counts`), never the rows: its cost does not
+grow with the installation. Counts missing from a state made before them
+(:data:`BUILT_KEY` unset) are built from the rows once, by the first writer; a
+reader before that counts the rows itself.
+
 Everything here runs inside a transaction the caller holds (``c``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import json
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 
-from phonehome_plugin.state.store import UPSERT_KV, Conn
+from phonehome_plugin.state.store import UPSERT_KV, Conn, get_in
 
 UNS_KEY = "inventory.uns"
 LICENSE_KEY = "inventory.license"
@@ -27,8 +37,37 @@ _UPSERT = (
     "WHERE entities.at <= excluded.at"
 )
 
+BUILT_KEY = "entity_counts.built"
+"""kv: set once ``entity_counts`` holds the counts of every row."""
+_ADD_COUNT = (
+    "INSERT INTO entity_counts (module, facet, name, n) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (module, facet, name) DO UPDATE SET n = entity_counts.n + excluded.n"
+)
+_KEYS_AT_ONCE = 500
+"""Keys looked up in one statement (well under either backend's parameter limit)."""
+
 Rows = Sequence[tuple[str, str | None]]
 """``(key, value)`` pairs of one module; a value of None: the entity is gone."""
+Facet = tuple[str, str]
+"""``(facet, name)`` of a count: ``("total", "")``, ``("type", kind)``,
+``("enabled", "")``, ``("node", kind)``."""
+Counts = dict[str, dict[str, dict[str, int]]]
+"""module -> facet -> name -> n, as :func:`counts` reads them."""
+
+
+def facets(module: str, value: str) -> Counter[Facet]:
+    """What one entity adds to the counts, from its stored value (the JSON the counting
+    layer made: a connection's type; a pipeline's ``[enabled, {node type: n}]``)."""
+    found: Counter[Facet] = Counter({("total", ""): 1})
+    if module == "connections":
+        found["type", str(json.loads(value))] += 1
+    elif module == "pipelines":
+        enabled, nodes = json.loads(value)
+        if enabled:
+            found["enabled", ""] += 1
+        for kind, n in nodes.items():
+            found["node", str(kind)] += int(n)
+    return found
 
 
 def apply(c: Conn, module: str, replaced: bool, rows: Rows, at: float) -> None:
@@ -43,14 +82,109 @@ def apply(c: Conn, module: str, replaced: bool, rows: Rows, at: float) -> None:
     have seen) stay. A sync that reaches the state late (its process could not reach
     it for a while) so never undoes what others carried over in the meantime; ``at``
     should be a moment the sync surely came after. Else only the entities named."""
+    _ensure_counts(c)
+    delta: Counter[Facet] = Counter()
     if replaced:
-        c.execute("DELETE FROM entities WHERE module = ? AND at < ?", (module, at))
+        for (value,) in c.execute(
+            "DELETE FROM entities WHERE module = ? AND at < ? RETURNING value", (module, at)
+        ).fetchall():
+            delta.subtract(facets(module, str(value)))
+    # The values these rows replace, as the statements below will find them (a row
+    # known later than ``at`` stays, and so do its counts).
+    known = _known(c, module, [key for key, _ in rows])
+    for key, value in rows:
+        old = known.get(key)
+        if old is not None and old[1] > at:
+            continue
+        if value is None and replaced:
+            continue  # a sync names what exists; the delete above took the rest
+        if old is not None:
+            delta.subtract(facets(module, old[0]))
+        if value is None:
+            known.pop(key, None)
+        else:
+            delta.update(facets(module, value))
+            known[key] = (value, at)
     gone = [(module, key, at) for key, value in rows if value is None]
     kept = [(module, key, value, at) for key, value in rows if value is not None]
     if gone and not replaced:
         c.executemany("DELETE FROM entities WHERE module = ? AND key = ? AND at <= ?", gone)
     if kept:
         c.executemany(_UPSERT, kept)
+    _add_counts(c, module, delta)
+
+
+def _known(c: Conn, module: str, keys: list[str]) -> dict[str, tuple[str, float]]:
+    """The stored value and moment of each of ``keys`` that has a row."""
+    found: dict[str, tuple[str, float]] = {}
+    unique = sorted(set(keys))
+    for start in range(0, len(unique), _KEYS_AT_ONCE):
+        part = unique[start : start + _KEYS_AT_ONCE]
+        marks = ", ".join("?" * len(part))
+        for key, value, at in c.execute(
+            f"SELECT key, value, at FROM entities WHERE module = ? AND key IN ({marks})",
+            (module, *part),
+        ).fetchall():
+            found[str(key)] = (str(value), float(at))
+    return found
+
+
+def _add_counts(c: Conn, module: str, delta: Counter[Facet]) -> None:
+    changed = [(module, facet, name, n) for (facet, name), n in sorted(delta.items()) if n]
+    if not changed:
+        return
+    c.executemany(_ADD_COUNT, changed)
+    c.executemany(
+        "DELETE FROM entity_counts WHERE module = ? AND facet = ? AND name = ? AND n = 0",
+        [(m, facet, name) for m, facet, name, n in changed if n < 0],
+    )
+
+
+def _ensure_counts(c: Conn) -> None:
+    """Build ``entity_counts`` from the rows if it never was (a state made before the
+    counts): from the rows as they are before the caller's changes, which it adds."""
+    if get_in(c, BUILT_KEY) is not None:
+        return
+    c.execute("DELETE FROM entity_counts")
+    for module, found in _counted(
+        c.execute("SELECT module, value FROM entities").fetchall()
+    ).items():
+        _add_counts(c, module, found)
+    c.execute(UPSERT_KV, (BUILT_KEY, "1"))
+
+
+def _counted(rows: Iterable[tuple[str, str]]) -> dict[str, Counter[Facet]]:
+    found: dict[str, Counter[Facet]] = {}
+    for module, value in rows:
+        found.setdefault(str(module), Counter()).update(facets(str(module), str(value)))
+    return found
+
+
+def counts(c: Conn) -> Counts:
+    """Every module's counts (see the module docstring); from the rows themselves while
+    the counts were never built (a reader of a state made before them)."""
+    found: Counts = {}
+    if get_in(c, BUILT_KEY) is None:
+        rows = c.execute("SELECT module, value FROM entities").fetchall()
+        for module, counted in _counted(rows).items():
+            for (facet, name), n in counted.items():
+                found.setdefault(module, {}).setdefault(facet, {})[name] = n
+        return found
+    for module, facet, name, n in c.execute(
+        "SELECT module, facet, name, n FROM entity_counts"
+    ).fetchall():
+        found.setdefault(str(module), {}).setdefault(str(facet), {})[str(name)] = int(n)
+    return found
+
+
+def states(c: Conn) -> dict[str, str]:
+    """The stored UNS and license states, by their kv keys."""
+    return {
+        str(key): str(value)
+        for key, value in c.execute(
+            "SELECT key, value FROM kv WHERE key IN (?, ?)", (UNS_KEY, LICENSE_KEY)
+        ).fetchall()
+    }
 
 
 def set_states(c: Conn, states: Mapping[str, str]) -> None:

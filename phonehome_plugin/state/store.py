@@ -56,6 +56,10 @@ CREATE TABLE IF NOT EXISTS entities (
     module TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, at REAL NOT NULL DEFAULT 0,
     PRIMARY KEY (module, key)
 );
+CREATE TABLE IF NOT EXISTS entity_counts (
+    module TEXT NOT NULL, facet TEXT NOT NULL, name TEXT NOT NULL, n INTEGER NOT NULL,
+    PRIMARY KEY (module, facet, name)
+);
 CREATE TABLE IF NOT EXISTS history (
     id INTEGER PRIMARY KEY, report_id TEXT NOT NULL, sequence INTEGER NOT NULL,
     trigger TEXT NOT NULL, at REAL NOT NULL, result TEXT NOT NULL, detail TEXT NOT NULL
@@ -74,6 +78,7 @@ CREATE INDEX IF NOT EXISTS outbox_by_not_before ON outbox (not_before);
 CREATE INDEX IF NOT EXISTS sent_reports_by_at ON sent_reports (at);
 """
 """The tables, in SQLite's dialect (:mod:`.postgres` maps the types for PostgreSQL).
+``entity_counts`` what reports count of ``entities`` (:mod:`.entities`),
 ``sent_reports`` keeps the bodies of delivered reports (:mod:`.history`), ``exports``
 what ``phonehome export`` wrote (:mod:`.outbox`). The indexes make the outbox's
 lease, its earliest due time and its age bound cost the same at any queue length."""
