@@ -23,10 +23,11 @@ from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, TypedDict
+from typing import Any, Generic, TypedDict, TypeVar
 
 from phonehome_plugin.guard import privacy
 
+S = TypeVar("S")
 NODES_MAX = 10_000
 """Node types of one pipeline counted by type; any more count as ``other`` unread."""
 
@@ -452,25 +453,15 @@ class Counted:
         return self.total
 
 
-class CountedTypes(Counted):
-    """Connections, counted: :meth:`TypedEntities.snapshot`'s answer, kept."""
+class CountedWith(Counted, Generic[S]):
+    """A module counted with its report section (connections, pipelines): what
+    :meth:`TypedEntities.snapshot` or :meth:`Pipelines.snapshot` would answer, kept."""
 
-    def __init__(self, counts: TypeCounts) -> None:
-        super().__init__(counts["total"])
+    def __init__(self, total: int, counts: S) -> None:
+        super().__init__(total)
         self.counts = counts
 
-    def snapshot(self) -> TypeCounts:
-        return self.counts
-
-
-class CountedPipelines(Counted):
-    """Pipelines, counted: :meth:`Pipelines.snapshot`'s answer, kept."""
-
-    def __init__(self, counts: PipelineCounts) -> None:
-        super().__init__(counts["total"])
-        self.counts = counts
-
-    def snapshot(self) -> PipelineCounts:
+    def snapshot(self) -> S:
         return self.counts
 
 
@@ -492,16 +483,17 @@ class InstallationCounts:
         self.users = Counted(total("users"))
         self.organizations = Counted(total("organizations"))
         self.data_models = Counted(total("data_models"))
-        self.connections = CountedTypes(
-            {"total": total("connections"), "by_type": facet("connections", "type")}
-        )
-        self.pipelines = CountedPipelines(
-            {
-                "total": total("pipelines"),
-                "enabled": facet("pipelines", "enabled").get("", 0),
-                "nodes_by_type": facet("pipelines", "node"),
-            }
-        )
+        connections: TypeCounts = {
+            "total": total("connections"),
+            "by_type": facet("connections", "type"),
+        }
+        self.connections = CountedWith(connections["total"], connections)
+        pipelines: PipelineCounts = {
+            "total": total("pipelines"),
+            "enabled": facet("pipelines", "enabled").get("", 0),
+            "nodes_by_type": facet("pipelines", "node"),
+        }
+        self.pipelines = CountedWith(pipelines["total"], pipelines)
         self.uns: dict[str, Any] = json.loads(states["uns"]) if "uns" in states else {}
         self.license: dict[str, Any] = json.loads(states["license"]) if "license" in states else {}
 
