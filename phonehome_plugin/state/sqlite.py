@@ -386,16 +386,27 @@ class SqliteStore(Store):
         """Once :data:`COMPACT_PAGES` pages or more are free (a drained outbox, trimmed
         kept bodies), hand them back to the file system (``PRAGMA incremental_vacuum``:
         files made since this version have ``auto_vacuum=INCREMENTAL``; an older file
-        keeps its free pages for later rows). Skipped when the file is busy."""
+        keeps its free pages for later rows); and once the ``-wal`` is larger than
+        :data:`WAL_LIMIT`, empty it. Skipped when the file is busy."""
         if self.read_only or self.memory:
             return
         with suppress(sqlite3.Error, RuntimeError), self.session() as conn:
             free = conn.execute("PRAGMA freelist_count").fetchone()[0]
             if int(free) >= COMPACT_PAGES:
-                conn.execute("PRAGMA incremental_vacuum").fetchall()
-                # And the -wal that carried those pages: back to empty when no other
-                # process reads (else it shrinks to WAL_LIMIT at its next reset).
+                # executescript steps it to the end: execute() on Python 3.11 stops
+                # after one step, and each step frees one page.
+                conn.executescript("PRAGMA incremental_vacuum;")
+            if int(free) >= COMPACT_PAGES or self._wal_bytes() > WAL_LIMIT:
+                # The -wal that carried a backlog: back to empty when no other process
+                # reads (else it shrinks to WAL_LIMIT at its next reset).
                 conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+
+    def _wal_bytes(self) -> int:
+        assert self.path is not None
+        try:
+            return self.path.with_name(self.path.name + "-wal").stat().st_size
+        except OSError:
+            return 0
 
     def _attempt(self, work: Callable[[Conn], T]) -> T:
         with self.session() as conn:
