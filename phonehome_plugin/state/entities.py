@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from phonehome_plugin.state.store import UPSERT_KV, Conn, get_in
 
@@ -146,16 +146,15 @@ def _ensure_counts(c: Conn) -> None:
     if get_in(c, BUILT_KEY) is not None:
         return
     c.execute("DELETE FROM entity_counts")
-    for module, found in _counted(
-        c.execute("SELECT module, value FROM entities").fetchall()
-    ).items():
+    for module, found in _counted(c).items():
         _add_counts(c, module, found)
     c.execute(UPSERT_KV, (BUILT_KEY, "1"))
 
 
-def _counted(rows: Iterable[tuple[str, str]]) -> dict[str, Counter[Facet]]:
+def _counted(c: Conn) -> dict[str, Counter[Facet]]:
+    """Every module's counts, from its rows one by one (where none are kept yet)."""
     found: dict[str, Counter[Facet]] = {}
-    for module, value in rows:
+    for module, value in c.execute("SELECT module, value FROM entities").fetchall():
         found.setdefault(str(module), Counter()).update(facets(str(module), str(value)))
     return found
 
@@ -165,8 +164,7 @@ def counts(c: Conn) -> Counts:
     the counts were never built (a reader of a state made before them)."""
     found: Counts = {}
     if get_in(c, BUILT_KEY) is None:
-        rows = c.execute("SELECT module, value FROM entities").fetchall()
-        for module, counted in _counted(rows).items():
+        for module, counted in _counted(c).items():
             for (facet, name), n in counted.items():
                 found.setdefault(module, {}).setdefault(facet, {})[name] = n
         return found

@@ -63,6 +63,8 @@ reports leased in it."""
 TOTALS = ("outbox.count", "outbox.bytes")
 """counters: how many reports the outbox holds, and their bytes (see the module
 docstring)."""
+_SIZE = "SELECT count(*), coalesce(sum(length(body)), 0) FROM outbox"
+"""The outbox counted row by row (:meth:`Outbox.size`, and :data:`TOTALS` set anew)."""
 DRAIN_BURST = 10
 """Reports leased at most per :data:`DRAIN_WINDOW`, across the installation."""
 DRAIN_WINDOW = 60.0
@@ -274,11 +276,7 @@ class Outbox:
 
     def size(self) -> tuple[int, int]:
         """How many reports are stored, and their bytes."""
-        row = self.store.run(
-            lambda c: c.execute(
-                "SELECT count(*), coalesce(sum(length(body)), 0) FROM outbox"
-            ).fetchone()
-        )
+        row = self.store.run(lambda c: c.execute(_SIZE).fetchone())
         return int(row[0]), int(row[1])
 
     # The sender's side ---------------------------------------------------------------
@@ -431,9 +429,7 @@ def _totals(c: Conn) -> tuple[int, int]:
 
 def _recount(c: Conn) -> tuple[int, int]:
     """Count the outbox itself (one scan) and set :data:`TOTALS` to what was found."""
-    count, size = c.execute(
-        "SELECT count(*), coalesce(sum(length(body)), 0) FROM outbox"
-    ).fetchone()
+    count, size = c.execute(_SIZE).fetchone()
     c.executemany(
         "INSERT INTO counters (name, value) VALUES (?, ?) "
         "ON CONFLICT (name) DO UPDATE SET value = excluded.value",

@@ -167,10 +167,10 @@ def _file_store(path: Path) -> SqliteStore:
     store = SqliteStore(path)
     try:
         with store.session() as conn:
-            # Before the first table, or it changes nothing: free pages can be handed
-            # back (SqliteStore.compact) without rewriting the whole file.
-            # Only on a new file: setting it writes, and a file that exists may be
-            # corrupt and must be moved aside as it was found.
+            # So that free pages can be handed back (SqliteStore.compact) without
+            # rewriting the whole file. Only on a new file: on one with tables it
+            # changes nothing but still writes, and a file that exists may be corrupt
+            # and must be moved aside as it was found.
             if conn.execute("PRAGMA page_count").fetchone()[0] == 0:
                 conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
             conn.execute("PRAGMA journal_mode=WAL")

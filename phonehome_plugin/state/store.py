@@ -168,10 +168,10 @@ class Store:
         again); a store with nothing to give up does nothing."""
 
     def compact(self) -> None:
-        """Give the space of deleted rows back, where the backend does that by itself
-        no more than the plugin asks (SQLite's free pages); best effort, never raises.
-        Called once a drained report is settled. A server database does nothing here:
-        its own vacuum reclaims space."""
+        """Give the file system back the space of deleted rows, where only the plugin
+        can ask for it (SQLite's free pages); best effort, never raises. Called after a
+        report is settled. Does nothing on a server database, whose own vacuum
+        reclaims space."""
 
     def _after_fork_in_child(self, clean: bool) -> None:
         """Called in a forked child before any other thread exists (see .forksafe);
