@@ -122,9 +122,15 @@ class Categories:
 
     def collector_on(self, name: str) -> bool:
         """Whether collector ``name``'s section may be sent."""
-        allowed = any(fnmatch.fnmatchcase(name, glob) for glob in self.collectors_allow)
-        denied = any(fnmatch.fnmatchcase(name, glob) for glob in self.collectors_deny)
-        return allowed and not denied
+        # The defaults (every section, none denied) decided without a glob: a report
+        # asks this of each of its collectors.
+        if self.collectors_deny and any(
+            fnmatch.fnmatchcase(name, glob) for glob in self.collectors_deny
+        ):
+            return False
+        return self.collectors_allow == ("*",) or any(
+            fnmatch.fnmatchcase(name, glob) for glob in self.collectors_allow
+        )
 
 
 @dataclass(frozen=True, repr=False)

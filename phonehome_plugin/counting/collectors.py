@@ -431,17 +431,26 @@ def _copy_level(
         entries, size = raw.items(), -1  # its len() only once read, under the deadline
     out: dict[Any, Any] = {}
     seen = 0
+    limit = privacy.IDENT_MAX
     for key, value in itertools.islice(entries, privacy.KEYS_MAX):
         if cancelled():
             raise _OverrunError
         seen += 1
-        if isinstance(value, Mapping):
-            copy: Any = (
-                _copy_level(value, cancelled, unseen, nested_ok=False) if nested_ok else None
-            )
+        kind = type(value)
+        # The built-in types first, read as they are (no subclass has methods to run);
+        # the Mapping ABC's isinstance, and _plain's slots, for the rest.
+        copy: Any
+        if kind is int:
+            copy = value if value.bit_length() < 64 else None
+        elif kind is str:
+            copy = value if len(value) <= limit else None
+        elif kind is bool or kind is float:
+            copy = value
+        elif kind is dict or isinstance(value, Mapping):
+            copy = _copy_level(value, cancelled, unseen, nested_ok=False) if nested_ok else None
         else:
             copy = _plain(value)
-        out[_plain_key(key)] = copy
+        out[key if type(key) is str and len(key) <= limit else _plain_key(key)] = copy
     if cancelled():
         raise _OverrunError
     if size < 0:
