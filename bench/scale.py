@@ -304,9 +304,7 @@ def _measure_hooks(host: Host, found: AtScale, quick: bool) -> None:
     found.calls[users.name] = users
 
 
-def _measure_syncs(
-    host: Host, inventory: Inventory, found: AtScale, quick: bool
-) -> None:
+def _measure_syncs(host: Host, inventory: Inventory, found: AtScale, quick: bool) -> None:
     passes = 1 if quick else 3  # the same at every size (see _measure_hooks)
     for module in ("pipelines", "connections"):
         items = inventory.modules[module]

@@ -173,9 +173,7 @@ def _level(raw: Mapping[Any, Any], drops: DropCounter, nested_ok: bool) -> dict[
     seen = 0
     for key, value in itertools.islice(raw.items(), KEYS_MAX):
         seen += 1
-        name = (
-            _identifier(key) if type(key) is str and len(key) <= IDENT_MAX else identifier(key)
-        )
+        name = _identifier(key) if type(key) is str and len(key) <= IDENT_MAX else identifier(key)
         if name is None:
             drops.add("collector_key")
             continue
