@@ -170,3 +170,22 @@ def test_the_compiled_check_answers_what_the_walk_answers(
 @pytest.mark.parametrize("document", [{"a": {"b": [1, "ab", None]}}, [{"a": 1}], "ab", 3])
 def test_the_shipped_schema_compiled_refuses_what_the_walk_refuses(document: Any) -> None:
     assert schema.valid(document) is not bool(schema.walk(document))
+
+
+def test_the_shipped_schema_is_compiled_once_for_every_report(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    schema.valid({})  # compiled here, if no test did before
+    calls: list[object] = []
+
+    def counting(rule: Any, root: Any) -> compiled.Predicate:
+        calls.append(rule)
+        return compiled.compile_rule(rule, root)
+
+    monkeypatch.setattr(schema, "compile_rule", counting)
+    for _ in range(3):
+        schema.errors({"schema_version": 1})
+        schema.valid({"schema_version": 1})
+        schema.errors({"schema_version": 1}, schema.load())
+    assert calls == []
+    assert schema.errors(1, {"type": "string"}) and calls  # another schema: compiled

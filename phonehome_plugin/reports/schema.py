@@ -68,10 +68,9 @@ def errors(document: Any, schema: Mapping[str, Any] | None = None) -> list[str]:
     for its lines. Should the two ever disagree, the document is refused all the same
     (fail closed), with a line that says so.
     """
-    root = load() if schema is None else schema
-    if valid(document, root):
+    if valid(document, schema):
         return []
-    return walk(document, root) or ["$: refused by the compiled check"]
+    return walk(document, schema) or ["$: refused by the compiled check"]
 
 
 def walk(document: Any, schema: Mapping[str, Any] | None = None) -> list[str]:
@@ -85,7 +84,7 @@ def valid(document: Any, schema: Mapping[str, Any] | None = None) -> bool:
     """Whether ``document`` passes the schema, without a line of why: True exactly when
     :func:`walk` finds nothing. The shipped schema is compiled once
     (:mod:`.compiled`); another one is compiled on each call."""
-    if schema is None:
+    if schema is None or schema is load():
         return _shipped()(document)
     return compile_rule(schema, schema)(document)
 
