@@ -189,3 +189,9 @@ def test_the_shipped_schema_is_compiled_once_for_every_report(
         schema.errors({"schema_version": 1}, schema.load())
     assert calls == []
     assert schema.errors(1, {"type": "string"}) and calls  # another schema: compiled
+
+
+def test_the_walk_and_the_compiled_check_know_the_same_keywords() -> None:
+    # Two tables side by side (a walk that says why, predicates that only answer):
+    # a keyword one of them lacks would make that one refuse what the other passes.
+    assert schema._KEYWORDS.keys() == compiled._MAKERS.keys()
