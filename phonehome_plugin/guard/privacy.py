@@ -181,7 +181,7 @@ def _level(raw: Mapping[Any, Any], drops: DropCounter, nested_ok: bool) -> dict[
         # The built-in types a section is made of, decided without the Mapping ABC's
         # isinstance (a report of 500 collectors cleans thousands of values).
         if kind is int:
-            clean = value if -(2**63) < value < 2**63 else None
+            clean = value if abs(value) < 2**63 else None  # scalar(), for an exact int
         elif kind is str:
             clean = _identifier(value) if len(value) <= IDENT_MAX else None
         elif kind is bool or kind is float:

@@ -69,6 +69,14 @@ def pattern(source: str) -> re.Pattern[str]:
     return re.compile(source)
 
 
+def pointer(root: Mapping[str, Any], target: str) -> Any:
+    """What the local reference ``target`` (``#/$defs/leaf``) names in ``root``."""
+    found: Any = root
+    for part in target[2:].split("/"):
+        found = found[part]
+    return found
+
+
 def compile_rule(rule: Mapping[str, Any], root: Mapping[str, Any]) -> Predicate:
     """``rule`` (of the schema ``root``, which local ``$ref`` resolve in) as one predicate."""
     return _Compiler(root).rule(rule)
@@ -111,9 +119,7 @@ class _Compiler:
             if not isinstance(target, str) or not target.startswith("#/") or target in seen:
                 break
             seen.add(target)
-            found: Any = self.root
-            for part in target[2:].split("/"):
-                found = found[part]
+            found = pointer(self.root, target)
             if not isinstance(found, Mapping):
                 break
             rule = found
@@ -133,10 +139,7 @@ class _Compiler:
             return cell[0](value)
 
         self.refs[target] = deferred
-        found: Any = self.root
-        for part in target[2:].split("/"):
-            found = found[part]
-        compiled = self.rule(found)
+        compiled = self.rule(pointer(self.root, target))
         cell.append(compiled)
         self.refs[target] = compiled
         return compiled
@@ -160,7 +163,7 @@ def _all(parts: Sequence[Predicate]) -> Predicate:
 def _type(compiler: _Compiler, arg: Any, rule: Mapping[str, Any]) -> Predicate:
     names = [arg] if isinstance(arg, str) else list(arg)
     checks = tuple(TYPES[name] for name in names)
-    exact = frozenset(kind for name in names for kind in _EXACT[name])
+    exact = _exact(names)
     refused = _refused(names)
 
     def typed(value: Any) -> bool:
@@ -250,18 +253,20 @@ def _object(compiler: _Compiler, rule: Mapping[str, Any]) -> Predicate:
     return obj
 
 
+def _exact(names: Sequence[str]) -> frozenset[type]:
+    """The exact Python types every value of which one of the type ``names`` admits."""
+    return frozenset(kind for name in names for kind in _EXACT[name])
+
+
 def _admitted(names: Sequence[str]) -> frozenset[type]:
-    """The exact Python types every value of which one of the type ``names`` admits
-    (strings left out: a pattern may apply to them)."""
-    return frozenset(kind for name in names for kind in _EXACT[name]) - {str}
+    """:func:`_exact`, strings left out (a pattern may apply to them)."""
+    return _exact(names) - {str}
 
 
 def _refused(names: Sequence[str]) -> frozenset[type]:
     """The exact Python types no value of which the type ``names`` admit."""
-    admitted = {kind for name in names for kind in _EXACT[name]}
-    if "integer" in names:
-        admitted.add(float)  # 3.0 is an integer
-    return frozenset(kind for kinds in _EXACT.values() for kind in kinds) - admitted
+    some = {float} if "integer" in names else set()  # 3.0 is an integer
+    return _exact(list(_EXACT)) - _exact(names) - some
 
 
 def _properties(compiler: _Compiler, arg: Any, rule: Mapping[str, Any]) -> Predicate:
@@ -350,13 +355,19 @@ def _pattern(compiler: _Compiler, arg: Any, rule: Mapping[str, Any]) -> Predicat
 
 def _any_of(compiler: _Compiler, arg: Any, rule: Mapping[str, Any]) -> Predicate:
     options = tuple(compiler.rule(option) for option in arg)
-    if len(options) == 1:
-        return options[0]
-    leading = compiler.resolved(arg[0]) if arg else {}
+    leading = compiler.resolved(arg[0]) if len(options) > 1 else {}
     if leading.keys() - ANNOTATIONS == {"type", "pattern"}:
         # A leaf first (a section's values): the leaf's own call tries the rest.
-        rest = _any_of(compiler, arg[1:], rule)
-        return _leaf(leading["type"], leading["pattern"], options[0], rest)
+        return _leaf(leading["type"], leading["pattern"], options[0], _either(options[1:]))
+    return _either(options)
+
+
+def _either(options: Sequence[Predicate]) -> Predicate:
+    """True when one of the compiled ``options`` is (none: never)."""
+    if not options:
+        return _never
+    if len(options) == 1:
+        return options[0]
     if len(options) == 2:
         first, second = options
         return lambda v: first(v) or second(v)

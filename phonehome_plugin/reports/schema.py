@@ -39,6 +39,7 @@ from phonehome_plugin.reports.compiled import (
     Predicate,
     compile_rule,
     pattern,
+    pointer,
     same,
 )
 
@@ -195,10 +196,7 @@ def _ref(value: Any, arg: Any, rule: Any, root: Any, path: str) -> Iterator[str]
     if not arg.startswith("#/"):
         yield f"{path}: only local $ref is supported"
         return
-    target: Any = root
-    for part in arg[2:].split("/"):
-        target = target[part]
-    yield from _check(value, target, root, path)
+    yield from _check(value, pointer(root, arg), root, path)
 
 
 _KEYWORDS: dict[str, Any] = {
