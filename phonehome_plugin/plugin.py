@@ -13,15 +13,15 @@ against it either way.
 
 from __future__ import annotations
 
-import logging
+import sys
 
 import hookspecs.phonehome
 from hookspecs import App, hookimpl
 from phonehome_plugin.config import switch
 
-log = logging.getLogger("phonehome_plugin")
-
+LOGGER = "phonehome_plugin"
 RUNTIME_NAME = "phonehome-runtime"
+_INFO = 20  # logging.INFO, without importing logging for it
 
 
 @hookimpl
@@ -30,7 +30,11 @@ def on_startup(app: App) -> None:
     try:
         _start(app)
     except Exception:
-        log.exception("phonehome: could not start; telemetry is off for this run")
+        import logging
+
+        logging.getLogger(LOGGER).exception(
+            "phonehome: could not start; telemetry is off for this run"
+        )
 
 
 def _start(app: App) -> None:
@@ -43,14 +47,33 @@ def _start(app: App) -> None:
     if pm.get_plugin(RUNTIME_NAME) is not None:
         return
     decision = switch.resolve(app.config)
-    if decision.config_error:
-        log.error("phonehome: %s", decision.reason)
+    if decision.switch == switch.INVALID:
+        _log(40, "phonehome: %s", decision.reason)  # logging.ERROR
     else:
-        log.info("phonehome: telemetry %s", decision.reason)
-    if not decision.on or decision.settings is None:
+        _log(_INFO, "phonehome: telemetry %s", decision.reason)
+    if not decision.on:
+        return
+    settings = decision.settings
+    if settings is None:
         return
     from phonehome_plugin.runtime import Runtime  # only paid for when telemetry is on
 
-    runtime = Runtime(app, decision.settings)
+    runtime = Runtime(app, settings)
     pm.register(runtime, name=RUNTIME_NAME)
     runtime.start()
+
+
+def _log(level: int, message: str, reason: str) -> None:
+    """Log one line to ``phonehome_plugin``, importing :mod:`logging` only when the
+    line can go anywhere.
+
+    A host that has not imported :mod:`logging` has configured no handler and no
+    level: its root logger is at WARNING, so an INFO line would be dropped as it is
+    made (a later configuration does not bring back a dropped line). Such a host
+    does not pay the import for nothing; a warning or an error is always logged
+    (:data:`logging.lastResort` prints it to stderr)."""
+    if level < 30 and "logging" not in sys.modules:
+        return
+    import logging
+
+    logging.getLogger(LOGGER).log(level, message, reason)

@@ -157,3 +157,76 @@ def test_every_hook_implementation_takes_the_app_protocol() -> None:
     for hook in hooks:
         assert get_type_hints(hook)["app"] is hookspecs.host.App, hook.__qualname__
     assert get_type_hints(Runtime.__init__)["app"] is hookspecs.host.App
+
+
+# What a host start with telemetry off pays: checked in a fresh interpreter, which
+# loads the plugin from its entry point as the host does and reports what it imported.
+_FRESH_HOST = """
+import json, sys
+import pluggy, hookspecs.host
+from types import SimpleNamespace
+before = set(sys.modules)
+pm = pluggy.PluginManager("maestrohub")
+pm.add_hookspecs(hookspecs.host)
+pm.load_setuptools_entrypoints("maestrohub")
+app = SimpleNamespace(config=json.loads(sys.argv[1]), plugin_manager=pm)
+pm.hook.on_startup.call_historic(kwargs={"app": app})
+print(json.dumps(sorted(set(sys.modules) - before)))
+"""
+
+
+def _fresh_start(config: Any) -> tuple[list[str], str]:
+    """The modules a fresh host's start imported with ``config``, and its stderr."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("DO_NOT_TRACK", "CI")}
+    env.pop("MAESTROHUB_PHONEHOME_ENABLED", None)
+    done = subprocess.run(
+        [sys.executable, "-c", _FRESH_HOST, json.dumps(config)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+        timeout=120,
+    )
+    imported: list[str] = json.loads(done.stdout.strip().splitlines()[-1])
+    return imported, done.stderr
+
+
+def test_a_host_start_with_telemetry_off_imports_only_the_entry_point_and_the_switch() -> None:
+    imported, stderr = _fresh_start({"modules": {"phonehome": {"enabled": False}}})
+    own = [name for name in imported if name.startswith("phonehome_plugin")]
+    assert own == [
+        "phonehome_plugin",
+        "phonehome_plugin.config",
+        "phonehome_plugin.config.switch",
+        "phonehome_plugin.plugin",
+    ]
+    # No settings (dataclasses, regular expressions), and no logging for an INFO line
+    # that a host which never imported logging would drop anyway.
+    assert not {"dataclasses", "logging", "re"} & set(imported), imported
+    assert stderr == ""
+
+
+def test_an_invalid_section_is_logged_even_by_a_host_without_logging() -> None:
+    imported, stderr = _fresh_start({"modules": {"phonehome": {"interval": 1}}})
+    assert "logging" in imported
+    [line] = stderr.splitlines()
+    assert line.startswith("phonehome: off: invalid config.yaml, modules.phonehome.interval")
+
+
+def test_the_off_line_is_logged_where_the_host_logs_info(
+    pm: pluggy.PluginManager, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    pm.register(plugin)
+    config = {"modules": {"phonehome": {"enabled": False}}}
+    with caplog.at_level(logging.INFO, logger="phonehome_plugin"):
+        assert _start(pm, app_of(config, tmp_path, pm)) is None
+    [record] = [r for r in caplog.records if r.name == "phonehome_plugin"]
+    assert record.levelno == logging.INFO
+    assert record.getMessage() == (
+        "phonehome: telemetry off: modules.phonehome.enabled is false in config.yaml"
+    )

@@ -38,7 +38,7 @@ from phonehome_plugin.state.store import FILENAME
 counting_server = operator_support.counting_server  # fixture
 shell_env = operator_support.shell_env  # fixture
 
-# The five ways a host start ends up with telemetry off: (config section additions,
+# The ways a host start ends up with telemetry off: (config section additions,
 # the host's environment, the words the shell's view says when it shares them).
 OFF_SWITCHES: dict[str, tuple[dict[str, Any], dict[str, str | None], str]] = {
     "enabled: false in config.yaml": (
@@ -57,6 +57,13 @@ OFF_SWITCHES: dict[str, tuple[dict[str, Any], dict[str, str | None], str]] = {
         "off: MAESTROHUB_PHONEHOME_ENABLED=nonsense",
     ),
     "DO_NOT_TRACK=1": ({}, {"DO_NOT_TRACK": "1"}, "off: DO_NOT_TRACK=1 is set"),
+    # The one line turns telemetry off whatever else the section holds; the shell's
+    # view still names what is wrong beside it (and exits 1 for it).
+    "enabled: false beside a misspelt key": (
+        {"enabled": False, "intervall": 60},
+        {},
+        "off: modules.phonehome.enabled is false in config.yaml",
+    ),
     "a misspelt key in modules.phonehome": (
         {"enabeld": False},
         {},

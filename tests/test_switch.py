@@ -290,3 +290,32 @@ def test_on_startup_with_an_alias_bomb_config_stays_off_with_one_short_log_line(
         assert len(message) <= 200 and message.isprintable(), (levels, message[:300])
         assert peak < PEAK_MAX, (levels, peak)
         assert not (tmp_path / "data").exists(), "nothing written"
+
+
+def test_enabled_false_is_off_whatever_else_the_section_holds() -> None:
+    section = {"enabled": False, "interval": 1, "colour": "blue"}
+    decision = switch.resolve({"modules": {"phonehome": section}}, {})
+    assert decision.on is False
+    assert decision.switch == "modules.phonehome.enabled"
+    assert decision.reason == "off: modules.phonehome.enabled is false in config.yaml"
+    # What is wrong in the rest is still there for whoever asks (status shows it).
+    assert decision.settings is None
+    assert decision.config_error is not None
+    assert "modules.phonehome" in decision.config_error
+
+
+def test_enabled_false_in_a_mapping_of_another_type_is_read_in_full() -> None:
+    from types import MappingProxyType
+
+    section = MappingProxyType({"enabled": False, "mode": "log"})
+    decision = switch.resolve({"modules": {"phonehome": section}}, {})
+    assert decision.on is False and decision.switch == "modules.phonehome.enabled"
+    assert decision.settings is not None and decision.settings.mode == "log"
+
+
+def test_only_the_boolean_false_takes_the_short_way() -> None:
+    for value in (0, "false", None, [], "no"):
+        decision = switch.resolve({"modules": {"phonehome": {"enabled": value}}}, {})
+        assert decision.switch != "modules.phonehome.enabled" or decision.settings is not None, (
+            value
+        )
