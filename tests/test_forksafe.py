@@ -107,6 +107,53 @@ def test_a_fork_during_a_transaction_hands_the_child_no_held_lock(
     assert store.next_sequence() == 5
 
 
+class _Released(_ForkWaits):
+    """:class:`_ForkWaits` that also says when the forking thread gives it back (its
+    after-fork handler in the parent, the only release from that thread)."""
+
+    def __init__(self, lock: Any, forker: list[int]) -> None:
+        super().__init__(lock)
+        self.forker = forker
+        self.given_back = threading.Event()
+
+    def release(self) -> None:
+        if threading.get_ident() in self.forker:
+            self.given_back.set()
+        super().release()
+
+
+def test_a_thread_leaving_the_guard_steps_aside_until_the_waiting_fork_is_done(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Blocked, the plugin's thread holds no GIL: the forking thread goes on at once
+    instead of waiting a switch interval for a worker busy in Python."""
+    forker: list[int] = []
+    guard = _Released(forksafe.GUARD, forker)
+    monkeypatch.setattr(forksafe, "GUARD", guard)
+    monkeypatch.setattr(forksafe, "FORK_WAIT", 300.0)  # the backstop out of reach
+    seen: list[bool] = []
+
+    def worker() -> None:
+        with forksafe.held():
+            assert guard.waiting.wait(60), "the fork never waited for the guard"
+        # Back from stepping aside: the fork has had the guard and given it back.
+        seen.append(guard.given_back.is_set())
+
+    def fork() -> None:
+        forker.append(threading.get_ident())
+        process = FORK.Process(target=int)
+        process.start()
+        process.join(30)
+
+    inside = threading.Thread(target=worker)
+    inside.start()
+    forking = threading.Thread(target=fork)
+    forking.start()
+    inside.join(60)
+    forking.join(60)
+    assert seen == [True]
+
+
 def test_a_fork_keeps_memory_state_in_the_child(tmp_path: Path) -> None:
     memory = open_store(None)
     memory.set("k", "v")

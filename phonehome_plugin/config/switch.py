@@ -57,7 +57,7 @@ class Decision:
     that turns telemetry off more than the rest of this module.
     """
 
-    __slots__ = ("on", "reason", "switch", "source", "_settings", "_error", "_unread")
+    __slots__ = ("_error", "_settings", "_unread", "on", "reason", "source", "switch")
 
     def __init__(
         self,

@@ -14,6 +14,11 @@ was inside a SQLite call can crash or hang. The rules, enforced by construction:
 2. ``os.fork()`` takes the guard for the instant of the fork, so no thread of
    the plugin is inside SQLite when the child is made. It does not close or
    flush anything: the fork costs the host no more than without the plugin.
+   A thread of the plugin that leaves the guard while a fork waits for it then
+   steps aside until the fork is done (:func:`held`): blocked, it holds no GIL,
+   so the forking thread goes on at once instead of waiting a switch interval
+   (5 ms) for a worker busy in Python. Forks from several threads at once take
+   their turns (:data:`_FORKING`), so each has the guard to itself.
    Should the guard not come free within :data:`FORK_WAIT` (a disk that stalls a
    commit), the fork goes on without it and the child makes no SQLite call at
    all, ever (:data:`poisoned`; one log line): telemetry is off in that child
@@ -32,6 +37,8 @@ import logging
 import os
 import threading
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -51,8 +58,12 @@ poisoned = False
 process-wide mutexes may be held by a thread that is gone, so no store here may
 call into it again (see :class:`ForkedMidCallError`)."""
 
+_FORKING = threading.Lock()
+"""Held by the thread that forks, from its before-fork handler to its after-fork one."""
+
 _live: weakref.WeakSet[Store] = weakref.WeakSet()
 _held = False
+_forking = False
 _inherited: list[object] = []
 """Connections a child shares with its parent: never used, closed or collected."""
 
@@ -77,22 +88,39 @@ def abandon(connection: object) -> None:
     _inherited.append(connection)
 
 
+@contextmanager
+def held() -> Iterator[None]:
+    """Hold :data:`GUARD` for the block; then, if a fork is waiting, step aside until
+    it is done (bounded by :data:`FORK_WAIT`). Every SQLite call goes through here."""
+    with GUARD:
+        yield
+    if _FORKING.locked() and _FORKING.acquire(timeout=FORK_WAIT):
+        _FORKING.release()
+
+
 def _before_fork() -> None:
-    global _held  # noqa: PLW0603  (one flag for the instant of the fork)
+    global _held, _forking  # noqa: PLW0603  (flags for the instant of the fork)
+    # Another thread's fork holds it only for the instant of that fork; the bound is
+    # a backstop (past it, this fork goes on and the flags are that fork's).
+    _forking = _FORKING.acquire(timeout=FORK_WAIT)
     _held = GUARD.acquire(timeout=FORK_WAIT)
 
 
 def _after_fork_in_parent() -> None:
-    global _held  # noqa: PLW0603
+    global _held, _forking  # noqa: PLW0603
     if _held:
         _held = False
         GUARD.release()
+    if _forking:
+        _forking = False
+        _FORKING.release()
 
 
 def _after_fork_in_child() -> None:
-    global GUARD, _held, poisoned  # noqa: PLW0603  (the child's copies)
-    clean, _held = _held, False
+    global GUARD, _FORKING, _held, _forking, poisoned  # noqa: PLW0603  (the child's copies)
+    clean, _held, _forking = _held, False, False
     GUARD = threading.Lock()  # the child's copy may be held by a thread that is gone
+    _FORKING = threading.Lock()
     if not clean and not poisoned:
         poisoned = True
         log.warning("phonehome: %s", ForkedMidCallError())

@@ -336,7 +336,7 @@ class SqliteStore(Store):
         The only way to the connection: a fork can never find a thread of the
         plugin inside it. Opens it (again, after a fork) when needed.
         """
-        with forksafe.GUARD:
+        with forksafe.held():
             if forksafe.poisoned:
                 raise forksafe.ForkedMidCallError()
             if self._closed:
@@ -474,7 +474,7 @@ class SqliteStore(Store):
             self._conn = None
 
     def close(self) -> None:
-        with forksafe.GUARD:
+        with forksafe.held():
             self._closed = True
             conn, self._conn = self._conn, None
             if conn is not None and not forksafe.poisoned:
