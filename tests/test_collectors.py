@@ -124,7 +124,7 @@ REPORTED: set[str] = set()
 """Those of them whose overrun :class:`ExactQueue` has already told the registry of."""
 
 
-class ExactQueue(queue.Queue[Any]):
+class ExactQueue(queue.SimpleQueue[Any]):
     """The runner's result queue, with a timeout that falls exactly when a collector
     hangs, never because the machine is slow: ``get`` waits (up to :data:`HANG`) for
     a result, and gives up (``queue.Empty``, as the real timeout would) once a
@@ -164,7 +164,9 @@ def exact_timeout(monkeypatch: pytest.MonkeyPatch) -> Iterator[float]:
     """``collect()``'s timeout falls when a :class:`Blocking` collector hangs (see
     :class:`ExactQueue`); :data:`TIMEOUT` is the figure the errors name."""
     monkeypatch.setattr(collectors, "CALL_TIMEOUT", TIMEOUT)
-    monkeypatch.setattr(collectors, "queue", SimpleNamespace(Queue=ExactQueue, Empty=queue.Empty))
+    monkeypatch.setattr(
+        collectors, "queue", SimpleNamespace(SimpleQueue=ExactQueue, Empty=queue.Empty)
+    )
     STUCK.clear()
     REPORTED.clear()
     yield TIMEOUT
@@ -607,7 +609,9 @@ def test_a_result_arriving_just_after_the_deadline_does_not_mark_the_collector_h
                 raise queue.Empty  # ... but after the caller's deadline
             return super().get(block, timeout)
 
-    monkeypatch.setattr(collectors, "queue", SimpleNamespace(Queue=LateQueue, Empty=queue.Empty))
+    monkeypatch.setattr(
+        collectors, "queue", SimpleNamespace(SimpleQueue=LateQueue, Empty=queue.Empty)
+    )
     before = _collect_threads()
     punctual = Collector("acme.punctual")
     registry.register(punctual)

@@ -545,7 +545,9 @@ def _run(
     is stopped (:meth:`_Run.stop`).
     """
     while todo and not closed():
-        results: queue.Queue[tuple[str, Any]] = queue.Queue()
+        # SimpleQueue: its get() with a timeout is one C call; Queue's is a Python
+        # Condition (about 1 us a collector more on the worker: 2.25 -> 1.73 ms at 500).
+        results: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         run = _Run()
         thread = threading.Thread(
             target=_runner,
@@ -574,7 +576,7 @@ def _run(
 
 def _runner(
     todo: list[tuple[str, Collector]],
-    results: queue.Queue[tuple[str, Any]],
+    results: queue.SimpleQueue[tuple[str, Any]],
     run: _Run,
     hung: dict[str, _Run],
 ) -> None:

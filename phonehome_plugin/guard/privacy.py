@@ -163,7 +163,7 @@ def section(raw: Any, drops: DropCounter) -> dict[str, Any]:
     as ``collector_key`` without being read. Raises ``TypeError`` when ``raw`` is
     not a mapping.
     """
-    if not isinstance(raw, Mapping):
+    if type(raw) is not dict and not isinstance(raw, Mapping):  # the ABC's check last
         raise TypeError(f"collect() returned {type_name(raw)}, not a mapping")
     return _level(raw, drops, nested_ok=True)
 
