@@ -154,6 +154,46 @@ def test_a_thread_leaving_the_guard_steps_aside_until_the_waiting_fork_is_done(
     assert seen == [True]
 
 
+def test_a_fork_waits_for_one_statement_of_a_transaction_not_for_the_rest(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The transaction gives way at its next statement: rolled back, then run again
+    after the fork, its effect applied once."""
+    assert store.next_sequence() == 1
+    guard = _ForkWaits(forksafe.GUARD)
+    monkeypatch.setattr(forksafe, "GUARD", guard)
+    monkeypatch.setattr(forksafe, "FORK_WAIT", 300.0)  # the backstop out of reach
+    inside = threading.Event()
+    said: list[str] = []
+
+    def work(c: Any) -> None:
+        said.append("run")
+        c.execute(store_module._UPSERT_ADD, ("sequence", 1))
+        if len(said) == 1:
+            inside.set()
+            assert guard.waiting.wait(60), "the fork never waited for the guard"
+        try:
+            c.execute(store_module._UPSERT_ADD, ("sequence", 10))  # the first run stops here
+        except Exception:  # work that shrugs off a failed statement cannot commit half a run
+            said.append("swallowed")
+        said.append("done")
+
+    writer = threading.Thread(target=store.run, args=(work,))
+    writer.start()
+    assert inside.wait(30)
+    child = FORK.Process(target=int)
+    child.start()  # waits in os.fork() for the statement in progress only
+    said.append("forked")
+    writer.join(60)
+    child.join(30)
+    assert child.exitcode == 0
+    # The first run gave way and the fork went on; the second ran after the fork (when
+    # this thread got back from Process.start() to say so is the scheduler's business).
+    assert [step for step in said if step != "forked"] == ["run", "run", "done"]
+    assert said.index("forked") > 0
+    assert store.next_sequence() == 1 + 11 + 1, "the transaction's effect applied once"
+
+
 def test_a_fork_keeps_memory_state_in_the_child(tmp_path: Path) -> None:
     memory = open_store(None)
     memory.set("k", "v")

@@ -17,8 +17,12 @@ was inside a SQLite call can crash or hang. The rules, enforced by construction:
    A thread of the plugin that leaves the guard while a fork waits for it then
    steps aside until the fork is done (:func:`held`): blocked, it holds no GIL,
    so the forking thread goes on at once instead of waiting a switch interval
-   (5 ms) for a worker busy in Python. Forks from several threads at once take
-   their turns (:data:`_FORKING`), so each has the guard to itself.
+   (5 ms) for a worker busy in Python. A write transaction does not make the
+   fork wait for the rest of it either: at its next statement it is rolled
+   back (:class:`ForkWaiting`) and run again once the fork is done, so a fork
+   waits for one statement at most (see :meth:`~.sqlite.SqliteStore.run`).
+   Forks from several threads at once take their turns (:data:`_FORKING`), so
+   each has the guard to itself.
    Should the guard not come free within :data:`FORK_WAIT` (a disk that stalls a
    commit), the fork goes on without it and the child makes no SQLite call at
    all, ever (:data:`poisoned`; one log line): telemetry is off in that child
@@ -88,14 +92,29 @@ def abandon(connection: object) -> None:
     _inherited.append(connection)
 
 
+class ForkWaiting(BaseException):
+    """Raised at a statement of a write transaction while a fork waits for the guard:
+    the transaction is rolled back and run again after the fork. A BaseException, so
+    that no ``except Exception`` in a transaction's work can swallow it and commit."""
+
+
+def fork_waiting() -> bool:
+    """True while a fork waits for (or holds) the guard. Read by the guard's holder,
+    it means a fork waits for it."""
+    return _FORKING.locked()
+
+
 @contextmanager
 def held() -> Iterator[None]:
     """Hold :data:`GUARD` for the block; then, if a fork is waiting, step aside until
-    it is done (bounded by :data:`FORK_WAIT`). Every SQLite call goes through here."""
-    with GUARD:
-        yield
-    if _FORKING.locked() and _FORKING.acquire(timeout=FORK_WAIT):
-        _FORKING.release()
+    it is done (bounded by :data:`FORK_WAIT`), whether the block ended or raised.
+    Every SQLite call goes through here."""
+    try:
+        with GUARD:
+            yield
+    finally:
+        if _FORKING.locked() and _FORKING.acquire(timeout=FORK_WAIT):
+            _FORKING.release()
 
 
 def _before_fork() -> None:
