@@ -25,6 +25,11 @@ duration measured beforehand; the baseline host sleeps the same delays. The
 baseline forks only once the plugin host's job is over, so its forks never
 compete with the plugin's worker for the CPU.
 
+The ``thread_floor`` row (no budget) forks the baseline host alone, alternately with
+and without a busy thread of its own running (Python work between GIL-free calls,
+as a worker making a report does): what a thread at work costs a fork, whoever's
+thread it is. The plugin makes its reports on its own thread, never the host's.
+
 Python 3.12+ warns (``DeprecationWarning``) on every fork of a process with more
 than one thread; the warning is filtered out in these processes only.
 """
@@ -122,6 +127,8 @@ class _HostProcess:
         self.host.boot(make_inventory(TYPICAL, self.host.started_at), timeout=60.0)
         self.worker: Any = None
         self.pad: list[bytearray] = []
+        self.busy_thread: threading.Thread | None = None
+        self.busy_stop = threading.Event()
         if role == "plugin":
             runtime = self.host.runtime
             if runtime is None or runtime.worker.store is None:
@@ -192,6 +199,32 @@ class _HostProcess:
             raise RuntimeError("the worker did not finish a report in 60 s")
         return {"ns": ns, "code": code, "in_job": in_job, "threads": threads}
 
+    def _busy(self) -> None:
+        """What a worker making a report does, roughly: Python work between short
+        GIL-free calls (a JSON body built, written to a pipe and read back)."""
+        read, write = os.pipe()
+        try:
+            while not self.busy_stop.is_set():
+                body = json.dumps({f"k{i}": [i, str(i)] for i in range(200)}).encode()
+                os.write(write, body[:4096])
+                os.read(read, 4096)
+        finally:
+            os.close(read)
+            os.close(write)
+
+    def thread(self, wanted: str) -> dict[str, Any]:
+        """Start a busy thread of this host's own (``busy``: see :meth:`_busy`), or end
+        it (``none``)."""
+        if wanted == "busy" and self.busy_thread is None:
+            self.busy_stop.clear()
+            self.busy_thread = threading.Thread(target=self._busy, name="busy", daemon=True)
+            self.busy_thread.start()
+        elif wanted == "none" and self.busy_thread is not None:
+            self.busy_stop.set()
+            self.busy_thread.join(10)
+            self.busy_thread = None
+        return {"threads": threading.active_count()}
+
     def serve(self, read: IO[str], write: Callable[[dict[str, Any]], None]) -> None:
         write(self.ready())
         for line in read:
@@ -202,6 +235,8 @@ class _HostProcess:
                 write(self.import_all(json.loads(argument)))
             elif command == "pad":
                 write(self.allocate(int(argument)))
+            elif command == "thread":
+                write(self.thread(argument))
             elif command == "calibrate":
                 write(self.calibrate(int(argument)))
             elif command == "quit":
@@ -385,6 +420,45 @@ def _measure(mode: str, ok: HTTPEndpoint, count: int) -> dict[str, Any]:
         baseline.close()
 
 
+FLOOR_DELAY = 0.003
+"""Seconds the host's own busy thread runs before each of the floor row's forks."""
+
+
+def _floor(ok: HTTPEndpoint, count: int) -> Row:
+    """``fork.thread_floor``: the baseline host's fork while a busy thread of its own
+    runs (see :meth:`_HostProcess._busy`), against none, alternating: what a thread at
+    work costs a fork, whoever's it is (no budget)."""
+    host = _Child("baseline", "idle", ok.url)
+    try:
+        host.answer()
+        times: dict[str, list[int]] = {"none": [], "busy": []}
+        for i in range(WARMUP + count):
+            for kind in ("none", "busy") if i % 2 == 0 else ("busy", "none"):
+                host.ask(f"thread {kind}")
+                got = host.ask(f"fork {FLOOR_DELAY!r}")
+                host.ask("thread none")
+                if i >= WARMUP:
+                    times[kind].append(got["ns"])
+    finally:
+        host.close()
+    busy, without = statistics.median(times["busy"]), statistics.median(times["none"])
+    return Row(
+        "fork.thread_floor",
+        SECTION_FORKS,
+        "os.fork() in the host without the plugin while a busy thread of its own runs "
+        "(no budget: what the busy row's thread costs any host)",
+        busy / 1e9,
+        baseline="the same host, no other thread",
+        baseline_value=without / 1e9,
+        ratio=busy / without,
+        note=f"{count} forks each way, alternating, each {FLOOR_DELAY * 1e3:.0f} ms after the "
+        "thread started; the thread builds JSON in Python and writes it to a pipe and reads "
+        "it back (GIL-free calls), as a worker making a report does. The plugin makes its "
+        "reports on a thread of its own, never the host's: a fork during a report pays for "
+        "a thread at work.",
+    )
+
+
 def _us(ns: float) -> str:
     return f"{ns / 1e3:.0f} µs"
 
@@ -451,6 +525,7 @@ def fork_rows(ok: HTTPEndpoint, quick: bool) -> tuple[list[Row], dict[str, Any]]
             f"still at it; the endpoint received {busy['reports_received']} reports.",
         ),
     ]
+    rows.append(_floor(ok, count))
     plugin_max, base_max = max(busy["plugin_ns"]), max(busy["baseline_ns"])
     rows.append(
         Row(
