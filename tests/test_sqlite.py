@@ -21,6 +21,7 @@ from sqlite_support import FORK, integrity, run_child, warnings_of
 
 from phonehome_plugin.config.settings import OutboxLimits
 from phonehome_plugin.state import forksafe, history, sqlite
+from phonehome_plugin.state import outbox as outbox_module
 from phonehome_plugin.state.backends import open_store
 from phonehome_plugin.state.outbox import Entry, Outbox
 from phonehome_plugin.state.store import FILENAME, StateUnavailableError, Store
@@ -346,7 +347,10 @@ def test_a_bug_in_a_statement_is_raised_not_hidden_in_memory(store: Store) -> No
     assert not store.memory
 
 
-def test_a_drained_backlog_gives_its_space_back_to_the_file_system(tmp_path: Path) -> None:
+@pytest.mark.parametrize("settled", ["sent", "logged"])
+def test_a_drained_backlog_gives_its_space_back_to_the_file_system(
+    tmp_path: Path, settled: str
+) -> None:
     store = open_store(tmp_path)
     path = tmp_path / FILENAME
     outbox = Outbox(store, OutboxLimits(max_reports=8000, max_bytes=64 << 20))
@@ -356,17 +360,43 @@ def test_a_drained_backlog_gives_its_space_back_to_the_file_system(tmp_path: Pat
         outbox.put(entry, 1000.0)
     assert _on_disk(path) > floor + (4 << 20)
     for entry in entries:
-        outbox.logged(
-            entry, history.Event(entry.report_id, entry.sequence, "periodic", 3000.0, "logged", "")
-        )
+        event = history.Event(entry.report_id, entry.sequence, "periodic", 3000.0, settled, "")
+        if settled == "sent":
+            outbox.sent(entry, event, {})
+        else:
+            outbox.logged(entry, event)
     kept = store.run(
         lambda c: c.execute("SELECT coalesce(sum(length(body)), 0) FROM sent_reports").fetchone()
     )[0]
-    # What stays: the kept bodies (two to a page, as rows of 1,500 bytes fill them),
-    # fewer free pages than compaction waits for, and a -wal of at most its limit.
+    # What stays: the kept bodies (two to a page, as rows of 1,500 bytes fill them), no
+    # free page and an empty -wal: the last report out compacted the file in full.
     wal = path.with_name(path.name + "-wal")
-    assert path.stat().st_size <= floor + kept * 3 // 2 + (1 << 20), "free pages stayed"
-    assert not wal.exists() or wal.stat().st_size <= sqlite.WAL_LIMIT, "the -wal stayed large"
+    assert path.stat().st_size <= floor + kept * 3 // 2, "free pages stayed"
+    assert not wal.exists() or wal.stat().st_size == 0, "the -wal stayed"
+    assert store.run(lambda c: c.execute("PRAGMA freelist_count").fetchone())[0] == 0
+    store.close()
+
+
+def test_the_usual_cycle_of_one_report_pays_for_no_full_compaction(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = open_store(tmp_path)
+    outbox = Outbox(store, OutboxLimits())
+    fulls: list[bool] = []
+    compact = store.compact
+
+    def counted(full: bool = False) -> None:
+        fulls.append(full)
+        compact(full)
+
+    monkeypatch.setattr(store, "compact", counted)
+    for n in range(outbox_module.BACKLOG * 3):
+        entry = Entry(f"r{n:05d}", n, "periodic", 1000.0 + n, b"x" * 1500)
+        outbox.put(entry, 1000.0 + n)
+        outbox.sent(
+            entry, history.Event(entry.report_id, n, "periodic", 1000.0 + n, "sent", ""), {}
+        )
+    assert fulls == [False] * (outbox_module.BACKLOG * 3)
     store.close()
 
 

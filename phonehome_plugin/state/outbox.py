@@ -60,6 +60,10 @@ FAILURES_KEY = "delivery.consecutive_failures"
 PACE_KEY = "delivery.window"
 """kv: ``"<start> <count>"``: host-clock start of the current drain window, and the
 reports leased in it."""
+BACKLOG = 8
+"""Reports settled in a row, the outbox then empty, after which the state file is
+compacted in full (:meth:`Outbox._settled`). The usual cycle, one report queued and
+sent, never reaches it, and so never pays for a checkpoint of its own."""
 TOTALS = ("outbox.count", "outbox.bytes")
 """counters: how many reports the outbox holds, and their bytes (see the module
 docstring)."""
@@ -151,6 +155,7 @@ class Outbox:
         self.endpoint = endpoint
         self.kept = kept or history.KeptLimits()
         self.pace = pace
+        self._in_a_row = 0
 
     def put(self, entry: Entry, now: float) -> int:
         """Store ``entry`` and enforce the bounds; returns how many reports were evicted."""
@@ -338,20 +343,31 @@ class Outbox:
             return self.next_due_in(c, event.at)
 
         due = self.store.run(work)
-        self.store.compact()
+        self._settled(emptied=due is None)
         return due
 
     def logged(self, entry: Entry, event: history.Event) -> None:
         """Mode ``log``: the report was logged instead of sent; forget and record it
         (its body is kept too, with no endpoint: it went nowhere)."""
 
-        def work(c: Conn) -> None:
+        def work(c: Conn) -> bool:
             _forget(c, entry)
             history.append(c, event)
             history.keep(c, event, entry.body, "", self.kept)
+            return c.execute("SELECT 1 FROM outbox LIMIT 1").fetchone() is None
 
-        self.store.run(work)
-        self.store.compact()
+        self._settled(emptied=self.store.run(work))
+
+    def _settled(self, emptied: bool) -> None:
+        """After a report left the outbox: compact the state file, in full when this
+        emptied the outbox after :data:`BACKLOG` reports or more settled in a row (a
+        drained backlog then leaves the file at its floor, not up to a ``-wal`` of
+        :data:`~.sqlite.WAL_LIMIT` and a few hundred KiB of free pages above it)."""
+        self._in_a_row += 1
+        full = emptied and self._in_a_row >= BACKLOG
+        if emptied:
+            self._in_a_row = 0
+        self.store.compact(full=full)
 
     def rejected(
         self, entry: Entry, event: history.Event, counts: Mapping[str, int]

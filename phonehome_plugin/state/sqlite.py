@@ -400,21 +400,22 @@ class SqliteStore(Store):
                 continue  # the fork is done: the session stepped aside for it
         return self._attempt(work, None)
 
-    def compact(self) -> None:
+    def compact(self, full: bool = False) -> None:
         """Once :data:`COMPACT_PAGES` pages or more are free (a drained outbox, trimmed
         kept bodies), hand them back to the file system (``PRAGMA incremental_vacuum``:
         files made since this version have ``auto_vacuum=INCREMENTAL``; an older file
         keeps its free pages for later rows); and once the ``-wal`` is larger than
-        :data:`WAL_LIMIT`, empty it. Skipped when the file is busy."""
+        :data:`WAL_LIMIT`, empty it. ``full``: every free page and the ``-wal``, whatever
+        their size. Skipped when the file is busy."""
         if self.read_only or self.memory:
             return
         with suppress(sqlite3.Error, RuntimeError), self.session() as conn:
-            free = conn.execute("PRAGMA freelist_count").fetchone()[0]
-            if int(free) >= COMPACT_PAGES:
+            free = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
+            if free >= COMPACT_PAGES or (full and free):
                 # executescript steps it to the end: execute() on Python 3.11 stops
                 # after one step, and each step frees one page.
                 conn.executescript("PRAGMA incremental_vacuum;")
-            if int(free) >= COMPACT_PAGES or self._wal_bytes() > WAL_LIMIT:
+            if full or free >= COMPACT_PAGES or self._wal_bytes() > WAL_LIMIT:
                 # The -wal that carried a backlog: back to empty when no other process
                 # reads (else it shrinks to WAL_LIMIT at its next reset).
                 conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()

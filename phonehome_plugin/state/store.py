@@ -167,11 +167,12 @@ class Store:
         """Give up any server connection until the next :meth:`run` (which opens one
         again); a store with nothing to give up does nothing."""
 
-    def compact(self) -> None:
+    def compact(self, full: bool = False) -> None:
         """Give the file system back the space of deleted rows, where only the plugin
         can ask for it (SQLite's free pages); best effort, never raises. Called after a
-        report is settled. Does nothing on a server database, whose own vacuum
-        reclaims space."""
+        report is settled; ``full`` after a backlog was drained (every free page and the
+        whole journal given back, not only past a threshold). Does nothing on a server
+        database, whose own vacuum reclaims space."""
 
     def _after_fork_in_child(self, clean: bool) -> None:
         """Called in a forked child before any other thread exists (see .forksafe);
