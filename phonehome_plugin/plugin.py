@@ -21,7 +21,6 @@ from phonehome_plugin.config import switch
 
 LOGGER = "phonehome_plugin"
 RUNTIME_NAME = "phonehome-runtime"
-_INFO = 20  # logging.INFO, without importing logging for it
 
 
 @hookimpl
@@ -48,9 +47,9 @@ def _start(app: App) -> None:
         return
     decision = switch.resolve(app.config)
     if decision.switch == switch.INVALID:
-        _log(40, "phonehome: %s", decision.reason)  # logging.ERROR
+        _log("phonehome: %s", decision.reason, error=True)
     else:
-        _log(_INFO, "phonehome: telemetry %s", decision.reason)
+        _log("phonehome: telemetry %s", decision.reason, error=False)
     if not decision.on:
         return
     settings = decision.settings
@@ -63,17 +62,17 @@ def _start(app: App) -> None:
     runtime.start()
 
 
-def _log(level: int, message: str, reason: str) -> None:
-    """Log one line to ``phonehome_plugin``, importing :mod:`logging` only when the
-    line can go anywhere.
+def _log(message: str, reason: str, error: bool) -> None:
+    """Log one line to ``phonehome_plugin`` (ERROR or INFO), importing :mod:`logging`
+    only when the line can go anywhere.
 
     A host that has not imported :mod:`logging` has configured no handler and no
     level: its root logger is at WARNING, so an INFO line would be dropped as it is
     made (a later configuration does not bring back a dropped line). Such a host
-    does not pay the import for nothing; a warning or an error is always logged
+    does not pay the import for nothing; an error is always logged
     (:data:`logging.lastResort` prints it to stderr)."""
-    if level < 30 and "logging" not in sys.modules:
+    if not error and "logging" not in sys.modules:
         return
     import logging
 
-    logging.getLogger(LOGGER).log(level, message, reason)
+    logging.getLogger(LOGGER).log(logging.ERROR if error else logging.INFO, message, reason)

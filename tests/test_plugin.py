@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import logging
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -176,20 +179,13 @@ print(json.dumps(sorted(set(sys.modules) - before)))
 
 
 def _fresh_start(config: Any) -> tuple[list[str], str]:
-    """The modules a fresh host's start imported with ``config``, and its stderr."""
-    import json
-    import os
-    import subprocess
-    import sys
-
-    env = {k: v for k, v in os.environ.items() if k not in ("DO_NOT_TRACK", "CI")}
-    env.pop("MAESTROHUB_PHONEHOME_ENABLED", None)
+    """The modules a fresh host's start imported with ``config``, and its stderr (the
+    child inherits the environment conftest cleared of switches and CI variables)."""
     done = subprocess.run(
         [sys.executable, "-c", _FRESH_HOST, json.dumps(config)],
         capture_output=True,
         text=True,
         check=True,
-        env=env,
         timeout=120,
     )
     imported: list[str] = json.loads(done.stdout.strip().splitlines()[-1])

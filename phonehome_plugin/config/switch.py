@@ -38,6 +38,8 @@ _TRUE = frozenset({"true", "1", "yes", "on"})
 
 INVALID = "modules.phonehome"
 """:attr:`Decision.switch` of an off decided by an invalid section (rule 4)."""
+ENABLED = "modules.phonehome.enabled"
+""":attr:`Decision.switch` when the section's ``enabled`` decided, off or on."""
 _DISABLED = "off: modules.phonehome.enabled is false in config.yaml"
 
 
@@ -127,9 +129,7 @@ def resolve(host_config: Mapping[str, Any], environ: Mapping[str, str] | None = 
         )
     disabled = _disabled_section(host_config)
     if disabled is not None:
-        return Decision(
-            False, _DISABLED, None, None, "modules.phonehome.enabled", "config.yaml", disabled
-        )
+        return Decision(False, _DISABLED, None, None, ENABLED, "config.yaml", disabled)
     from phonehome_plugin.config.settings import ConfigError, parse, section_of
 
     try:
@@ -139,11 +139,9 @@ def resolve(host_config: Mapping[str, Any], environ: Mapping[str, str] | None = 
         reason = f"off: invalid config.yaml, {error}"
         return Decision(False, reason, None, str(error), INVALID, "config.yaml")
     if not settings.enabled:  # a mapping of another type than dict says false
-        return Decision(
-            False, _DISABLED, settings, None, "modules.phonehome.enabled", "config.yaml"
-        )
+        return Decision(False, _DISABLED, settings, None, ENABLED, "config.yaml")
     switch, source = (
-        ("modules.phonehome.enabled", "config.yaml")
+        (ENABLED, "config.yaml")
         if "enabled" in section
         else (
             "default",

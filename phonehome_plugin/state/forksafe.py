@@ -113,7 +113,7 @@ def held() -> Iterator[None]:
         with GUARD:
             yield
     finally:
-        if _FORKING.locked() and _FORKING.acquire(timeout=FORK_WAIT):
+        if fork_waiting() and _FORKING.acquire(timeout=FORK_WAIT):
             _FORKING.release()
 
 

@@ -395,10 +395,10 @@ class SqliteStore(Store):
         most: then once more as it is, the fork waiting for all of it."""
         for _ in range(GIVE_WAY_MOST):
             try:
-                return self._attempt(work, _GivingWay)
+                return self._attempt(work, give_way=True)
             except forksafe.ForkWaiting:
                 continue  # the fork is done: the session stepped aside for it
-        return self._attempt(work, None)
+        return self._attempt(work, give_way=False)
 
     def compact(self, full: bool = False) -> None:
         """Once :data:`COMPACT_PAGES` pages or more are free (a drained outbox, trimmed
@@ -427,11 +427,11 @@ class SqliteStore(Store):
         except OSError:
             return 0
 
-    def _attempt(self, work: Callable[[Conn], T], wrap: type[_GivingWay] | None = None) -> T:
+    def _attempt(self, work: Callable[[Conn], T], give_way: bool = False) -> T:
         with self.session() as conn:
             try:
                 with immediate(conn):
-                    return work(conn if wrap is None else wrap(conn))
+                    return work(_GivingWay(conn) if give_way else conn)
             except sqlite3.DatabaseError as error:
                 if self.memory or not file_failed(error):
                     raise
