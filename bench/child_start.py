@@ -13,8 +13,11 @@ its entry point only. SUBJECT:
 - ``start-on``: the plugin on (no tick: its worker has no thread yet);
 - ``send-none``, ``send-wrapped``, ``send-unwrapped``: the plugin on, then N
   ``execution-finished`` sends, with no third-party collector, with a collector
-  whose receiver the plugin connected (and guards), or with that same receiver
-  connected directly by the host.
+  whose receiver the plugin connected (it rides in the plugin's own receiver of the
+  signal), or with that same receiver connected directly by the host;
+- ``foreign-wrapped``, ``foreign-unwrapped``: the same for N sends of a signal that
+  is not the contract's (the plugin has no receiver of it, so it connects the
+  collector's receiver inside its guard).
 
 It prints one JSON line: the thread CPU time of the ``on_startup`` call and of the
 sends, and the process's user CPU time at the end. Run natively, or under
@@ -34,12 +37,15 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import blinker
 import pluggy
 
 import hookspecs.host
 from hookspecs import hookimpl, signals
 
 EMPTY_GROUP = "maestrohub.bench-nothing-here"
+FOREIGN = blinker.Signal("acme-batch-finished")
+"""A signal of a third-party module's own, outside the contract."""
 
 
 class Counting:
@@ -48,11 +54,12 @@ class Counting:
 
     name = "acme.executions"
 
-    def __init__(self) -> None:
+    def __init__(self, signal: Any) -> None:
+        self.signal = signal
         self.counts: dict[Any, int] = {}
 
     def receivers(self) -> list[tuple[Any, Any]]:
-        return [(signals.execution_finished, self.on_execution)]
+        return [(self.signal, self.on_execution)]
 
     def on_execution(self, sender: Any, status: Any = None, **extra: Any) -> None:
         counts = self.counts
@@ -80,8 +87,9 @@ def main(subject: str, count: int, url: str) -> dict[str, Any]:
     config = {"modules": {"phonehome": {"endpoint": url, "geoip_url": "", "enabled": enabled}}}
     pm = pluggy.PluginManager("maestrohub")
     pm.add_hookspecs(hookspecs.host)
-    collector = Counting()
-    if subject == "send-wrapped":
+    signal = FOREIGN if subject.startswith("foreign-") else signals.execution_finished
+    collector = Counting(signal)
+    if subject.endswith("-wrapped"):
         pm.register(Module(collector))
     pm.load_setuptools_entrypoints(EMPTY_GROUP if subject == "start-bare" else "maestrohub")
     app = SimpleNamespace(
@@ -96,11 +104,11 @@ def main(subject: str, count: int, url: str) -> dict[str, Any]:
     began = time.thread_time()
     pm.hook.on_startup.call_historic(kwargs={"app": app})
     startup = time.thread_time() - began
-    if subject == "send-unwrapped":
-        signals.execution_finished.connect(collector.on_execution, sender=app, weak=False)
+    if subject.endswith("-unwrapped"):
+        signal.connect(collector.on_execution, sender=app, weak=False)
     sends = 0.0
-    if subject.startswith("send-"):
-        send = signals.execution_finished.send
+    if subject.startswith(("send-", "foreign-")):
+        send = signal.send
         began = time.thread_time()
         for _ in range(count):
             send(app, pipeline_id="p7", status="completed", duration_ms=42)

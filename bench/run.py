@@ -64,6 +64,7 @@ ORDER = (
     "startup.off",
     "startup.on",
     "receiver.wrapped",
+    "receiver.foreign",
     "import.plugin",
     "import.added",
     "import.runtime_added",

@@ -41,7 +41,7 @@ class Runtime:
         self.inventory = Inventory()
         self.tally = ExecutionTally()
         self.registry = Registry()
-        self._pairs = receivers.builtin_receivers(self.inventory, self.tally)
+        self._builtins = receivers.builtin_receivers(self.inventory, self.tally)
         self.worker = self._new_worker()
         self._stopped = False
         self._bad_now_logged = False
@@ -54,8 +54,8 @@ class Runtime:
     def start(self) -> None:
         """Connect receivers and ask third parties for collectors. No thread starts
         here: the worker starts one when the first tick brings work (see .worker)."""
-        list(receivers.connect_all(self._pairs, self.app))
-        self.registry.connect(self.app)
+        list(receivers.connect_all(self._builtins, self.app))
+        self.registry.connect(self.app, self._builtins)
         # Each module's registration on its own: one that raises costs its own
         # collectors and one log line naming it, never another module's (see
         # counting.collectors); those registered later are called by pluggy.
@@ -100,7 +100,7 @@ class Runtime:
             return
         self._stopped = True
         try:
-            receivers.disconnect_all(self._pairs)
+            receivers.disconnect_all(self._builtins)
             self.registry.disconnect()
             if not self.worker.stop(SHUTDOWN_WAIT):
                 log.warning("phonehome: worker still busy at shutdown; unsent reports stay stored")

@@ -12,14 +12,17 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import blinker
 import pluggy
 import pytest
 from test_bounded import Hostile, HostileDict, HostileInt, HostileStr
 
 import hookspecs
 from hookspecs import hookimpl, signals
-from phonehome_plugin.counting import collectors
+from phonehome_plugin.counting import collectors, receivers
 from phonehome_plugin.counting.collectors import Registry
+from phonehome_plugin.counting.inventory import Inventory
+from phonehome_plugin.counting.riders import Builtin
 from phonehome_plugin.counting.tally import ExecutionTally
 from phonehome_plugin.guard import privacy
 from phonehome_plugin.guard.privacy import DropCounter
@@ -360,6 +363,115 @@ def test_a_raising_receiver_never_reaches_the_sender_and_marks_its_collector(
     assert len(counting.seen) == 3
     assert tally.totals()["completed"] == 3
     assert registry.errors == {"acme.raising": "receiver raised RuntimeError"}
+
+
+# Riding in the plugin's own receivers --------------------------------------------------
+
+
+@pytest.fixture
+def tally() -> ExecutionTally:
+    return ExecutionTally()
+
+
+@pytest.fixture
+def own(app: FakeApp, tally: ExecutionTally) -> Iterator[list[Builtin]]:
+    """The plugin's own receivers, connected for ``app`` as the runtime connects them."""
+    builtins = receivers.builtin_receivers(Inventory(), tally)
+    list(receivers.connect_all(builtins, app))
+    yield builtins
+    receivers.disconnect_all(builtins)
+
+
+def test_a_receiver_of_a_contract_signal_rides_in_the_plugins_own(
+    registry: Registry, app: FakeApp, own: list[Builtin], tally: ExecutionTally
+) -> None:
+    before = set(signals.execution_finished.receivers)
+    counting = Counting()
+    registry.register(counting)
+    registry.connect(app, own)
+    assert set(signals.execution_finished.receivers) == before, "no receiver of its own"
+    signals.execution_finished.send(app, pipeline_id="p", status="completed", duration_ms=1)
+    signals.execution_finished.send(FakeApp(), pipeline_id="p", status="failed", duration_ms=1)
+    assert counting.seen == [(app, "completed")]
+    assert tally.totals()["completed"] == 1
+
+
+@pytest.mark.parametrize("signal", signals.ALL, ids=lambda s: s.name)
+def test_every_contract_signal_carries_riders(
+    registry: Registry, app: FakeApp, own: list[Builtin], signal: Any
+) -> None:
+    got: list[tuple[Any, dict[str, Any]]] = []
+    registry.register(
+        Collector("acme.any", pairs=[(signal, lambda sender, **kw: got.append((sender, kw)))])
+    )
+    before = set(signal.receivers)
+    registry.connect(app, own)
+    assert set(signal.receivers) == before
+    signal.send(app, id="x1", items=[])
+    assert got == [(app, {"id": "x1", "items": []})]
+
+
+def test_a_raising_rider_never_reaches_the_host_and_costs_its_collector_only(
+    registry: Registry, app: FakeApp, own: list[Builtin], tally: ExecutionTally, drops: DropCounter
+) -> None:
+    counting = Counting()
+    registry.register(Raising())
+    registry.register(counting)
+    registry.connect(app, own)
+    for _ in range(3):
+        signals.execution_finished.send(app, pipeline_id="p", status="completed", duration_ms=1)
+    assert len(counting.seen) == 3
+    assert tally.totals()["completed"] == 3
+    assert registry.collect_all(drops) == (
+        {"acme.counting": {"finished": 3}},
+        {"acme.raising": "receiver raised RuntimeError"},
+    )
+
+
+def test_a_collector_registered_later_rides_at_once(
+    registry: Registry, app: FakeApp, own: list[Builtin]
+) -> None:
+    registry.connect(app, own)
+    counting = Counting()
+    registry.register(counting)
+    signals.execution_finished.send(app, pipeline_id="p", status="failed", duration_ms=1)
+    assert counting.seen == [(app, "failed")]
+
+
+def test_disconnect_takes_every_rider_off(
+    registry: Registry, app: FakeApp, own: list[Builtin], tally: ExecutionTally
+) -> None:
+    counting = Counting()
+    registry.register(counting)
+    registry.connect(app, own)
+    registry.disconnect()
+    registry.disconnect()
+    late = Counting()
+    late.name = "acme.late"
+    registry.register(late)
+    signals.execution_finished.send(app, pipeline_id="p", status="completed", duration_ms=1)
+    assert counting.seen == [] and late.seen == []
+    assert tally.totals()["completed"] == 1, "the plugin's own receiver is the runtime's"
+
+
+def test_a_receiver_of_another_signal_is_connected_inside_a_guard(
+    registry: Registry, app: FakeApp, own: list[Builtin]
+) -> None:
+    other = blinker.Signal("acme-own-signal")
+    got: list[Any] = []
+
+    def raising(sender: Any, **kw: Any) -> None:
+        got.append(sender)
+        raise RuntimeError(SECRET)
+
+    registry.register(Collector("acme.other", pairs=[(other, raising)]))
+    registry.connect(app, own)
+    assert len(other.receivers) == 1
+    other.send(app)  # raises nothing
+    assert got == [app]
+    assert registry.errors == {"acme.other": "receiver raised RuntimeError"}
+    registry.disconnect()
+    assert not other.receivers
 
 
 def test_a_collector_whose_receiver_raised_loses_its_section_only(

@@ -13,6 +13,7 @@ from state_walk import strings_in
 from hookspecs import signals
 from phonehome_plugin.counting import receivers
 from phonehome_plugin.counting.inventory import NODES_MAX, Inventory
+from phonehome_plugin.counting.riders import Builtin
 from phonehome_plugin.counting.tally import ExecutionTally
 
 T0 = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
@@ -39,16 +40,21 @@ def tally() -> ExecutionTally:
 
 
 @pytest.fixture
-def pairs(inventory: Inventory, tally: ExecutionTally) -> list[receivers.Pair]:
+def builtins(inventory: Inventory, tally: ExecutionTally) -> list[Builtin]:
     return receivers.builtin_receivers(inventory, tally)
 
 
 @pytest.fixture
-def connected(app: FakeApp, pairs: list[receivers.Pair]) -> Iterator[list[receivers.Pair]]:
+def pairs(builtins: list[Builtin]) -> list[receivers.Pair]:
+    return [(own.signal, own.receiver) for own in builtins]
+
+
+@pytest.fixture
+def connected(app: FakeApp, builtins: list[Builtin]) -> Iterator[list[receivers.Pair]]:
     """The built-in receivers connected to the real signals for ``app``."""
-    done = list(receivers.connect_all(pairs, app))
+    done = list(receivers.connect_all(builtins, app))
     yield done
-    receivers.disconnect_all(pairs)
+    receivers.disconnect_all(builtins)
 
 
 def _secret_extras() -> dict[str, Any]:
@@ -86,9 +92,9 @@ def test_connect_all_connects_each_pair_for_the_sender(
 
 
 def test_connect_all_is_lazy_until_consumed(
-    app: FakeApp, pairs: list[receivers.Pair], inventory: Inventory
+    app: FakeApp, builtins: list[Builtin], inventory: Inventory
 ) -> None:
-    pending = receivers.connect_all(pairs, app)
+    pending = receivers.connect_all(builtins, app)
     signals.organization_saved.send(app, id="o1")
     assert len(inventory.organizations) == 0
     list(pending)
@@ -96,18 +102,22 @@ def test_connect_all_is_lazy_until_consumed(
         signals.organization_saved.send(app, id="o1")
         assert len(inventory.organizations) == 1
     finally:
-        receivers.disconnect_all(pairs)
+        receivers.disconnect_all(builtins)
 
 
 def test_disconnect_all_stops_updates_and_is_safe_twice(
-    app: FakeApp, pairs: list[receivers.Pair], inventory: Inventory, tally: ExecutionTally
+    app: FakeApp,
+    builtins: list[Builtin],
+    pairs: list[receivers.Pair],
+    inventory: Inventory,
+    tally: ExecutionTally,
 ) -> None:
     before = {signal: set(signal.receivers) for signal, _ in pairs}
-    list(receivers.connect_all(pairs, app))
+    list(receivers.connect_all(builtins, app))
     assert all(set(signal.receivers) > before[signal] for signal, _ in pairs)
     signals.connection_saved.send(app, id="c1", type="mqtt")
-    receivers.disconnect_all(pairs)
-    receivers.disconnect_all(pairs)
+    receivers.disconnect_all(builtins)
+    receivers.disconnect_all(builtins)
     signals.connection_saved.send(app, id="c2", type="mqtt")
     signals.execution_finished.send(app, pipeline_id="p", status="completed", duration_ms=1)
     assert inventory.connections.snapshot() == {"total": 1, "by_type": {"mqtt": 1}}

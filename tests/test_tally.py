@@ -189,6 +189,58 @@ def test_receiver_stays_connected_without_other_references(app: FakeApp) -> None
         signals.execution_finished.disconnect(counting.receiver)  # from every sender
 
 
+# Riders ---------------------------------------------------------------------------------
+
+
+class Rider:
+    """A third-party receiver of ``execution-finished``: records what it was passed."""
+
+    def __init__(self, raising: bool = False) -> None:
+        self.raising = raising
+        self.got: list[tuple[Any, dict[str, Any]]] = []
+        self.failures: list[Exception] = []
+
+    def __call__(self, sender: Any, **kwargs: Any) -> None:
+        self.got.append((sender, kwargs))
+        if self.raising:
+            raise RuntimeError("a third party's bug")
+
+    def failed(self, error: Exception) -> None:
+        self.failures.append(error)
+
+
+def test_riders_get_what_the_host_sent_as_it_came(app: FakeApp, tally: ExecutionTally) -> None:
+    rider = Rider()
+    tally.board(((rider, rider.failed),))
+    _send(app, "failed", token="t")
+    signals.execution_finished.send(app, pipeline_id="p", duration_ms=1)  # no status
+    assert rider.got == [
+        (app, {"pipeline_id": "pipe-1", "status": "failed", "duration_ms": 12, "token": "t"}),
+        (app, {"pipeline_id": "p", "duration_ms": 1}),  # not a status=None the host never sent
+    ]
+    assert tally.totals()["failed"] == 1 and tally.totals()[UNKNOWN] == 1
+
+
+def test_a_raising_rider_costs_neither_the_count_nor_the_host(
+    app: FakeApp, tally: ExecutionTally
+) -> None:
+    bad, good = Rider(raising=True), Rider()
+    tally.board(((bad, bad.failed), (good, good.failed)))
+    for _ in range(5):
+        _send(app, "completed")  # raises nothing into the sender
+    assert tally.totals()["completed"] == 5
+    assert len(good.got) == 5 and len(bad.failures) == 5
+
+
+def test_riders_stop_when_the_board_is_cleared(app: FakeApp, tally: ExecutionTally) -> None:
+    rider = Rider()
+    tally.board(((rider, rider.failed),))
+    _send(app, "completed")
+    tally.board(())
+    _send(app, "completed")
+    assert len(rider.got) == 1 and tally.totals()["completed"] == 2
+
+
 def test_extra_arguments_are_never_kept(app: FakeApp, tally: ExecutionTally) -> None:
     secret = "hunter2-PASSWORD-in-workflow"
     _send(

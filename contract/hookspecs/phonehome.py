@@ -91,7 +91,10 @@ class CollectorWithReceivers(Collector, Protocol):
         while telemetry is on, and disconnects it when telemetry is off or
         shutting down. A receiver is called as ``receiver(app, **kwargs)`` on the
         emitting thread: it must only update counters, and accept ``**extra``
-        beyond the arguments it reads. Its return value is ignored.
+        beyond the arguments it reads. Its return value is ignored. A receiver of
+        a signal of :mod:`hookspecs.signals` is called from inside the plugin's
+        own receiver of that signal, after it, rather than by blinker: it is not
+        among the signal's ``receivers``, and ``send()`` does not return its result.
         """
 
 

@@ -23,8 +23,13 @@ deadline (:func:`_snapshot`), into a copy made of built-in values only: the work
 thread, which then applies the privacy guard to the copy, never runs a line of the
 collector's code. Reading stops as soon as the deadline has passed (the runner checks
 at every entry) and after :data:`privacy.KEYS_MAX` entries of each level, so an endless
-or huge mapping costs its own section and a bounded amount of time and memory. A
-raising receiver is caught on the emitting thread and its collector marked broken.
+or huge mapping costs its own section and a bounded amount of time and memory.
+
+Receivers. A collector's receiver of a signal the plugin listens to itself (every
+signal of the contract) rides in the plugin's own receiver of it (:mod:`.riders`);
+one of any other signal is connected to it, inside a guard of one frame. Either
+way a raising receiver is caught on the emitting thread and its collector marked
+broken.
 
 Shutdown. :meth:`Registry.disconnect` disconnects every receiver and starts no runner
 afterwards. A runner still inside a collector's code (an endless loop, a call that
@@ -60,6 +65,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from hookspecs import Collector
+from phonehome_plugin.counting.riders import Builtin, Rider, Riders
 from phonehome_plugin.guard import privacy
 from phonehome_plugin.guard.bounded import describe, label, type_name
 
@@ -110,6 +116,8 @@ class Registry:
         self._withdrawn: dict[str, str] = {}  # name -> why its module's registration failed
         self._hung: dict[str, _Run] = {}  # name -> the runner whose call of it hangs
         self._connected: list[tuple[Any, Callable[..., None]]] = []
+        self._builtins: dict[int, Builtin] = {}  # id(signal) -> the plugin's own receiver
+        self._riders: dict[int, Riders] = {}  # id(signal) -> the riders on its board
         self._sender: object = None
         self._closed = False
 
@@ -241,10 +249,13 @@ class Registry:
 
     # Receivers ---------------------------------------------------------------------------
 
-    def connect(self, sender: object) -> None:
-        """Connect every collector's receivers (and those of collectors registered later)."""
+    def connect(self, sender: object, builtins: Iterable[Builtin] = ()) -> None:
+        """Connect every collector's receivers (and those of collectors registered
+        later): riding in ``builtins`` (the plugin's own receivers, connected for
+        ``sender``) for their signals, each connected for ``sender`` otherwise."""
         with self._lock:
             self._sender = sender
+            self._builtins = {id(own.signal): own for own in builtins}
             current = list(self.collectors.items())
         for name, collector in current:
             self._connect_one(name, collector, sender)
@@ -254,7 +265,11 @@ class Registry:
         the runners still inside a collector's code (see the module docs)."""
         with self._lock:
             pairs, self._connected, self._sender = self._connected, [], None
+            boards = [self._builtins[key].board for key in self._riders]
+            self._riders, self._builtins = {}, {}
             self._closed = True
+            for board in boards:
+                board(())
         for signal, receiver in pairs:
             signal.disconnect(receiver)  # from every sender: see receivers.disconnect_all
         for run in list(self._hung.values()):
@@ -267,10 +282,37 @@ class Registry:
             self._fail(name, f"receivers() failed: {type_name(error)}")
             return
         for signal, receiver in pairs:
-            guarded = self._guard(name, receiver)
-            signal.connect(guarded, sender=sender, weak=False)
-            with self._lock:
+            if not self._board(signal, (receiver, self._failure(name))):
+                self._connect_guarded(name, signal, receiver, sender)
+
+    def _board(self, signal: object, rider: Rider) -> bool:
+        """Put ``rider`` on the board of the plugin's receiver of ``signal``, if there
+        is one (and the registry is still connected); tells whether it did."""
+        with self._lock:
+            own = self._builtins.get(id(signal))
+            if own is None or own.signal is not signal:  # identity only: no third-party __eq__
+                return False
+            riders = (*self._riders.get(id(signal), ()), rider)
+            self._riders[id(signal)] = riders
+            own.board(riders)  # one assignment: a send sees the old riders or these
+        return True
+
+    def _connect_guarded(
+        self, name: str, signal: Any, receiver: Callable[..., None], sender: object
+    ) -> None:
+        guarded = self._guard(name, receiver)
+        signal.connect(guarded, sender=sender, weak=False)
+        with self._lock:
+            if self._sender is sender:
                 self._connected.append((signal, guarded))
+                return
+        signal.disconnect(guarded)  # disconnect() ran meanwhile: it missed this one
+
+    def _failure(self, name: str) -> Callable[[Exception], None]:
+        def failed(error: Exception) -> None:
+            self._fail(name, f"receiver raised {type_name(error)}")
+
+        return failed
 
     def _guard(self, name: str, receiver: Callable[..., None]) -> Callable[..., None]:
         # One frame, forwarding what blinker passed as it came: ``*args`` costs about

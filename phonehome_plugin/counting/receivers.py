@@ -2,12 +2,13 @@
 
 Each receiver reads only the keyword arguments the contract names and takes
 ``**extra`` for the rest, which it never looks at: the host passes whole objects
-along, and nothing in them may reach a report.
+along, and nothing in them may reach a report. Each has a board for riders:
+third-party receivers of its signal, called inside it (see :mod:`.riders`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 from hookspecs import signals
@@ -18,34 +19,40 @@ from phonehome_plugin.counting.inventory import (
     pipeline_value,
     user_value,
 )
+from phonehome_plugin.counting.riders import Builtin, Receiver, rideable
 from phonehome_plugin.counting.tally import ExecutionTally
 from phonehome_plugin.guard import privacy
 
-Receiver = Callable[..., None]
 Pair = tuple[Any, Receiver]
 
 UNS_MODES = ("embedded", "external")
 LICENSE_STATUSES = ("trial", "active", "expired")
 
 
-def builtin_receivers(inventory: Inventory, tally: ExecutionTally) -> list[Pair]:
-    """Every ``(signal, receiver)`` pair the plugin connects while telemetry is on."""
+def builtin_receivers(inventory: Inventory, tally: ExecutionTally) -> list[Builtin]:
+    """Every receiver the plugin connects while telemetry is on, one a signal, each
+    with its signal and the board of its riders."""
     inv = inventory
     return [
-        (signals.inventory_synced, _synced(inv)),
-        (signals.user_deleted, _deleter(inv.users)),
-        (signals.connection_saved, _connection_saved(inv)),
-        (signals.connection_deleted, _deleter(inv.connections)),
-        (signals.pipeline_saved, _pipeline_saved(inv)),
-        (signals.pipeline_deleted, _deleter(inv.pipelines)),
-        (signals.execution_finished, tally.receiver),
-        (signals.organization_saved, _saver(inv.organizations)),
-        (signals.organization_deleted, _deleter(inv.organizations)),
-        (signals.data_model_saved, _saver(inv.data_models)),
-        (signals.data_model_deleted, _deleter(inv.data_models)),
-        (signals.uns_state_changed, _uns_changed(inv)),
-        (signals.license_changed, _license_changed(inv)),
+        _with_riders(signals.inventory_synced, _synced(inv)),
+        _with_riders(signals.user_deleted, _deleter(inv.users)),
+        _with_riders(signals.connection_saved, _connection_saved(inv)),
+        _with_riders(signals.connection_deleted, _deleter(inv.connections)),
+        _with_riders(signals.pipeline_saved, _pipeline_saved(inv)),
+        _with_riders(signals.pipeline_deleted, _deleter(inv.pipelines)),
+        # The hottest signal's receiver takes its riders itself, without a frame more.
+        Builtin(signals.execution_finished, tally.receiver, tally.board),
+        _with_riders(signals.organization_saved, _saver(inv.organizations)),
+        _with_riders(signals.organization_deleted, _deleter(inv.organizations)),
+        _with_riders(signals.data_model_saved, _saver(inv.data_models)),
+        _with_riders(signals.data_model_deleted, _deleter(inv.data_models)),
+        _with_riders(signals.uns_state_changed, _uns_changed(inv)),
+        _with_riders(signals.license_changed, _license_changed(inv)),
     ]
+
+
+def _with_riders(signal: Any, own: Receiver) -> Builtin:
+    return Builtin(signal, *rideable(own))
 
 
 def record_user(inventory: Inventory, user: Any) -> None:
@@ -149,20 +156,21 @@ def _unknown(value: Any) -> str | None:
     return None if value is None else privacy.OTHER
 
 
-def connect_all(pairs: list[Pair], sender: object) -> Iterator[Pair]:
-    """Connect each pair strongly for ``sender`` (the host's ``app``: blinker needs
+def connect_all(builtins: list[Builtin], sender: object) -> Iterator[Pair]:
+    """Connect each receiver strongly for ``sender`` (the host's ``app``: blinker needs
     nothing of it but its identity); yields what was connected."""
-    for signal, receiver in pairs:
+    for signal, receiver, _ in builtins:
         signal.connect(receiver, sender=sender, weak=False)
         yield signal, receiver
 
 
-def disconnect_all(pairs: list[Pair]) -> None:
+def disconnect_all(builtins: list[Builtin]) -> None:
     """Undo :func:`connect_all`; safe to call twice.
 
     Disconnected from every sender: blinker's per-sender disconnect leaves the
     receiver in ``signal.receivers``, which would keep it (and its inventory)
-    alive and keep the signal's dispatch off its no-receiver fast path.
+    alive and keep the signal's dispatch off its no-receiver fast path. Their
+    riders are the registry's to take off (:meth:`.collectors.Registry.disconnect`).
     """
-    for signal, receiver in pairs:
+    for signal, receiver, _ in builtins:
         signal.disconnect(receiver)

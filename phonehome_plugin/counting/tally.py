@@ -20,6 +20,10 @@ emitting threads nothing that grows with it:
   tally. The next fold (:meth:`ExecutionTally.take_delta`) adds such a seat's
   counts to the retired totals and drops it, so a dead thread's memory is
   reclaimed within one fold.
+
+Third-party receivers of ``execution-finished`` ride in this receiver (see
+:mod:`.riders`): called after the count, each in its own ``try``, for about one
+Python call a send instead of a receiver of blinker's own.
 """
 
 from __future__ import annotations
@@ -29,9 +33,13 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
+from phonehome_plugin.counting.riders import Board, Riders, ride
+
 STATUSES = ("completed", "failed", "completed_with_errors", "cancelled")
 UNKNOWN = "unknown"
 _BUCKETS = (*STATUSES, UNKNOWN)
+_ABSENT: Any = object()
+"""``status`` when the host sent none: counted as unknown, and not passed on to riders."""
 
 
 class _Presence:
@@ -55,16 +63,19 @@ class ExecutionTally:
         """Appended to by emitting threads (atomic), rewritten only under ``_lock``."""
         self._retired = dict.fromkeys(_BUCKETS, 0)
         self._folded = dict.fromkeys(_BUCKETS, 0)
-        self.receiver = self._make_receiver()
+        self.receiver, self.board = self._make_receiver()
 
-    def _make_receiver(self) -> Callable[..., None]:
+    def _make_receiver(self) -> tuple[Callable[..., None], Board]:
+        """The receiver of ``execution-finished``, and the board of its riders
+        (third-party receivers of the signal, called after the count: see .riders)."""
         local = self._local
         join = self._join
+        riders: Riders = ()
 
         # A closure, not a method: the two lookups it saves are a measurable share
-        # of the per-event cost. Connect it with weak=False, since nothing else
-        # holds it.
-        def on_execution_finished(sender: Any, status: Any = None, **extra: Any) -> None:
+        # of the per-event cost, and its riders are one cell away (a truth test when
+        # there are none). Connect it with weak=False, since nothing else holds it.
+        def on_execution_finished(sender: Any, status: Any = _ABSENT, **extra: Any) -> None:
             try:
                 counts = local.counts
             except AttributeError:
@@ -73,8 +84,15 @@ class ExecutionTally:
                 counts[status] += 1
             except (KeyError, TypeError):  # not a known status, or not even hashable
                 counts[UNKNOWN] += 1
+            if riders:
+                # What blinker passed, as it came: ``status`` only if the host sent it.
+                ride(riders, sender, extra if status is _ABSENT else {"status": status, **extra})
 
-        return on_execution_finished
+        def board(new: Riders) -> None:
+            nonlocal riders
+            riders = new
+
+        return on_execution_finished, board
 
     def _join(self) -> dict[str, int]:
         """A seat for the calling thread (its first event); takes no lock."""
