@@ -10,6 +10,7 @@ from typing import Any
 from e2e_support import GEOIP, Endpoint, make_host, phonehome_config, pin_instance, settle, tick
 
 from phonehome_plugin.reports import schema
+from phonehome_plugin.runtime import Runtime
 from phonehome_plugin.testing.simhost import SimHost
 
 
@@ -165,6 +166,30 @@ def test_exact_totals_from_eight_threads(endpoint: Endpoint, tmp_path: Path) -> 
     assert latest["executions"]["total"] == 100_000
     assert latest["executions"]["by_status"] == {**dict(emitted), "unknown": 0}
     host.shutdown()
+
+
+def test_a_modules_receivers_count_while_on_and_stop_at_on_shutdown(
+    endpoint: Endpoint, acme_distribution: Path, tmp_path: Path
+) -> None:
+    from hookspecs import signals
+
+    host = make_host(phonehome_config(endpoint), tmp_path / "data")
+    host.start()
+    tick(host)
+    runtime = host.app.plugin_manager.get_plugin("phonehome-runtime")
+    assert isinstance(runtime, Runtime)
+    counter: Any = runtime.registry.collectors["acme.counter"]
+    before = set(signals.connection_saved.receivers)
+    host.save_connection("mqtt", "c1")
+    assert counter.saves == {"mqtt": 1}
+    host.shutdown()
+    signals.connection_saved.send(host.app, id="c2", type="s7")
+    assert counter.saves == {"mqtt": 1}, "called after on_shutdown"
+    assert len(signals.connection_saved.receivers) < len(before)
+    # Nor does the plugin keep it: its own receiver, called by hand, carries no rider.
+    own = next(b for b in runtime._builtins if b.signal is signals.connection_saved)
+    own.receiver(host.app, id="c3", type="s7")
+    assert counter.saves == {"mqtt": 1}, "still a rider of the plugin's receiver"
 
 
 def test_telemetry_off_leaves_no_trace(
