@@ -78,6 +78,7 @@ ORDER = (
     "fork.idle",
     "fork.busy",
     "fork.busy.max",
+    "fork.child",
     "load.rate",
     "load.exact",
     "load.memory",

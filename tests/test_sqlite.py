@@ -403,3 +403,34 @@ def test_the_usual_cycle_of_one_report_pays_for_no_full_compaction(
 def _on_disk(path: Path) -> int:
     """The state file with its -wal, in bytes."""
     return sum(p.stat().st_size for p in (path, path.with_name(path.name + "-wal")) if p.exists())
+
+
+def _inherited_then_own(store: Store, data_dir: Path, out: Connection) -> None:
+    assert isinstance(store, sqlite.SqliteStore)
+    set_aside = [id(conn) for conn in sqlite._INHERITED]
+    other = open_store(data_dir)  # a store of the child's own, on the same file
+    left = len(sqlite._INHERITED)
+    out.send((set_aside, left, other.get("k"), store.get("k"), store.memory or other.memory))
+
+
+def test_a_forked_child_closes_what_it_inherited_only_before_it_opens_its_own(
+    tmp_path: Path,
+) -> None:
+    """fork() does not close the inherited connection (that would copy every page of
+    its cache in the child); the child's first connection of its own closes it first,
+    so that no connection of the child ever opens beside it."""
+    store = open_store(tmp_path)
+    store.set("k", "v")
+    assert isinstance(store, sqlite.SqliteStore) and store._conn is not None
+    inherited = id(store._conn)
+    reader, writer = FORK.Pipe(duplex=False)
+    child = FORK.Process(target=_inherited_then_own, args=(store, tmp_path, writer))
+    child.start()
+    assert reader.poll(30)
+    set_aside, left, from_other, from_store, memory = reader.recv()
+    child.join(10)
+    assert child.exitcode == 0
+    assert inherited in set_aside, "closed at the fork, not set aside"
+    assert left == 0, "a connection of the child's own opened beside an inherited one"
+    assert (from_other, from_store, memory) == ("v", "v", False)
+    assert store.get("k") == "v"  # the parent's connection is untouched

@@ -28,9 +28,11 @@ was inside a SQLite call can crash or hang. The rules, enforced by construction:
    all, ever (:data:`poisoned`; one log line): telemetry is off in that child
    rather than risk a hang.
 3. In the child, each store drops what it inherited before any other thread
-   exists (:meth:`~.store.Store._after_fork_in_child`): a SQLite store closes the
-   idle file connection it inherited (safe: no call was in progress, and the
-   parent still holds its own locks on the file) and opens its own on next use;
+   exists (:meth:`~.store.Store._after_fork_in_child`): a SQLite store sets the
+   idle file connection it inherited aside, and the child's first connection of
+   its own closes it just before opening (safe: no call was in progress, and the
+   parent still holds its own locks on the file; not at the fork, where freeing
+   its cache would copy every page of it into the child);
    a PostgreSQL store never touches the session it shares with the parent and
    connects anew.
 """
