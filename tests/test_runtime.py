@@ -100,6 +100,35 @@ def test_a_forked_child_counts_its_own_work_and_sends(endpoint: Endpoint, host: 
     assert len(endpoint.by_trigger("startup")) == 1
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_takes_the_spare_worker_made_in_the_parent(host: SimHost) -> None:
+    """The child's worker was made before the fork and never used (making one in the
+    child copies every page its allocations touch); the child's own child makes one."""
+    runtime = _runtime(host)
+    spare = runtime._spare
+    assert spare is not None and spare is not runtime.worker
+    assert not spare._started and spare.store is None
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child
+        ok = runtime.worker is spare and runtime._spare is None
+        grandchild = os.fork()
+        if grandchild == 0:
+            ok = runtime.worker is not spare and runtime.worker.store is None
+            os.write(write, b"1" if ok else b"0")
+            os._exit(0)
+        os.waitpid(grandchild, 0)
+        os.write(write, b"1" if ok else b"0")
+        os._exit(0)
+    os.close(write)
+    _, status = os.waitpid(pid, 0)
+    told = os.read(read, 2)
+    os.close(read)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert told == b"11", "child, then grandchild"
+    assert runtime._spare is spare, "the parent keeps its spare for its next child"
+
+
 def test_now_is_compared_without_the_wall_clock(host: SimHost) -> None:
     runtime = _runtime(host)
     assert runtime.worker.wake_at > datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
