@@ -7,6 +7,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import pytest
 from e2e_support import GEOIP, Endpoint, make_host, phonehome_config, pin_instance, settle, tick
 
 from phonehome_plugin.reports import schema
@@ -190,6 +191,39 @@ def test_a_modules_receivers_count_while_on_and_stop_at_on_shutdown(
     own = next(b for b in runtime._builtins if b.signal is signals.connection_saved)
     own.receiver(host.app, id="c3", type="s7")
     assert counter.saves == {"mqtt": 1}, "still a rider of the plugin's receiver"
+
+
+class InventoryFaultError(Exception):
+    """The installation's inventory cannot be written (the test's fault point)."""
+
+
+def test_at_shutdown_the_counts_are_saved_even_when_the_inventory_is_not(
+    endpoint: Endpoint, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last fold saves the execution counts on their own, before the inventory's
+    changes: those are values the host syncs again at its next start, and taking them
+    may outlast the shutdown wait; the counts exist nowhere else."""
+    from phonehome_plugin.state import entities
+    from phonehome_plugin.state.backends import open_store
+
+    data = tmp_path / "data"
+    host = make_host(phonehome_config(endpoint), data)
+    _populate(host)
+    host.start()
+    tick(host)
+    host.run_executions(7, ("failed",))
+    host.sync()  # a whole inventory for the last fold to take
+
+    def fails(*args: Any) -> None:
+        raise InventoryFaultError
+
+    monkeypatch.setattr(entities, "apply", fails)
+    host.shutdown()
+    store = open_store(data)
+    try:
+        assert store.counters("exec.") == {"failed": 7}
+    finally:
+        store.close()
 
 
 def test_telemetry_off_leaves_no_trace(

@@ -329,6 +329,19 @@ def test_a_fold_whose_outcome_is_unknown_counts_once(
     assert state.counters("exec.") == {"completed": 3, "failed": 1}
 
 
+def test_a_counts_only_fold_leaves_the_inventory_for_the_next_fold(state: Store) -> None:
+    reporter = _reporter(state)
+    for _ in range(2):
+        reporter.tally.receiver(None, status="completed")
+    reporter.inventory.sync("connections", [{"id": "c1", "type": "mqtt"}])
+    reporter.fold(START, inventory=False)
+    assert state.counters("exec.") == {"completed": 2}
+    assert reporter.installation_inventory().connections.total == 0, "taken already"
+    reporter.fold(START)
+    assert reporter.installation_inventory().connections.total == 1
+    assert state.counters("exec.") == {"completed": 2}, "counted once"
+
+
 class TakesOver:
     """A collector of one process during whose ``collect()`` another node's process
     takes the same trigger over (it saw the claim unchanged for a lease on its own
