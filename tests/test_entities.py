@@ -5,6 +5,7 @@ license states, and nothing of a local id kept as it is."""
 from __future__ import annotations
 
 from collections import Counter
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -103,6 +104,68 @@ def test_a_late_sync_undoes_nothing_another_process_changed_since(opener: Opener
         "total": 2,
         "by_type": {"mqtt": 1, "opcua": 1},
     }
+
+
+BIG = 2 * entities._ROWS_AT_ONCE + 17
+"""More rows than two parts hold: every boundary of the part-wise work is crossed."""
+
+
+def test_a_sync_larger_than_a_part_replaces_the_module_whole(store: Store) -> None:
+    first, second = Inventory(), Inventory()
+    first.sync("connections", [{"id": f"c{i}", "type": "mqtt"} for i in range(BIG)])
+    _fold(store, first, at=10.0)
+    assert _installation(store).connections.snapshot() == {"total": BIG, "by_type": {"mqtt": BIG}}
+    # Half of them again, of another type; the rest are gone.
+    second.sync("connections", [{"id": f"c{i}", "type": "s7"} for i in range(0, BIG, 2)])
+    _fold(store, second, at=20.0)
+    kept = len(range(0, BIG, 2))
+    assert _installation(store).connections.snapshot() == {"total": kept, "by_type": {"s7": kept}}
+
+
+class Recording:
+    """A transaction's connection that records each statement, and how many rows each
+    ``executemany`` writes."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.batches: list[int] = []
+        self.sql: list[str] = []
+
+    def execute(self, sql: str, parameters: Any = ()) -> Any:
+        self.batches.append(1)
+        self.sql.append(sql)
+        return self.conn.execute(sql, parameters)
+
+    def executemany(self, sql: str, rows: Any) -> Any:
+        rows = list(rows)
+        self.batches.append(len(rows))
+        return self.conn.executemany(sql, rows)
+
+
+def test_no_statement_of_a_whole_sync_grows_with_the_module(store: Store) -> None:
+    """A fork waits for the statement in progress, and a transaction gives way to it
+    only at its next statement: neither may grow with the installation."""
+    first, second = Inventory(), Inventory()
+    items = [{"id": f"p{i}", "enabled": True, "nodes": [{"type": "a.b"}]} for i in range(BIG)]
+    first.sync("pipelines", items)
+    _fold(store, first, at=10.0)
+    second.sync("pipelines", items)
+    rows = second.take_changes().rows()
+    seen: list[Recording] = []
+
+    def work(c: Any) -> None:
+        recording = Recording(c)
+        seen.append(recording)
+        for module, (replaced, module_rows) in rows.items():
+            entities.apply(recording, module, replaced, module_rows, 20.0)
+
+    store.run(work)
+    assert max(seen[-1].batches) <= entities._ROWS_AT_ONCE
+    # The rows the sync replaces are deleted a part at a time too (each returns its
+    # values, for the counts): three statements for BIG rows, the last one short.
+    deletes = [sql for sql in seen[-1].sql if sql == entities._DELETE_KNOWN_BEFORE]
+    assert len(deletes) == -(-BIG // entities._ROWS_AT_ONCE)
+    assert _installation(store).pipelines.snapshot()["total"] == BIG
 
 
 def test_no_local_id_and_no_email_is_kept_as_it_is(store: Store) -> None:

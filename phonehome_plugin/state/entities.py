@@ -26,8 +26,11 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from typing import TypeVar
 
 from phonehome_plugin.state.store import UPSERT_KV, Conn, get_in
+
+T = TypeVar("T")
 
 UNS_KEY = "inventory.uns"
 LICENSE_KEY = "inventory.license"
@@ -45,6 +48,15 @@ _ADD_COUNT = (
 )
 _KEYS_AT_ONCE = 500
 """Keys looked up in one statement (well under either backend's parameter limit)."""
+_ROWS_AT_ONCE = 500
+"""Rows one statement writes or deletes at most. A fork waits for the statement in
+progress (see .forksafe): a whole sync of 100,000 pipelines written in one made a fork
+wait up to 100 ms; one of these takes a few milliseconds."""
+_DELETE_KNOWN_BEFORE = (
+    "DELETE FROM entities WHERE module = ? AND key IN "
+    f"(SELECT key FROM entities WHERE module = ? AND at < ? LIMIT {_ROWS_AT_ONCE}) "
+    "RETURNING value"
+)
 
 Rows = Sequence[tuple[str, str | None]]
 """``(key, value)`` pairs of one module; a value of None: the entity is gone."""
@@ -85,10 +97,25 @@ def apply(c: Conn, module: str, replaced: bool, rows: Rows, at: float) -> None:
     _ensure_counts(c)
     delta: Counter[Facet] = Counter()
     if replaced:
-        for (value,) in c.execute(
-            "DELETE FROM entities WHERE module = ? AND at < ? RETURNING value", (module, at)
-        ).fetchall():
-            delta.subtract(facets(module, str(value)))
+        while True:
+            deleted = c.execute(_DELETE_KNOWN_BEFORE, (module, module, at)).fetchall()
+            for (value,) in deleted:
+                delta.subtract(facets(module, str(value)))
+            if len(deleted) < _ROWS_AT_ONCE:
+                break
+    # Part by part, so that no statement, nor the work between two, grows with the
+    # module: a fork waits for the statement in progress, and a transaction gives way
+    # to it only at the next one (see .forksafe).
+    for part in _parts(rows):
+        _apply_part(c, module, replaced, part, at, delta)
+    _add_counts(c, module, delta)
+
+
+def _apply_part(
+    c: Conn, module: str, replaced: bool, rows: Rows, at: float, delta: Counter[Facet]
+) -> None:
+    """:func:`apply` for at most :data:`_ROWS_AT_ONCE` of its rows; adds to ``delta``
+    what they change in the counts."""
     # The values these rows replace, as the statements below will find them (a row
     # known later than ``at`` stays, and so do its counts).
     known = _known(c, module, [key for key, _ in rows])
@@ -97,7 +124,7 @@ def apply(c: Conn, module: str, replaced: bool, rows: Rows, at: float) -> None:
         if old is not None and old[1] > at:
             continue
         if value is None and replaced:
-            continue  # a sync names what exists; the delete above took the rest
+            continue  # a sync names what exists; the delete in apply took the rest
         if old is not None:
             delta.subtract(facets(module, old[0]))
         if value is None:
@@ -111,7 +138,11 @@ def apply(c: Conn, module: str, replaced: bool, rows: Rows, at: float) -> None:
         c.executemany("DELETE FROM entities WHERE module = ? AND key = ? AND at <= ?", gone)
     if kept:
         c.executemany(_UPSERT, kept)
-    _add_counts(c, module, delta)
+
+
+def _parts(rows: Sequence[T]) -> list[Sequence[T]]:
+    """``rows`` in slices of at most :data:`_ROWS_AT_ONCE`, one statement each."""
+    return [rows[start : start + _ROWS_AT_ONCE] for start in range(0, len(rows), _ROWS_AT_ONCE)]
 
 
 def _known(c: Conn, module: str, keys: list[str]) -> dict[str, tuple[str, float]]:
