@@ -139,33 +139,60 @@ class Recording:
     def executemany(self, sql: str, rows: Any) -> Any:
         rows = list(rows)
         self.batches.append(len(rows))
+        self.sql.append(sql)
         return self.conn.executemany(sql, rows)
 
 
-def test_no_statement_of_a_whole_sync_grows_with_the_module(store: Store) -> None:
-    """A fork waits for the statement in progress, and a transaction gives way to it
-    only at its next statement: neither may grow with the installation."""
-    first, second = Inventory(), Inventory()
-    items = [{"id": f"p{i}", "enabled": True, "nodes": [{"type": "a.b"}]} for i in range(BIG)]
-    first.sync("pipelines", items)
-    _fold(store, first, at=10.0)
-    second.sync("pipelines", items)
-    rows = second.take_changes().rows()
+def _pipelines(prefix: str) -> list[dict[str, Any]]:
+    return [{"id": f"{prefix}{i}", "enabled": True, "node_types": ["a.b"]} for i in range(BIG)]
+
+
+def _record_fold(store: Store, inventory: Inventory, at: float) -> Recording:
+    """:func:`_fold`, through a :class:`Recording` of the transaction's connection (of
+    its last attempt, should it have run more than once)."""
+    rows = inventory.take_changes().rows()
     seen: list[Recording] = []
 
     def work(c: Any) -> None:
         recording = Recording(c)
         seen.append(recording)
         for module, (replaced, module_rows) in rows.items():
-            entities.apply(recording, module, replaced, module_rows, 20.0)
+            entities.apply(recording, module, replaced, module_rows, at)
 
     store.run(work)
-    assert max(seen[-1].batches) <= entities._ROWS_AT_ONCE
+    return seen[-1]
+
+
+def test_no_statement_of_a_whole_sync_grows_with_the_module(store: Store) -> None:
+    """A fork waits for the statement in progress, and a transaction gives way to it
+    only at its next statement: neither may grow with the installation."""
+    first, second = Inventory(), Inventory()
+    first.sync("pipelines", _pipelines("p"))
+    _fold(store, first, at=10.0)
+    second.sync("pipelines", _pipelines("q"))  # every one new, every old one gone
+    recorded = _record_fold(store, second, 20.0)
+    assert max(recorded.batches) <= entities._ROWS_AT_ONCE
     # The rows the sync replaces are deleted a part at a time too (each returns its
     # values, for the counts): three statements for BIG rows, the last one short.
-    deletes = [sql for sql in seen[-1].sql if sql == entities._DELETE_KNOWN_BEFORE]
+    deletes = [sql for sql in recorded.sql if sql == entities._DELETE_KNOWN_BEFORE]
     assert len(deletes) == -(-BIG // entities._ROWS_AT_ONCE)
     assert _installation(store).pipelines.snapshot()["total"] == BIG
+
+
+def test_a_sync_of_an_unchanged_module_only_moves_its_moments_on(store: Store) -> None:
+    first, second, later = Inventory(), Inventory(), Inventory()
+    first.sync("pipelines", _pipelines("p"))
+    _fold(store, first, at=10.0)
+    before = _installation(store).pipelines.snapshot()
+    second.sync("pipelines", _pipelines("p"))
+    recorded = _record_fold(store, second, 20.0)
+    assert entities._UPSERT not in recorded.sql and entities._MOVE_ON in recorded.sql
+    assert _installation(store).pipelines.snapshot() == before
+    # Moved on: a deletion another process made between the two syncs gives way to
+    # the later sync that named the pipeline.
+    later.pipelines.delete("p3")
+    _fold(store, later, at=15.0)
+    assert _installation(store).pipelines.snapshot() == before
 
 
 def test_no_local_id_and_no_email_is_kept_as_it_is(store: Store) -> None:

@@ -40,6 +40,9 @@ _UPSERT = (
     "WHERE entities.at <= excluded.at"
 )
 
+_MOVE_ON = "UPDATE entities SET at = ? WHERE module = ? AND key = ? AND at < ?"
+"""A row whose value is unchanged: only the moment it was known moves on."""
+
 BUILT_KEY = "entity_counts.built"
 """kv: set once ``entity_counts`` holds the counts of every row."""
 _ADD_COUNT = (
@@ -96,18 +99,20 @@ def apply(c: Conn, module: str, replaced: bool, rows: Rows, at: float) -> None:
     should be a moment the sync surely came after. Else only the entities named."""
     _ensure_counts(c)
     delta: Counter[Facet] = Counter()
+    # Part by part, so that no statement, nor the work between two, grows with the
+    # module: a fork waits for the statement in progress, and a transaction gives way
+    # to it only at the next one (see .forksafe).
+    for part in _parts(rows):
+        _apply_part(c, module, replaced, part, at, delta)
     if replaced:
+        # Every entity the sync names is known as of ``at`` now (or later, from
+        # another process): a row still known only from before is one it did not name.
         while True:
             deleted = c.execute(_DELETE_KNOWN_BEFORE, (module, module, at)).fetchall()
             for (value,) in deleted:
                 delta.subtract(facets(module, str(value)))
             if len(deleted) < _ROWS_AT_ONCE:
                 break
-    # Part by part, so that no statement, nor the work between two, grows with the
-    # module: a fork waits for the statement in progress, and a transaction gives way
-    # to it only at the next one (see .forksafe).
-    for part in _parts(rows):
-        _apply_part(c, module, replaced, part, at, delta)
     _add_counts(c, module, delta)
 
 
@@ -115,29 +120,40 @@ def _apply_part(
     c: Conn, module: str, replaced: bool, rows: Rows, at: float, delta: Counter[Facet]
 ) -> None:
     """:func:`apply` for at most :data:`_ROWS_AT_ONCE` of its rows; adds to ``delta``
-    what they change in the counts."""
+    what they change in the counts. A row whose value is the one stored only has its
+    moment moved on: a sync of an unchanged installation rewrites nothing else."""
     # The values these rows replace, as the statements below will find them (a row
     # known later than ``at`` stays, and so do its counts).
     known = _known(c, module, [key for key, _ in rows])
+    written: list[tuple[str, str, str, float]] = []
+    moved: list[tuple[float, str, str, float]] = []
+    gone: list[tuple[str, str, float]] = []
     for key, value in rows:
         old = known.get(key)
         if old is not None and old[1] > at:
             continue
-        if value is None and replaced:
-            continue  # a sync names what exists; the delete in apply took the rest
-        if old is not None:
-            delta.subtract(facets(module, old[0]))
         if value is None:
-            known.pop(key, None)
+            if not replaced:  # a sync names what exists: apply deletes the rest after
+                if old is not None:
+                    delta.subtract(facets(module, old[0]))
+                known.pop(key, None)
+                gone.append((module, key, at))
+            continue
+        if old is not None and old[0] == value:
+            if old[1] < at:
+                moved.append((at, module, key, at))
         else:
+            if old is not None:
+                delta.subtract(facets(module, old[0]))
             delta.update(facets(module, value))
-            known[key] = (value, at)
-    gone = [(module, key, at) for key, value in rows if value is None]
-    kept = [(module, key, value, at) for key, value in rows if value is not None]
-    if gone and not replaced:
+            written.append((module, key, value, at))
+        known[key] = (value, at)
+    if gone:
         c.executemany("DELETE FROM entities WHERE module = ? AND key = ? AND at <= ?", gone)
-    if kept:
-        c.executemany(_UPSERT, kept)
+    if moved:
+        c.executemany(_MOVE_ON, moved)
+    if written:
+        c.executemany(_UPSERT, written)
 
 
 def _parts(rows: Sequence[T]) -> list[Sequence[T]]:
