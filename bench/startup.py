@@ -195,15 +195,25 @@ def _receiver_rows(quick: bool, callgrind: bool, details: dict[str, Any]) -> lis
     def shown(value: float) -> str:
         return f"{value:,.0f}" if unit == "n" else f"{value * 1e9:,.0f} ns"
 
-    riding = Row(
+    def versus(key: str, label: str, subject: str, **budget: Any) -> Row:
+        """``subject``'s sends against the same receiver connected by the host."""
+        plain = subject.replace("-wrapped", "-unwrapped")
+        return Row(
+            key,
+            SECTION,
+            label,
+            per[subject],
+            unit=unit,
+            baseline="the same receiver, connected by the host",
+            baseline_value=per[plain],
+            ratio=per[subject] / per[plain],
+            **budget,
+        )
+
+    riding = versus(
         "receiver.wrapped",
-        SECTION,
         "a third-party collector's receiver, called by the plugin: per send",
-        per["send-wrapped"],
-        unit=unit,
-        baseline="the same receiver, connected by the host",
-        baseline_value=per["send-unwrapped"],
-        ratio=per["send-wrapped"] / per["send-unwrapped"],
+        "send-wrapped",
         limit=RECEIVER_LIMIT,
         budget_on="ratio",
         budget=f"<= {RECEIVER_LIMIT:.2f}x",
@@ -214,15 +224,10 @@ def _receiver_rows(quick: bool, callgrind: bool, details: dict[str, Any]) -> lis
         if own_plain > 0
         else f"{how}.",
     )
-    foreign = Row(
+    foreign = versus(
         "receiver.foreign",
-        SECTION,
         "a receiver of a signal outside the contract, guarded by the plugin: per send",
-        per["foreign-wrapped"],
-        unit=unit,
-        baseline="the same receiver, connected by the host",
-        baseline_value=per["foreign-unwrapped"],
-        ratio=per["foreign-wrapped"] / per["foreign-unwrapped"],
+        "foreign-wrapped",
         note=f"{how}. The plugin has no receiver of such a signal to ride in: the "
         "collector's receiver is connected inside a guard of one Python frame, "
         f"{shown(per['foreign-wrapped'] - per['foreign-unwrapped'])} a send.",
