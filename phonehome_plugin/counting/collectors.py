@@ -65,7 +65,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from hookspecs import Collector
-from phonehome_plugin.counting.riders import Builtin, Rider, Riders
+from phonehome_plugin.counting.riders import Builtin, Failed, Rider, Riders
 from phonehome_plugin.guard import privacy
 from phonehome_plugin.guard.bounded import describe, label, type_name
 
@@ -282,8 +282,9 @@ class Registry:
             self._fail(name, f"receivers() failed: {type_name(error)}")
             return
         for signal, receiver in pairs:
-            if not self._board(signal, (receiver, self._failure(name))):
-                self._connect_guarded(name, signal, receiver, sender)
+            failed = self._failure(name)
+            if not self._board(signal, (receiver, failed)):
+                self._connect_guarded(signal, _guard(receiver, failed), sender)
 
     def _board(self, signal: object, rider: Rider) -> bool:
         """Put ``rider`` on the board of the plugin's receiver of ``signal``, if there
@@ -297,10 +298,7 @@ class Registry:
             own.board(riders)  # one assignment: a send sees the old riders or these
         return True
 
-    def _connect_guarded(
-        self, name: str, signal: Any, receiver: Callable[..., None], sender: object
-    ) -> None:
-        guarded = self._guard(name, receiver)
+    def _connect_guarded(self, signal: Any, guarded: Callable[..., None], sender: object) -> None:
         signal.connect(guarded, sender=sender, weak=False)
         with self._lock:
             if self._sender is sender:
@@ -308,22 +306,13 @@ class Registry:
                 return
         signal.disconnect(guarded)  # disconnect() ran meanwhile: it missed this one
 
-    def _failure(self, name: str) -> Callable[[Exception], None]:
+    def _failure(self, name: str) -> Failed:
+        """What marks collector ``name`` broken when one of its receivers raised."""
+
         def failed(error: Exception) -> None:
             self._fail(name, f"receiver raised {type_name(error)}")
 
         return failed
-
-    def _guard(self, name: str, receiver: Callable[..., None]) -> Callable[..., None]:
-        # One frame, forwarding what blinker passed as it came: ``*args`` costs about
-        # 470 instructions a send less than naming ``sender`` (callgrind, CPython 3.11).
-        def guarded(*args: Any, **kwargs: Any) -> None:
-            try:
-                receiver(*args, **kwargs)
-            except Exception as error:  # runs on the host's thread: never let it out
-                self._fail(name, f"receiver raised {type_name(error)}")
-
-        return guarded
 
     def _fail(self, name: str, message: str) -> None:
         if name not in self.errors:
@@ -369,6 +358,20 @@ class Registry:
             else:
                 errors[name] = str(outcome)
         return sections, errors
+
+
+def _guard(receiver: Callable[..., None], failed: Failed) -> Callable[..., None]:
+    """``receiver`` for a signal the plugin has no receiver of: connected on its own."""
+
+    # One frame, forwarding what blinker passed as it came: ``*args`` costs about
+    # 470 instructions a send less than naming ``sender`` (callgrind, CPython 3.11).
+    def guarded(*args: Any, **kwargs: Any) -> None:
+        try:
+            receiver(*args, **kwargs)
+        except Exception as error:  # runs on the host's thread: never let it out
+            failed(error)
+
+    return guarded
 
 
 def _said(error: BaseException) -> str:
